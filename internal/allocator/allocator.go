@@ -1,0 +1,433 @@
+// Package allocator turns a request (who the attachment is, which fixed
+// addresses it wants) into claimed addresses: it reads the smallest view of
+// the store that the choice needs, chooses with the pure rules of package
+// ipam, commits one transaction, and on a lost race reads again.
+package allocator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"time"
+
+	"kubeipam/internal/config"
+	"kubeipam/internal/ipam"
+	"kubeipam/internal/store"
+)
+
+// Tunables of the dynamic search; see docs/architecture.md.
+const (
+	window        = 512 // keys per range read
+	candidates    = 64  // free addresses collected per window
+	spread        = 32  // random pick among the first candidates
+	freshWindows  = 4   // windows read above the cursor before trying the release log
+	releasedPeek  = 32  // release-log entries read per attempt
+	maxAttempts   = 200 // commits lost to concurrent writers before giving up
+	backoffBaseMs = 2
+)
+
+// Request is one ADD.
+type Request struct {
+	ContainerID  string
+	IfName       string
+	PodNamespace string
+	PodName      string
+	PodUID       string
+	Node         string
+	// Fixed addresses asked for by annotation or CNI args.
+	Fixed []netip.Addr
+}
+
+// Allocated is one claimed address.
+type Allocated struct {
+	IP   netip.Addr
+	Set  int
+	Kind string
+}
+
+// ConflictError: a fixed address is held by another pod.
+type ConflictError struct {
+	IP     netip.Addr
+	Holder string
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("IP %s is already allocated to %s; it is released when that pod's interface is deleted (or by kube-ipamctl release)", e.IP, e.Holder)
+}
+
+// OutOfRangeError: a fixed address the network cannot give.
+type OutOfRangeError struct {
+	IP     netip.Addr
+	Reason string
+}
+
+func (e *OutOfRangeError) Error() string {
+	return fmt.Sprintf("requested IP %s %s", e.IP, e.Reason)
+}
+
+// ExhaustedError: no address left in a range set.
+type ExhaustedError struct {
+	Network string
+	Set     int
+	Ranges  string
+}
+
+func (e *ExhaustedError) Error() string {
+	return fmt.Sprintf("network %q: no free address left in range set %d (%s)", e.Network, e.Set, e.Ranges)
+}
+
+// CoolingError: every free address was released too recently to be reused.
+type CoolingError struct {
+	Network string
+	Set     int
+	Ready   time.Time
+}
+
+func (e *CoolingError) Error() string {
+	return fmt.Sprintf("network %q: range set %d has no free address until released ones finish their cooldown (next at %s)", e.Network, e.Set, e.Ready.UTC().Format(time.RFC3339))
+}
+
+// ContentionError: too many lost races.
+type ContentionError struct{ Attempts int }
+
+func (e *ContentionError) Error() string {
+	return fmt.Sprintf("lost %d claim races to concurrent allocations; try again", e.Attempts)
+}
+
+// Allocator allocates on one network.
+type Allocator struct {
+	Net   *config.Network
+	Store *store.Store
+	Now   func() time.Time
+	// Conflicts counts lost claim races (for metrics and the benchmark).
+	Conflicts int
+	dyn       [][]ipam.Interval
+	// spread is how many candidates a pick chooses among: 1 (the lowest
+	// free address, predictable) until a race is lost, then wider.
+	spread int
+}
+
+// New returns an allocator for n backed by s.
+func New(n *config.Network, s *store.Store) *Allocator {
+	a := &Allocator{Net: n, Store: s, Now: time.Now}
+	for i := range n.RangeSets {
+		a.dyn = append(a.dyn, ipam.DynamicIntervals(n, i))
+	}
+	return a
+}
+
+// Dynamic returns the dynamic intervals of range set i.
+func (a *Allocator) Dynamic(i int) []ipam.Interval { return a.dyn[i] }
+
+// ValidateFixed checks that a fixed address is one this network can give,
+// returning its range set.
+func (a *Allocator) ValidateFixed(ip netip.Addr) (int, error) {
+	set, r, ok := a.Net.SetFor(ip)
+	if !ok {
+		return -1, &OutOfRangeError{ip, fmt.Sprintf("is outside every subnet of network %q", a.Net.Name)}
+	}
+	switch {
+	case ip == r.Subnet.Addr():
+		return -1, &OutOfRangeError{ip, "is the network address of " + r.Subnet.String()}
+	case ip.Is4() && ip == lastOf(r.Subnet):
+		return -1, &OutOfRangeError{ip, "is the broadcast address of " + r.Subnet.String()}
+	case ip == r.Gateway:
+		return -1, &OutOfRangeError{ip, "is the gateway of " + r.Subnet.String()}
+	case a.Net.HasFixedBlock() && !a.Net.InFixedBlock(ip):
+		return -1, &OutOfRangeError{ip, fmt.Sprintf("is outside the fixed block %s-%s of network %q", a.Net.FixedStart, a.Net.FixedEnd, a.Net.Name)}
+	}
+	return set, nil
+}
+
+func lastOf(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	x, _ := netip.AddrFromSlice(b)
+	return x
+}
+
+// Allocate claims the request's fixed addresses and one dynamic address for
+// every range set that no fixed address covers. A repeated ADD for the same
+// (container, interface) returns what it already holds.
+func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, error) {
+	fixedSets := map[int]bool{}
+	seen := map[netip.Addr]bool{}
+	for _, ip := range req.Fixed {
+		if seen[ip] {
+			return nil, &OutOfRangeError{ip, "is listed twice"}
+		}
+		seen[ip] = true
+		set, err := a.ValidateFixed(ip)
+		if err != nil {
+			return nil, err
+		}
+		fixedSets[set] = true
+	}
+	for attempt := 0; ; attempt++ {
+		if held, err := a.held(ctx, req); held != nil || err != nil {
+			return held, err
+		}
+		if attempt >= maxAttempts {
+			return nil, &ContentionError{attempt}
+		}
+		if attempt > 0 {
+			a.Conflicts++
+			d := time.Duration(rand.IntN(backoffBaseMs*min(attempt, 10))+1) * time.Millisecond
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(d):
+			}
+		}
+		a.spread = 1
+		if attempt > 0 {
+			a.spread = spread
+		}
+		claim, out, err := a.plan(ctx, req, fixedSets)
+		if errors.Is(err, errRetry) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		ok, err := a.Store.Commit(ctx, claim)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return out, nil
+		}
+	}
+}
+
+// held returns the addresses (cid, ifname) already holds, if any.
+func (a *Allocator) held(ctx context.Context, req Request) ([]Allocated, error) {
+	att, err := a.Store.Attachment(ctx, req.ContainerID, req.IfName)
+	if err != nil || att == nil {
+		return nil, err
+	}
+	var out []Allocated
+	for _, s := range att.IPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("corrupt attachment of %s/%s: bad address %q", req.ContainerID, req.IfName, s)
+		}
+		set, _, _ := a.Net.SetFor(ip)
+		st, err := a.Store.State(ctx, ip)
+		if err != nil {
+			return nil, err
+		}
+		if st.Record == nil || st.Record.ContainerID != req.ContainerID || st.Record.IfName != req.IfName {
+			holder := "nobody"
+			if st.Record != nil {
+				holder = st.Record.Owner()
+			}
+			return nil, &ConflictError{ip, holder + " (it was taken over after this container's first ADD)"}
+		}
+		out = append(out, Allocated{IP: ip, Set: set, Kind: st.Record.Kind})
+	}
+	return out, nil
+}
+
+func (a *Allocator) record(req Request, ip netip.Addr, set int, kind string) store.Record {
+	return store.Record{
+		Network: a.Net.Name, IP: ip.String(), Kind: kind, Set: set,
+		IfName: req.IfName, ContainerID: req.ContainerID,
+		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID,
+		Node: req.Node, Created: a.Now().UTC(),
+	}
+}
+
+// plan reads what it needs and builds one claim.
+func (a *Allocator) plan(ctx context.Context, req Request, fixedSets map[int]bool) (*store.Claim, []Allocated, error) {
+	c := &store.Claim{
+		Attachment: store.Attachment{
+			ContainerID: req.ContainerID, IfName: req.IfName,
+			PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID,
+			Node: req.Node, Created: a.Now().UTC(),
+		},
+		Cursors: map[int]netip.Addr{},
+	}
+	var out []Allocated
+	for _, ip := range req.Fixed {
+		set, _, _ := a.Net.SetFor(ip)
+		st, err := a.Store.State(ctx, ip)
+		if err != nil {
+			return nil, nil, err
+		}
+		rec := a.record(req, ip, set, store.KindFixed)
+		item := store.ClaimItem{Record: rec, State: st, Mode: store.ClaimTomb}
+		if st.Record != nil {
+			if !st.Record.SamePod(&rec) {
+				return nil, nil, &ConflictError{ip, st.Record.Owner()}
+			}
+			item.Mode = store.ClaimTakeover
+		}
+		c.Items = append(c.Items, item)
+		out = append(out, Allocated{IP: ip, Set: set, Kind: store.KindFixed})
+	}
+	for set := range a.Net.RangeSets {
+		if fixedSets[set] {
+			continue
+		}
+		item, cursor, err := a.chooseDynamic(ctx, set)
+		if err != nil {
+			return nil, nil, err
+		}
+		ip := netip.MustParseAddr(item.Record.IP)
+		item.Record = a.record(req, ip, set, store.KindDynamic)
+		c.Items = append(c.Items, item)
+		if cursor.IsValid() {
+			c.Cursors[set] = cursor
+		}
+		out = append(out, Allocated{IP: ip, Set: set, Kind: store.KindDynamic})
+	}
+	return c, out, nil
+}
+
+// chooseDynamic prefers never-used addresses above the cursor, then the
+// least recently released address whose cooldown is over, then never-used
+// addresses anywhere (a sweep, only when the pool is nearly full).
+func (a *Allocator) chooseDynamic(ctx context.Context, set int) (store.ClaimItem, netip.Addr, error) {
+	ivs := a.dyn[set]
+	if len(ivs) == 0 {
+		return store.ClaimItem{}, netip.Addr{}, a.exhausted(set)
+	}
+	first, last := ivs[0].Lo, ivs[len(ivs)-1].Hi
+	from, err := a.Store.Cursor(ctx, set)
+	if err != nil {
+		return store.ClaimItem{}, netip.Addr{}, err
+	}
+	if !from.IsValid() || from.BitLen() != first.BitLen() || from.Compare(first) < 0 {
+		from = first
+	}
+	if item, cur, ok, err := a.scanFresh(ctx, set, from, last, freshWindows); ok || err != nil {
+		return item, cur, err
+	}
+	refs, err := a.Store.OldestReleased(ctx, set, releasedPeek)
+	if err != nil {
+		return store.ClaimItem{}, netip.Addr{}, err
+	}
+	ready, next := ipam.Cooled(toReleased(refs), a.Now(), a.Net.ReleaseCooldown)
+	if len(ready) > 0 {
+		if item, ok, err := a.fromReleased(ctx, refs, ready); ok || err != nil {
+			return item, netip.Addr{}, err
+		}
+	}
+	if item, cur, ok, err := a.scanFresh(ctx, set, first, last, -1); ok || err != nil {
+		return item, cur, err
+	}
+	if !next.IsZero() {
+		return store.ClaimItem{}, netip.Addr{}, &CoolingError{a.Net.Name, set, next}
+	}
+	if len(ready) > 0 {
+		// Ready entries were all stale and dropped; the next attempt re-reads.
+		return store.ClaimItem{}, netip.Addr{}, errRetry
+	}
+	return store.ClaimItem{}, netip.Addr{}, a.exhausted(set)
+}
+
+var errRetry = fmt.Errorf("release log changed while reading it; try again")
+
+func (a *Allocator) exhausted(set int) error {
+	var s string
+	for i, r := range a.Net.RangeSets[set] {
+		if i > 0 {
+			s += ", "
+		}
+		s += r.Start.String() + "-" + r.End.String()
+	}
+	return &ExhaustedError{a.Net.Name, set, s}
+}
+
+// scanFresh reads windows of used keys from `from` and returns a never-used
+// candidate. maxWindows < 0 scans to the end.
+func (a *Allocator) scanFresh(ctx context.Context, set int, from, last netip.Addr, maxWindows int) (store.ClaimItem, netip.Addr, bool, error) {
+	ivs := a.dyn[set]
+	for w := 0; maxWindows < 0 || w < maxWindows; w++ {
+		used, full, err := a.Store.Used(ctx, from, last, window)
+		if err != nil {
+			return store.ClaimItem{}, netip.Addr{}, false, err
+		}
+		var limit netip.Addr
+		if full {
+			limit = used[len(used)-1]
+		}
+		cands := ipam.Free(ivs, from, used, limit, candidates)
+		if len(cands) > 0 {
+			ip := ipam.Pick(cands, max(a.spread, 1))
+			return store.ClaimItem{Record: store.Record{IP: ip.String()}, Mode: store.ClaimFresh}, cands[0], true, nil
+		}
+		if !full || limit == last {
+			return store.ClaimItem{}, netip.Addr{}, false, nil
+		}
+		from = limit.Next()
+	}
+	return store.ClaimItem{}, netip.Addr{}, false, nil
+}
+
+func toReleased(refs []store.ReleasedRef) []ipam.Released {
+	out := make([]ipam.Released, len(refs))
+	for i, r := range refs {
+		out[i] = ipam.Released{IP: r.IP, At: r.At}
+	}
+	return out
+}
+
+// fromReleased picks among the cooled entries (oldest first, lightly spread
+// so that concurrent ADDs do not all race for the oldest) and checks that the
+// entry still matches its tombstone; stale entries are dropped.
+func (a *Allocator) fromReleased(ctx context.Context, refs []store.ReleasedRef, ready []netip.Addr) (store.ClaimItem, bool, error) {
+	byIP := map[netip.Addr]store.ReleasedRef{}
+	for _, r := range refs {
+		if _, dup := byIP[r.IP]; !dup {
+			byIP[r.IP] = r
+		}
+	}
+	order := append([]netip.Addr(nil), ready...)
+	if n := min(len(order), 4, a.spread); n > 1 {
+		i := rand.IntN(n)
+		order[0], order[i] = order[i], order[0]
+	}
+	for _, ip := range order {
+		ref := byIP[ip]
+		st, err := a.Store.State(ctx, ip)
+		if err != nil {
+			return store.ClaimItem{}, false, err
+		}
+		set, _, _ := a.Net.SetFor(ip)
+		if st.Record != nil || st.Tomb == nil || st.Tomb.Log != ref.Key || set < 0 || !ipam.InAny(a.dyn[set], ip) {
+			if err := a.Store.DropReleased(ctx, ref.Key); err != nil {
+				return store.ClaimItem{}, false, err
+			}
+			continue
+		}
+		return store.ClaimItem{Record: store.Record{IP: ip.String()}, Mode: store.ClaimTomb, State: st}, true, nil
+	}
+	return store.ClaimItem{}, false, nil
+}
+
+// CanAllocate reports whether an ADD could get an address in every range set
+// that has a dynamic range (STATUS). It claims nothing.
+func (a *Allocator) CanAllocate(ctx context.Context) error {
+	for set := range a.Net.RangeSets {
+		if len(a.dyn[set]) == 0 {
+			continue // fixed-only range set
+		}
+		for try := 0; ; try++ {
+			_, _, err := a.chooseDynamic(ctx, set)
+			if errors.Is(err, errRetry) && try < 3 {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			break
+		}
+	}
+	return nil
+}

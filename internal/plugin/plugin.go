@@ -1,0 +1,509 @@
+// Package plugin is the CNI face of kube-ipam: it wires config parsing, pod
+// lookup, allocation and the etcd store into the ADD, DEL, CHECK, GC and
+// STATUS verbs, maps every failure to a CNI error code, and logs each call.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"kubeipam/internal/allocator"
+	"kubeipam/internal/config"
+	"kubeipam/internal/ipam"
+	"kubeipam/internal/pod"
+	"kubeipam/internal/store"
+)
+
+// Plugin holds the dependencies a call needs; tests may replace them.
+type Plugin struct {
+	// Pods builds the pod reader for a network (default: client-go from kubeConfig).
+	Pods func(n *config.Network) (pod.Getter, error)
+	// Now is the clock.
+	Now func() time.Time
+}
+
+// Default is the production wiring.
+func Default() *Plugin {
+	return &Plugin{
+		Pods: func(n *config.Network) (pod.Getter, error) {
+			return pod.NewClient(n.KubeConfig, n.Timeout)
+		},
+		Now: time.Now,
+	}
+}
+
+// Funcs returns the skel callbacks.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
+}
+
+// call is the per-invocation context shared by the verbs.
+type call struct {
+	verb  string
+	args  *skel.CmdArgs
+	net   *config.Network
+	log   *slog.Logger
+	close func()
+	ctx   context.Context
+	stop  context.CancelFunc
+	cli   *clientv3.Client
+	st    *store.Store
+}
+
+func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
+	n, err := config.Parse(args.StdinData)
+	if err != nil {
+		lg, closeLog := openLog(config.DefaultLogFile, "info")
+		defer closeLog()
+		lg.Error("invalid network config", "verb", verb, "container", args.ContainerID, "err", err)
+		return nil, toCNI(err)
+	}
+	c := &call{verb: verb, args: args, net: n}
+	c.log, c.close = openLog(n.LogFile, n.LogLevel)
+	c.log = c.log.With("verb", verb, "network", n.Name, "container", short(args.ContainerID), "ifname", args.IfName)
+	for _, w := range n.Warnings {
+		if verb == "ADD" {
+			c.log.Warn(w)
+		} else {
+			c.log.Debug(w)
+		}
+	}
+	for _, w := range n.Notes {
+		c.log.Debug(w)
+	}
+	c.ctx, c.stop = context.WithTimeout(context.Background(), n.Timeout)
+	return c, nil
+}
+
+func (c *call) connect() error {
+	cli, err := store.Connect(c.net.Etcd, min(c.net.Timeout, 5*time.Second))
+	if err != nil {
+		return err
+	}
+	c.cli = cli
+	c.st = store.New(cli, c.net.Etcd.Prefix, c.net.Name)
+	return nil
+}
+
+func (c *call) end(err error, attrs ...any) error {
+	defer c.close()
+	defer c.stop()
+	if c.cli != nil {
+		defer c.cli.Close()
+	}
+	if err != nil {
+		e := toCNI(err)
+		c.log.Error("failed", append(attrs, "code", e.Code, "err", e.Msg)...)
+		return e
+	}
+	c.log.Info("ok", attrs...)
+	return nil
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// Add allocates.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	c, err := p.begin("ADD", args)
+	if err != nil {
+		return err
+	}
+	start := p.Now()
+	res, err := p.add(c)
+	if err != nil {
+		return c.end(err)
+	}
+	var ips []string
+	for _, ip := range res.IPs {
+		ips = append(ips, ip.Address.String())
+	}
+	if err := c.end(nil, "ips", ips, "ms", p.Now().Sub(start).Milliseconds()); err != nil {
+		return err
+	}
+	version := c.net.CNIVersion
+	if version == "" {
+		version = "0.1.0"
+	}
+	return types.PrintResult(res, version)
+}
+
+// Error codes of kube-ipam (documented in docs/errors.md).
+const (
+	CodeConflict       = 100
+	CodeExhausted      = 101
+	CodePodLookup      = 102
+	CodeAnnotation     = 103
+	CodeOutOfRange     = 104
+	CodeCheckMismatch  = 105
+	CodeStoreRejected  = 106
+	CodeRequestInvalid = 107
+)
+
+func (p *Plugin) add(c *call) (*current.Result, error) {
+	a, err := pod.ParseArgs(c.args.Args)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, err.Error(), "")
+	}
+	req := allocator.Request{
+		ContainerID: c.args.ContainerID, IfName: c.args.IfName,
+		PodNamespace: a.Namespace, PodName: a.Name, PodUID: a.UID, Node: c.net.NodeName,
+	}
+	// Addresses asked for through CNI conventions (IP=, runtimeConfig/args ips).
+	var requested []config.IPSpec
+	for _, s := range a.IPs {
+		spec, err := config.ParseIPOrCIDR(s)
+		if err != nil {
+			return nil, &codedError{CodeRequestInvalid, fmt.Sprintf("CNI_ARGS IP=%q: %v", s, err)}
+		}
+		requested = append(requested, spec)
+	}
+	requested = append(requested, c.net.RequestedIPs...)
+
+	wants := pod.Wants{Netmask: -1}
+	if a.Name != "" && c.net.PodLookup {
+		getter, err := p.Pods(c.net)
+		if err != nil {
+			return nil, err
+		}
+		info, err := getter.Get(c.ctx, a.Namespace, a.Name)
+		if err != nil {
+			return nil, err
+		}
+		if a.UID != "" && info.UID != a.UID {
+			return nil, &pod.LookupError{Msg: fmt.Sprintf("pod %s/%s has UID %s, but this ADD is for UID %s (the pod was deleted and re-created)", a.Namespace, a.Name, info.UID, a.UID)}
+		}
+		if req.PodUID == "" {
+			req.PodUID = info.UID
+		}
+		if wants, err = pod.ParseAnnotations(info.Annotations); err != nil {
+			return nil, err
+		}
+		c.log.Debug("pod read", "pod", a.Namespace+"/"+a.Name, "uid", info.UID, "fixed", len(wants.IPs))
+	}
+	fixed := wants.IPs
+	if len(requested) > 0 {
+		if len(fixed) > 0 && !sameAddrs(fixed, requested) {
+			return nil, &codedError{CodeRequestInvalid, fmt.Sprintf("the pod annotation %s asks for %v but the runtime asks for %v; refusing to pick one silently", pod.AnnotationIP, addrs(fixed), addrs(requested))}
+		}
+		fixed = requested
+	}
+	req.Fixed = addrs(fixed)
+
+	if err := c.connect(); err != nil {
+		return nil, err
+	}
+	alloc := allocator.New(c.net, c.st)
+	alloc.Now = p.Now
+	got, err := alloc.Allocate(c.ctx, req)
+	if alloc.Conflicts > 0 {
+		c.log.Debug("claim races lost", "count", alloc.Conflicts)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return buildResult(c.net, got, fixed, wants)
+}
+
+type codedError struct {
+	code uint
+	msg  string
+}
+
+func (e *codedError) Error() string { return e.msg }
+
+func addrs(specs []config.IPSpec) []netip.Addr {
+	out := make([]netip.Addr, len(specs))
+	for i, s := range specs {
+		out[i] = s.Addr
+	}
+	return out
+}
+
+func sameAddrs(a, b []config.IPSpec) bool {
+	x, y := addrs(a), addrs(b)
+	slices.SortFunc(x, netip.Addr.Compare)
+	slices.SortFunc(y, netip.Addr.Compare)
+	return slices.Equal(x, y)
+}
+
+func buildResult(n *config.Network, got []allocator.Allocated, fixed []config.IPSpec, wants pod.Wants) (*current.Result, error) {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: n.Routes}
+	for _, g := range got {
+		_, r, _ := n.SetFor(g.IP)
+		bits := r.Subnet.Bits()
+		gw := r.Gateway
+		if g.Kind == store.KindFixed {
+			for _, f := range fixed {
+				if f.Addr == g.IP && f.Bits >= 0 {
+					bits = f.Bits
+				}
+			}
+			if wants.Netmask >= 0 && g.IP.Is4() && !hasBits(fixed, g.IP) {
+				if wants.Netmask > 32 {
+					return nil, &pod.AnnotationError{Key: pod.AnnotationNetmask, Value: fmt.Sprint(wants.Netmask), Reason: "prefix length too long for IPv4"}
+				}
+				bits = wants.Netmask
+			}
+			if wants.Gateway.IsValid() && wants.Gateway.Is4() == g.IP.Is4() {
+				gw = wants.Gateway
+			}
+		}
+		ipc := &current.IPConfig{Address: net.IPNet{IP: g.IP.AsSlice(), Mask: net.CIDRMask(bits, g.IP.BitLen())}}
+		if gw.IsValid() {
+			ipc.Gateway = gw.AsSlice()
+		}
+		res.IPs = append(res.IPs, ipc)
+	}
+	if n.ResolvConf != "" {
+		dns, err := readResolvConf(n.ResolvConf)
+		if err != nil {
+			return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("ipam.resolvConf %s: %v", n.ResolvConf, err), "")
+		}
+		res.DNS = dns
+	}
+	return res, nil
+}
+
+func hasBits(fixed []config.IPSpec, ip netip.Addr) bool {
+	for _, f := range fixed {
+		if f.Addr == ip && f.Bits >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// reusePolicy: dynamic addresses go to the release log for reuse after the
+// cooldown; fixed addresses inside a dynamic range are tombstoned but never
+// reused dynamically; addresses outside every dynamic range leave no trace.
+func reusePolicy(n *config.Network) store.ReusePolicy {
+	var dyn [][]ipam.Interval
+	for i := range n.RangeSets {
+		dyn = append(dyn, ipam.DynamicIntervals(n, i))
+	}
+	return func(a netip.Addr, kind string) (int, bool, bool) {
+		set, _, ok := n.SetFor(a)
+		if !ok || !ipam.InAny(dyn[set], a) {
+			return set, false, false
+		}
+		return set, kind == store.KindDynamic, true
+	}
+}
+
+// Del releases what this container and interface hold. It never contacts
+// Kubernetes and succeeds when there is nothing to free.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	c, err := p.begin("DEL", args)
+	if err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return c.end(err)
+	}
+	freed, err := c.st.Release(c.ctx, args.ContainerID, args.IfName, p.Now(), reusePolicy(c.net))
+	return c.end(err, "freed", fmt.Sprint(freed))
+}
+
+// Check verifies that the allocation exists, is still owned by this
+// container and interface, and matches the previous result.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	c, err := p.begin("CHECK", args)
+	if err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return c.end(err)
+	}
+	return c.end(p.check(c))
+}
+
+func (p *Plugin) check(c *call) error {
+	att, err := c.st.Attachment(c.ctx, c.args.ContainerID, c.args.IfName)
+	if err != nil {
+		return err
+	}
+	if att == nil {
+		return &codedError{CodeCheckMismatch, fmt.Sprintf("no allocation on network %q for container %s interface %s", c.net.Name, c.args.ContainerID, c.args.IfName)}
+	}
+	for _, s := range att.IPs {
+		ip, _ := netip.ParseAddr(s)
+		st, err := c.st.State(c.ctx, ip)
+		if err != nil {
+			return err
+		}
+		if st.Record == nil || st.Record.ContainerID != c.args.ContainerID || st.Record.IfName != c.args.IfName {
+			holder := "nobody"
+			if st.Record != nil {
+				holder = st.Record.Owner()
+			}
+			return &codedError{CodeCheckMismatch, fmt.Sprintf("IP %s of this attachment is now held by %s", ip, holder)}
+		}
+	}
+	if c.net.RawPrevResult == nil {
+		return nil
+	}
+	prev, err := prevIPs(c.net)
+	if err != nil {
+		return err
+	}
+	want := slices.Clone(att.IPs)
+	slices.Sort(want)
+	slices.Sort(prev)
+	if !slices.Equal(want, prev) {
+		return &codedError{CodeCheckMismatch, fmt.Sprintf("prevResult has IPs %v but the store holds %v for this attachment", prev, want)}
+	}
+	return nil
+}
+
+func prevIPs(n *config.Network) ([]string, error) {
+	raw, ok := n.RawPrevResult["ips"].([]any)
+	if !ok {
+		return nil, nil
+	}
+	var out []string
+	for _, e := range raw {
+		m, _ := e.(map[string]any)
+		s, _ := m["address"].(string)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult address %q is not a CIDR", s), "")
+		}
+		out = append(out, p.Addr().String())
+	}
+	return out, nil
+}
+
+// GC releases this node's allocations on the network that are not in the
+// runtime's list of valid attachments. Allocations of other nodes are never
+// touched: one runtime only knows its own containers.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	c, err := p.begin("GC", args)
+	if err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return c.end(err)
+	}
+	valid := map[types.GCAttachment]bool{}
+	for _, v := range c.net.ValidAttachments {
+		valid[v] = true
+	}
+	atts, err := c.st.Attachments(c.ctx)
+	if err != nil {
+		return c.end(err)
+	}
+	released, skipped := 0, 0
+	policy := reusePolicy(c.net)
+	for _, att := range atts {
+		if valid[types.GCAttachment{ContainerID: att.ContainerID, IfName: att.IfName}] {
+			continue
+		}
+		if att.Node != c.net.NodeName {
+			skipped++
+			continue
+		}
+		freed, ok, err := c.st.ReleaseAttachment(c.ctx, att, p.Now(), policy)
+		if err != nil {
+			return c.end(err)
+		}
+		if ok {
+			released++
+			c.log.Info("gc released", "gcContainer", short(att.ContainerID), "gcIfname", att.IfName, "ips", fmt.Sprint(freed))
+		}
+	}
+	return c.end(nil, "released", released, "otherNodes", skipped)
+}
+
+// Status reports whether ADD can be served: etcd reachable and an address
+// available in every range set.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	c, err := p.begin("STATUS", args)
+	if err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return c.end(err)
+	}
+	if err := c.st.Ping(c.ctx); err != nil {
+		return c.end(types.NewError(types.ErrPluginNotAvailable, "etcd is unreachable: "+err.Error(), ""))
+	}
+	alloc := allocator.New(c.net, c.st)
+	alloc.Now = p.Now
+	if err := alloc.CanAllocate(c.ctx); err != nil {
+		return c.end(types.NewError(types.ErrPluginNotAvailable, err.Error(), ""))
+	}
+	return c.end(nil)
+}
+
+// toCNI maps any error to a CNI error with a meaningful code.
+func toCNI(err error) *types.Error {
+	var (
+		te   *types.Error
+		ce   *config.Error
+		sce  *store.ConfigError
+		cod  *codedError
+		conf *allocator.ConflictError
+		exh  *allocator.ExhaustedError
+		cool *allocator.CoolingError
+		cont *allocator.ContentionError
+		oor  *allocator.OutOfRangeError
+		lk   *pod.LookupError
+		tr   *pod.TransientError
+		ann  *pod.AnnotationError
+	)
+	switch {
+	case errors.As(err, &te):
+		return te
+	case errors.As(err, &ce), errors.As(err, &sce):
+		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	case errors.As(err, &cod):
+		return types.NewError(cod.code, cod.msg, "")
+	case errors.As(err, &conf):
+		return types.NewError(CodeConflict, err.Error(), "")
+	case errors.As(err, &exh):
+		return types.NewError(CodeExhausted, err.Error(), "")
+	case errors.As(err, &cool), errors.As(err, &cont), errors.As(err, &tr):
+		return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+	case errors.As(err, &oor):
+		return types.NewError(CodeOutOfRange, err.Error(), "")
+	case errors.As(err, &lk):
+		return types.NewError(CodePodLookup, err.Error(), "")
+	case errors.As(err, &ann):
+		return types.NewError(CodeAnnotation, err.Error(), "")
+	case store.IsUnavailable(err):
+		return types.NewError(types.ErrTryAgainLater, "etcd unreachable, try again later: "+err.Error(), "")
+	}
+	return types.NewError(CodeStoreRejected, "store error: "+err.Error(), "")
+}
+
+// openLog appends to path (mode 0600); when it cannot, it logs to stderr,
+// never to stdout, which carries the CNI result.
+func openLog(path, level string) (*slog.Logger, func()) {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lv}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		lg := slog.New(slog.NewTextHandler(os.Stderr, opts))
+		lg.Warn("cannot open log file, logging to stderr", "path", path, "err", err)
+		return lg, func() {}
+	}
+	return slog.New(slog.NewTextHandler(f, opts)).With("pid", os.Getpid()), func() { f.Close() }
+}

@@ -1,0 +1,68 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"kubeipam/internal/config"
+)
+
+// ConfigError is a TLS or endpoint setting that cannot work.
+type ConfigError struct{ Msg string }
+
+func (e *ConfigError) Error() string { return e.Msg }
+
+// Connect opens an etcd client for the network's etcdConfig. It does not
+// block on the connection: the first request reports an unreachable etcd.
+func Connect(e config.Etcd, dialTimeout time.Duration) (*clientv3.Client, error) {
+	cfg := clientv3.Config{
+		Endpoints:   e.Endpoints,
+		DialTimeout: dialTimeout,
+		Logger:      zap.NewNop(),
+	}
+	if e.TLS() {
+		for _, f := range []struct{ key, path string }{
+			{"etcdCertFile", e.CertFile}, {"etcdKeyFile", e.KeyFile}, {"etcdTrustedCAFileFile", e.CAFile},
+		} {
+			if f.path == "" {
+				continue
+			}
+			if _, err := os.Stat(f.path); err != nil {
+				return nil, &ConfigError{fmt.Sprintf("ipam.etcdConfig.%s %s: %v", f.key, f.path, err)}
+			}
+		}
+		info := transport.TLSInfo{CertFile: e.CertFile, KeyFile: e.KeyFile, TrustedCAFile: e.CAFile}
+		tlsCfg, err := info.ClientConfig()
+		if err != nil {
+			return nil, &ConfigError{fmt.Sprintf("ipam.etcdConfig TLS files (cert %s, key %s, CA %s) are unusable: %v", e.CertFile, e.KeyFile, e.CAFile, err)}
+		}
+		cfg.TLS = tlsCfg
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", e.Endpoints, err)
+	}
+	return cli, nil
+}
+
+// IsUnavailable reports whether err means etcd could not be reached in time
+// (worth retrying later) rather than a refusal.
+func IsUnavailable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.ResourceExhausted, codes.Aborted:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,432 @@
+// Package store keeps kube-ipam's allocations in etcd.
+//
+// Layout under <prefix>/v1/networks/<network>/:
+//
+//	ip/<4|6>/<hex>        allocation record of a claimed address (JSON Record)
+//	ip/<4|6>/<hex>/r      tombstone of a released address (JSON Tombstone)
+//	rel/<set>/<nanos>/<4|6>/<hex>   release log, oldest first (dynamic addresses only)
+//	att/<containerID>/<ifname>      the addresses one attachment holds (JSON Attachment)
+//	cursor/<set>          hint: the lowest never-used address seen last time
+//
+// Addresses are fixed-width hex so that key order is address order and a
+// window of claimed addresses is one range read. Every claim is one
+// transaction guarded by CreateRevision == 0 (or the revision it replaces);
+// every release is guarded by the revisions it read. There is no lock.
+package store
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Kinds of allocation.
+const (
+	KindDynamic = "dynamic"
+	KindFixed   = "fixed"
+)
+
+// Record is the owner record written with each claimed address.
+type Record struct {
+	Network      string    `json:"network"`
+	IP           string    `json:"ip"`
+	Kind         string    `json:"kind"`
+	Set          int       `json:"rangeSet"`
+	IfName       string    `json:"ifname"`
+	ContainerID  string    `json:"containerID"`
+	PodNamespace string    `json:"podNamespace,omitempty"`
+	PodName      string    `json:"podName,omitempty"`
+	PodUID       string    `json:"podUID,omitempty"`
+	Node         string    `json:"node,omitempty"`
+	Created      time.Time `json:"created"`
+}
+
+// Owner says who holds the record, for error messages.
+func (r *Record) Owner() string {
+	pod := "no pod"
+	if r.PodName != "" {
+		pod = "pod " + r.PodNamespace + "/" + r.PodName
+	}
+	return fmt.Sprintf("%s (container %s, interface %s, node %s)", pod, shortID(r.ContainerID), r.IfName, r.Node)
+}
+
+// SamePod reports whether two records belong to the same pod identity and interface.
+func (r *Record) SamePod(o *Record) bool {
+	return r.PodName != "" && r.PodName == o.PodName && r.PodNamespace == o.PodNamespace && r.IfName == o.IfName
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// Tombstone marks an address that was used and released.
+type Tombstone struct {
+	Released time.Time `json:"released"`
+	Kind     string    `json:"kind"`
+	// Log is the release-log key, empty when the address must never be
+	// reused dynamically (a fixed address inside the dynamic range).
+	Log string `json:"log,omitempty"`
+}
+
+// Attachment lists what one (container, interface) holds on the network.
+type Attachment struct {
+	ContainerID  string    `json:"containerID"`
+	IfName       string    `json:"ifname"`
+	IPs          []string  `json:"ips"`
+	PodNamespace string    `json:"podNamespace,omitempty"`
+	PodName      string    `json:"podName,omitempty"`
+	PodUID       string    `json:"podUID,omitempty"`
+	Node         string    `json:"node,omitempty"`
+	Created      time.Time `json:"created"`
+	Rev          int64     `json:"-"`
+}
+
+// IPState is what the store knows about one address.
+type IPState struct {
+	Record  *Record
+	RecRev  int64
+	Tomb    *Tombstone
+	TombRev int64
+}
+
+// ReleasedRef is one release-log entry.
+type ReleasedRef struct {
+	Key string
+	IP  netip.Addr
+	At  time.Time
+}
+
+// Store is one network's view of etcd.
+type Store struct {
+	cli  *clientv3.Client
+	base string
+}
+
+// New returns the store of network under prefix.
+func New(cli *clientv3.Client, prefix, network string) *Store {
+	return &Store{cli: cli, base: strings.TrimRight(prefix, "/") + "/v1/networks/" + network + "/"}
+}
+
+// Client is the underlying etcd client.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+func addrHex(a netip.Addr) string { return hex.EncodeToString(a.AsSlice()) }
+
+func fam(a netip.Addr) string {
+	if a.Is4() {
+		return "4"
+	}
+	return "6"
+}
+
+func (s *Store) ipKey(a netip.Addr) string   { return s.base + "ip/" + fam(a) + "/" + addrHex(a) }
+func (s *Store) tombKey(a netip.Addr) string { return s.ipKey(a) + "/r" }
+func (s *Store) attKey(cid, ifname string) string {
+	return s.base + "att/" + cid + "/" + ifname
+}
+func (s *Store) cursorKey(set int) string { return s.base + "cursor/" + strconv.Itoa(set) }
+func (s *Store) relPrefix(set int) string { return s.base + "rel/" + strconv.Itoa(set) + "/" }
+
+func (s *Store) relKey(set int, at time.Time, a netip.Addr) string {
+	return fmt.Sprintf("%s%016x/%s/%s", s.relPrefix(set), at.UnixNano(), fam(a), addrHex(a))
+}
+
+// parseIPKey reads the address out of ip/<f>/<hex>[/r].
+func (s *Store) parseIPKey(k string) (netip.Addr, bool) {
+	rest, ok := strings.CutPrefix(k, s.base+"ip/")
+	if !ok || len(rest) < 3 {
+		return netip.Addr{}, false
+	}
+	rest = strings.TrimSuffix(rest[2:], "/r")
+	b, err := hex.DecodeString(rest)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	a, ok := netip.AddrFromSlice(b)
+	return a, ok
+}
+
+// Attachment returns what (cid, ifname) holds, or nil.
+func (s *Store) Attachment(ctx context.Context, cid, ifname string) (*Attachment, error) {
+	resp, err := s.cli.Get(ctx, s.attKey(cid, ifname))
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	var a Attachment
+	if err := json.Unmarshal(resp.Kvs[0].Value, &a); err != nil {
+		return nil, fmt.Errorf("corrupt attachment record %s: %w", resp.Kvs[0].Key, err)
+	}
+	a.Rev = resp.Kvs[0].ModRevision
+	return &a, nil
+}
+
+// Attachments lists every attachment on the network.
+func (s *Store) Attachments(ctx context.Context) ([]*Attachment, error) {
+	resp, err := s.cli.Get(ctx, s.base+"att/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Attachment, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var a Attachment
+		if err := json.Unmarshal(kv.Value, &a); err != nil {
+			return nil, fmt.Errorf("corrupt attachment record %s: %w", kv.Key, err)
+		}
+		a.Rev = kv.ModRevision
+		out = append(out, &a)
+	}
+	return out, nil
+}
+
+// State reads an address's record and tombstone in one range read.
+func (s *Store) State(ctx context.Context, a netip.Addr) (IPState, error) {
+	var st IPState
+	k := s.ipKey(a)
+	resp, err := s.cli.Get(ctx, k, clientv3.WithRange(k+"/s"))
+	if err != nil {
+		return st, err
+	}
+	for _, kv := range resp.Kvs {
+		switch string(kv.Key) {
+		case k:
+			st.Record, st.RecRev = new(Record), kv.ModRevision
+			if err := json.Unmarshal(kv.Value, st.Record); err != nil {
+				return st, fmt.Errorf("corrupt allocation record %s: %w", k, err)
+			}
+		case k + "/r":
+			st.Tomb, st.TombRev = new(Tombstone), kv.ModRevision
+			if err := json.Unmarshal(kv.Value, st.Tomb); err != nil {
+				return st, fmt.Errorf("corrupt tombstone %s: %w", kv.Key, err)
+			}
+		}
+	}
+	return st, nil
+}
+
+// Used returns, ascending, up to limit addresses in [from, to] that are
+// claimed or tombstoned (keys only: one read, small whatever the pool).
+// full reports that the limit was hit, so addresses above the last one
+// returned were not looked at.
+func (s *Store) Used(ctx context.Context, from, to netip.Addr, limit int) (used []netip.Addr, full bool, err error) {
+	end := s.ipKey(to) + "0" // after ip/<to> and ip/<to>/r
+	resp, err := s.cli.Get(ctx, s.ipKey(from), clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(limit)))
+	if err != nil {
+		return nil, false, err
+	}
+	for _, kv := range resp.Kvs {
+		a, ok := s.parseIPKey(string(kv.Key))
+		if ok && (len(used) == 0 || used[len(used)-1] != a) {
+			used = append(used, a)
+		}
+	}
+	return used, resp.More, nil
+}
+
+// Cursor returns the never-used hint of a range set (invalid if none).
+func (s *Store) Cursor(ctx context.Context, set int) (netip.Addr, error) {
+	resp, err := s.cli.Get(ctx, s.cursorKey(set))
+	if err != nil || len(resp.Kvs) == 0 {
+		return netip.Addr{}, err
+	}
+	a, _ := netip.ParseAddr(string(resp.Kvs[0].Value))
+	return a, nil
+}
+
+// OldestReleased returns up to limit release-log entries, oldest first.
+func (s *Store) OldestReleased(ctx context.Context, set, limit int) ([]ReleasedRef, error) {
+	p := s.relPrefix(set)
+	resp, err := s.cli.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(limit)))
+	if err != nil {
+		return nil, err
+	}
+	var out []ReleasedRef
+	for _, kv := range resp.Kvs {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), p), "/")
+		if len(parts) != 3 {
+			continue
+		}
+		n, err1 := strconv.ParseUint(parts[0], 16, 64)
+		b, err2 := hex.DecodeString(parts[2])
+		a, ok := netip.AddrFromSlice(b)
+		if err1 != nil || err2 != nil || !ok {
+			continue
+		}
+		out = append(out, ReleasedRef{Key: string(kv.Key), IP: a, At: time.Unix(0, int64(n))})
+	}
+	return out, nil
+}
+
+// DropReleased removes a release-log entry that no longer matches its
+// address's tombstone (the address was claimed again or released later).
+func (s *Store) DropReleased(ctx context.Context, key string) error {
+	_, err := s.cli.Delete(ctx, key)
+	return err
+}
+
+// Claim modes.
+const (
+	// ClaimFresh: the address has neither record nor tombstone.
+	ClaimFresh = iota
+	// ClaimTomb: the address has the tombstone read at TombRev (or none if 0).
+	ClaimTomb
+	// ClaimTakeover: the address has the record read at RecRev; the same pod
+	// identity takes it over from its previous container.
+	ClaimTakeover
+)
+
+// ClaimItem is one address of a claim with the state it was chosen from.
+type ClaimItem struct {
+	Record Record
+	Mode   int
+	State  IPState
+}
+
+// Claim is everything one ADD writes, committed as one transaction.
+type Claim struct {
+	Attachment Attachment
+	Items      []ClaimItem
+	Cursors    map[int]netip.Addr
+}
+
+// Commit writes the claim if every precondition still holds. ok=false means
+// another writer won a race; the caller re-reads and tries again.
+func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
+	att := c.Attachment
+	att.IPs = nil
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	ak := s.attKey(att.ContainerID, att.IfName)
+	cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ak), "=", 0))
+	for _, it := range c.Items {
+		a, err := netip.ParseAddr(it.Record.IP)
+		if err != nil {
+			return false, fmt.Errorf("bad address %q in claim", it.Record.IP)
+		}
+		att.IPs = append(att.IPs, a.String())
+		k, tk := s.ipKey(a), s.tombKey(a)
+		switch it.Mode {
+		case ClaimFresh:
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(tk), "=", 0))
+		case ClaimTomb:
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0),
+				clientv3.Compare(clientv3.ModRevision(tk), "=", it.State.TombRev))
+			if it.State.Tomb != nil {
+				ops = append(ops, clientv3.OpDelete(tk))
+				if it.State.Tomb.Log != "" {
+					ops = append(ops, clientv3.OpDelete(it.State.Tomb.Log))
+				}
+			}
+		case ClaimTakeover:
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", it.State.RecRev))
+		default:
+			return false, fmt.Errorf("unknown claim mode %d", it.Mode)
+		}
+		b, _ := json.Marshal(it.Record)
+		ops = append(ops, clientv3.OpPut(k, string(b)))
+	}
+	b, _ := json.Marshal(att)
+	ops = append(ops, clientv3.OpPut(ak, string(b)))
+	for set, a := range c.Cursors {
+		ops = append(ops, clientv3.OpPut(s.cursorKey(set), a.String()))
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
+}
+
+// ReusePolicy says, for an address being released, whether it goes to the
+// release log (dynamic reuse after the cooldown) and under which range set;
+// tombstone=false means the address is outside every dynamic range and its
+// key is simply deleted.
+type ReusePolicy func(a netip.Addr, kind string) (set int, log bool, tombstone bool)
+
+// Release frees what (cid, ifname) holds. Addresses whose record now belongs
+// to another container (a pod that took its fixed address over) are left
+// alone. It returns the addresses actually freed; a missing attachment frees
+// nothing and is not an error (DEL is idempotent).
+func (s *Store) Release(ctx context.Context, cid, ifname string, now time.Time, policy ReusePolicy) ([]netip.Addr, error) {
+	for attempt := 0; attempt < 16; attempt++ {
+		att, err := s.Attachment(ctx, cid, ifname)
+		if err != nil || att == nil {
+			return nil, err
+		}
+		freed, ok, err := s.releaseOnce(ctx, att, now, policy)
+		if err != nil || ok {
+			return freed, err
+		}
+	}
+	return nil, fmt.Errorf("release of %s/%s kept losing races with concurrent writers", shortID(cid), ifname)
+}
+
+// ReleaseAttachment is Release for an attachment already read (GC).
+func (s *Store) ReleaseAttachment(ctx context.Context, att *Attachment, now time.Time, policy ReusePolicy) ([]netip.Addr, bool, error) {
+	return s.releaseOnce(ctx, att, now, policy)
+}
+
+func (s *Store) releaseOnce(ctx context.Context, att *Attachment, now time.Time, policy ReusePolicy) ([]netip.Addr, bool, error) {
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.attKey(att.ContainerID, att.IfName)), "=", att.Rev)}
+	ops := []clientv3.Op{clientv3.OpDelete(s.attKey(att.ContainerID, att.IfName))}
+	var freed []netip.Addr
+	for _, ipStr := range att.IPs {
+		a, err := netip.ParseAddr(ipStr)
+		if err != nil {
+			continue
+		}
+		st, err := s.State(ctx, a)
+		if err != nil {
+			return nil, false, err
+		}
+		k := s.ipKey(a)
+		if st.Record == nil || st.Record.ContainerID != att.ContainerID || st.Record.IfName != att.IfName {
+			// Taken over by a re-created pod, or already gone: not ours to free.
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st.RecRev))
+			continue
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st.RecRev))
+		ops = append(ops, clientv3.OpDelete(k))
+		set, log, tomb := policy(a, st.Record.Kind)
+		if tomb {
+			t := Tombstone{Released: now, Kind: st.Record.Kind}
+			if log {
+				t.Log = s.relKey(set, now, a)
+				ops = append(ops, clientv3.OpPut(t.Log, ""))
+			}
+			b, _ := json.Marshal(t)
+			ops = append(ops, clientv3.OpPut(s.tombKey(a), string(b)))
+			if st.Tomb != nil && st.Tomb.Log != "" {
+				ops = append(ops, clientv3.OpDelete(st.Tomb.Log))
+			}
+		}
+		freed = append(freed, a)
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return nil, false, err
+	}
+	if !resp.Succeeded {
+		return nil, false, nil
+	}
+	return freed, true, nil
+}
+
+// Ping checks that etcd answers.
+func (s *Store) Ping(ctx context.Context) error {
+	_, err := s.cli.Get(ctx, s.base+"cursor/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	return err
+}

@@ -31,12 +31,12 @@ const (
 
 // Args are the CNI_ARGS this plugin uses.
 type Args struct {
-	Namespace   string
-	Name        string
-	UID         string
-	InfraID     string
-	IPs         []string // IP=a,b (legacy CNI convention)
-	Unknown     []string
+	Namespace     string
+	Name          string
+	UID           string
+	InfraID       string
+	IPs           []string // IP=a,b (legacy CNI convention)
+	Unknown       []string
 	IgnoreUnknown bool
 }
 

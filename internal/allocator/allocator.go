@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"time"
 
 	"kubeipam/internal/config"
@@ -230,6 +231,7 @@ func (a *Allocator) held(ctx context.Context, req Request) ([]Allocated, error) 
 		}
 		out = append(out, Allocated{IP: ip, Set: set, Kind: st.Record.Kind})
 	}
+	slices.SortStableFunc(out, func(x, y Allocated) int { return x.Set - y.Set })
 	return out, nil
 }
 
@@ -286,6 +288,8 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixedSets map[int]boo
 		}
 		out = append(out, Allocated{IP: ip, Set: set, Kind: store.KindDynamic})
 	}
+	// Results list addresses in range-set order, as host-local does.
+	slices.SortStableFunc(out, func(x, y Allocated) int { return x.Set - y.Set })
 	return c, out, nil
 }
 

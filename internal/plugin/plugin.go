@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -32,6 +33,8 @@ type Plugin struct {
 	Pods func(n *config.Network) (pod.Getter, error)
 	// Now is the clock.
 	Now func() time.Time
+	// Out receives the ADD result (stdout for the real plugin).
+	Out io.Writer
 }
 
 // Default is the production wiring.
@@ -41,6 +44,7 @@ func Default() *Plugin {
 			return pod.NewClient(n.KubeConfig, n.Timeout)
 		},
 		Now: time.Now,
+		Out: os.Stdout,
 	}
 }
 
@@ -141,7 +145,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if version == "" {
 		version = "0.1.0"
 	}
-	return types.PrintResult(res, version)
+	out, err := res.GetAsVersion(version)
+	if err != nil {
+		return types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("cannot express the result as cniVersion %s: %v", version, err), "")
+	}
+	return out.PrintTo(p.Out)
 }
 
 // Error codes of kube-ipam (documented in docs/errors.md).

@@ -340,14 +340,16 @@ func parseEtcd(n *Network, e *rawEtcd) error {
 	n.Etcd.Prefix = strings.TrimRight(e.EtcdPrefix, "/")
 	if e.EtcdPrefix == "" {
 		n.Etcd.Prefix = DefaultEtcdPrefix
-	} else if !strings.HasPrefix(n.Etcd.Prefix, "/") {
+	} else if !strings.HasPrefix(e.EtcdPrefix, "/") {
 		return errorf("ipam.etcdConfig.etcdPrefix %q must start with '/'", e.EtcdPrefix)
 	}
 	if e.KubeConfigMisplacement != "" {
 		if n.KubeConfig == "" {
 			n.KubeConfig = e.KubeConfigMisplacement
+			n.Warnings = append(n.Warnings, "ipam.etcdConfig.kubeConfig belongs directly under ipam; it was used because ipam.kubeConfig is not set")
+		} else {
+			n.Warnings = append(n.Warnings, "ipam.etcdConfig.kubeConfig belongs directly under ipam; it is ignored because ipam.kubeConfig is set")
 		}
-		n.Warnings = append(n.Warnings, "ipam.etcdConfig.kubeConfig belongs directly under ipam; it was used because ipam.kubeConfig is not set")
 	}
 	return nil
 }
@@ -526,6 +528,9 @@ func ParseIPOrCIDR(s string) (IPSpec, error) {
 		a := p.Addr().Unmap()
 		bits := p.Bits()
 		if p.Addr().Is4In6() {
+			if bits < 96 {
+				return IPSpec{}, fmt.Errorf("prefix /%d of an IPv4-mapped address is shorter than /96", bits)
+			}
 			bits -= 96
 		}
 		return IPSpec{Addr: a, Bits: bits}, nil

@@ -309,8 +309,9 @@ func (a *Allocator) chooseDynamic(ctx context.Context, set int) (store.ClaimItem
 	if !from.IsValid() || from.BitLen() != first.BitLen() || from.Compare(first) < 0 {
 		from = first
 	}
-	if item, cur, ok, err := a.scanFresh(ctx, set, from, last, freshWindows); ok || err != nil {
-		return item, cur, err
+	item, resume, ok, err := a.scanFresh(ctx, set, from, last, freshWindows)
+	if ok || err != nil {
+		return item, resume, err
 	}
 	refs, err := a.Store.OldestReleased(ctx, set, releasedPeek)
 	if err != nil {
@@ -319,7 +320,7 @@ func (a *Allocator) chooseDynamic(ctx context.Context, set int) (store.ClaimItem
 	ready, next := ipam.Cooled(toReleased(refs), a.Now(), a.Net.ReleaseCooldown)
 	if len(ready) > 0 {
 		if item, ok, err := a.fromReleased(ctx, refs, ready); ok || err != nil {
-			return item, netip.Addr{}, err
+			return item, resume, err
 		}
 	}
 	if item, cur, ok, err := a.scanFresh(ctx, set, first, last, -1); ok || err != nil {
@@ -349,10 +350,16 @@ func (a *Allocator) exhausted(set int) error {
 }
 
 // scanFresh reads windows of used keys from `from` and returns a never-used
-// candidate. maxWindows < 0 scans to the end.
+// candidate and the cursor to store with it. maxWindows < 0 scans to the end.
+// When it finds nothing, the cursor returned is where a later scan may
+// resume (everything below it is used), so full windows are not re-read by
+// every ADD.
 func (a *Allocator) scanFresh(ctx context.Context, set int, from, last netip.Addr, maxWindows int) (store.ClaimItem, netip.Addr, bool, error) {
 	ivs := a.dyn[set]
 	for w := 0; maxWindows < 0 || w < maxWindows; w++ {
+		if from.Compare(last) > 0 {
+			return store.ClaimItem{}, from, false, nil
+		}
 		used, full, err := a.Store.Used(ctx, from, last, window)
 		if err != nil {
 			return store.ClaimItem{}, netip.Addr{}, false, err
@@ -367,11 +374,11 @@ func (a *Allocator) scanFresh(ctx context.Context, set int, from, last netip.Add
 			return store.ClaimItem{Record: store.Record{IP: ip.String()}, Mode: store.ClaimFresh}, cands[0], true, nil
 		}
 		if !full || limit == last {
-			return store.ClaimItem{}, netip.Addr{}, false, nil
+			return store.ClaimItem{}, last.Next(), false, nil
 		}
 		from = limit.Next()
 	}
-	return store.ClaimItem{}, netip.Addr{}, false, nil
+	return store.ClaimItem{}, from, false, nil
 }
 
 func toReleased(refs []store.ReleasedRef) []ipam.Released {

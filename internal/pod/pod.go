@@ -77,6 +77,7 @@ func ParseArgs(s string) (Args, error) {
 			case "1", "true":
 				a.IgnoreUnknown = true
 			case "0", "false", "":
+				a.IgnoreUnknown = false
 			default:
 				return a, fmt.Errorf("CNI_ARGS: IgnoreUnknown=%q: want 1, true, 0 or false", v)
 			}

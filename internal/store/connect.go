@@ -60,7 +60,15 @@ func IsUnavailable(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return true
 	}
-	switch status.Code(err) {
+	code := status.Code(err)
+	// clientv3 turns server errors ("etcdserver: no leader", "request timed
+	// out", ...) into rpctypes.EtcdError, which carries its gRPC code in a
+	// Code method but is not a gRPC status: status.Code reports Unknown.
+	var coded interface{ Code() codes.Code }
+	if code == codes.Unknown && errors.As(err, &coded) {
+		code = coded.Code()
+	}
+	switch code {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.ResourceExhausted, codes.Aborted:
 		return true
 	}

@@ -1,0 +1,739 @@
+package bench
+
+// BenchmarkAdd runs the real kube-ipam binary, one process per ADD as a
+// container runtime does, against a real etcd, and Debian's host-local
+// binary on the same machine in the same run. Its scenario runs once per
+// benchmark run (the b.N == 1 call); the framework's ramp-up calls with a
+// larger b.N reuse that result, so `-benchtime 1x` and the default agree.
+//
+// The micro-benchmarks at the end time the pure allocation rules of
+// internal/ipam in-process.
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"kubeipam/internal/config"
+	"kubeipam/internal/ipam"
+	"kubeipam/internal/store"
+	"kubeipam/internal/testenv"
+)
+
+const (
+	concurrentAdds = 500  // ADD processes in the concurrent phase
+	inFlight       = 50   // of which this many run at once
+	sequentialAdds = 200  // ADDs one at a time, per sequential phase
+	warmupAdds     = 5    // unmeasured ADDs per binary first (page cache)
+	fillFraction   = 0.99 // share of the /16 claimed before the full-pool phase
+	// etcd's default --max-txn-ops; two puts (record, attachment) per address.
+	txnOps    = 128
+	fillers   = 8 // concurrent fill transactions
+	ifName    = "net1"
+	perAddMax = 2 * time.Minute // a single ADD process taking longer is a hang
+	fillSeed  = 20260101        // fixed so that every run fills the same gaps
+)
+
+// Subnets: one /16 per phase and plugin, so no phase sees another's state.
+const (
+	warmKI, warmHL   = "10.59.0.0/16", "10.66.0.0/16"
+	concKI, concHL   = "10.60.0.0/16", "10.61.0.0/16"
+	emptyKI, emptyHL = "10.63.0.0/16", "10.65.0.0/16"
+	fullKI, fullHL   = "10.62.0.0/16", "10.64.0.0/16"
+)
+
+// sample is one ADD process.
+type sample struct {
+	cid string
+	dur time.Duration // fork/exec to exit, as the runtime waits for it
+	ip  netip.Addr
+	err error
+}
+
+// phase is one measured batch of ADDs.
+type phase struct {
+	samples []sample
+	wall    time.Duration
+}
+
+func (p phase) durations() []time.Duration {
+	d := make([]time.Duration, len(p.samples))
+	for i, s := range p.samples {
+		d[i] = s.dur
+	}
+	slices.Sort(d)
+	return d
+}
+
+// pct is the nearest-rank percentile of sorted durations, in milliseconds.
+func pct(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return math.NaN()
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return float64(sorted[max(i, 0)]) / float64(time.Millisecond)
+}
+
+func (p phase) p50() float64        { return pct(p.durations(), 0.50) }
+func (p phase) p99() float64        { return pct(p.durations(), 0.99) }
+func (p phase) addsPerSec() float64 { return float64(len(p.samples)) / p.wall.Seconds() }
+
+// results is everything the table shows.
+type results struct {
+	conc, seqEmpty, seqFull  map[string]phase // by plugin
+	fillN, poolN             int
+	races                    int   // kube-ipam claim races lost, concurrent phase
+	inPluginConc, inPluginSq []int // kube-ipam's own "ms" log field
+}
+
+const (
+	kipam     = "kube-ipam"
+	hostLocal = "host-local"
+)
+
+var (
+	lastMu  sync.Mutex
+	lastRes *results
+)
+
+func BenchmarkAdd(b *testing.B) {
+	var r *results
+	if b.N == 1 {
+		r = runScenario(b)
+		lastMu.Lock()
+		lastRes = r
+		lastMu.Unlock()
+		printTable(r)
+	} else {
+		lastMu.Lock()
+		r = lastRes
+		lastMu.Unlock()
+		if r == nil {
+			b.Fatal("no scenario result to report (the b.N == 1 run did not complete)")
+		}
+	}
+	report := func(name string, f func(b *testing.B)) {
+		b.Run(name, func(b *testing.B) {
+			f(b)
+			b.ReportMetric(0, "ns/op") // the scenario's time is not per op
+		})
+	}
+	for _, pl := range []string{kipam, hostLocal} {
+		c := r.conc[pl]
+		report(fmt.Sprintf("concurrent%d/%s", inFlight, pl), func(b *testing.B) {
+			b.ReportMetric(c.addsPerSec(), "adds/s")
+			b.ReportMetric(c.p50(), "p50-ms")
+			b.ReportMetric(c.p99(), "p99-ms")
+		})
+	}
+	for _, pl := range []string{kipam, hostLocal} {
+		e, f := r.seqEmpty[pl], r.seqFull[pl]
+		report("sequential-empty16/"+pl, func(b *testing.B) {
+			b.ReportMetric(e.p50(), "p50-ms")
+			b.ReportMetric(e.p99(), "p99-ms")
+		})
+		report("sequential-full99/"+pl, func(b *testing.B) {
+			b.ReportMetric(f.p50(), "p50-ms")
+			b.ReportMetric(f.p99(), "p99-ms")
+			b.ReportMetric(f.p50()/e.p50(), "full/empty-p50")
+		})
+	}
+	report("ratio-kube-ipam/host-local", func(b *testing.B) {
+		b.ReportMetric(r.conc[kipam].addsPerSec()/r.conc[hostLocal].addsPerSec(), "adds/s-ratio")
+		b.ReportMetric(r.conc[kipam].p50()/r.conc[hostLocal].p50(), "p50-ratio")
+		b.ReportMetric(r.conc[kipam].p99()/r.conc[hostLocal].p99(), "p99-ratio")
+	})
+}
+
+// env is the scenario's shared setup.
+type env struct {
+	b        *testing.B
+	ctx      context.Context
+	etcd     *testenv.Etcd
+	cli      *clientv3.Client
+	bins     map[string]string
+	cniPath  string
+	dir      string
+	baseEnv  []string
+	logFiles map[string]string // kube-ipam log file per phase
+}
+
+func runScenario(b *testing.B) *results {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	e := &env{b: b, ctx: ctx, dir: b.TempDir(), logFiles: map[string]string{}}
+	e.cniPath = testenv.CNIPluginDir(b)
+	e.etcd = testenv.StartEtcd(b)
+	e.cli = e.etcd.Client(b)
+	e.bins = map[string]string{
+		kipam:     testenv.Binary(b, "kube-ipam"),
+		hostLocal: filepath.Join(e.cniPath, "host-local"),
+	}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CNI_") {
+			e.baseEnv = append(e.baseEnv, kv)
+		}
+	}
+	r := &results{conc: map[string]phase{}, seqEmpty: map[string]phase{}, seqFull: map[string]phase{}}
+
+	// Warm-up: first exec of each binary pays for reading it from disk.
+	for _, pl := range []string{kipam, hostLocal} {
+		subnet := map[string]string{kipam: warmKI, hostLocal: warmHL}[pl]
+		p := e.run(pl, "warm", subnet, warmupAdds, 1)
+		e.mustOK(pl+" warm-up", p, subnet, nil)
+	}
+
+	// 1. Concurrent: 500 ADDs, 50 in flight, fresh container IDs.
+	r.conc[kipam] = e.run(kipam, "conc", concKI, concurrentAdds, inFlight)
+	e.mustOK("kube-ipam concurrent", r.conc[kipam], concKI, nil)
+	e.checkEtcd("kube-ipam concurrent", "bench-conc", r.conc[kipam])
+	r.conc[hostLocal] = e.run(hostLocal, "conc", concHL, concurrentAdds, inFlight)
+	e.mustOK("host-local concurrent", r.conc[hostLocal], concHL, nil)
+	e.checkHostLocalDir("host-local concurrent", "conc", concurrentAdds)
+
+	// 2. Sequential on an empty /16.
+	r.seqEmpty[kipam] = e.run(kipam, "empty", emptyKI, sequentialAdds, 1)
+	e.mustOK("kube-ipam sequential empty", r.seqEmpty[kipam], emptyKI, nil)
+	r.seqEmpty[hostLocal] = e.run(hostLocal, "empty", emptyHL, sequentialAdds, 1)
+	e.mustOK("host-local sequential empty", r.seqEmpty[hostLocal], emptyHL, nil)
+
+	// 3. Sequential on a /16 filled to 99 % at random positions.
+	gapsKI, nFill, nPool := e.fillKubeIPAM("bench-full", fullKI)
+	r.fillN, r.poolN = nFill, nPool
+	gapsHL := e.fillHostLocal("full", fullHL)
+	r.seqFull[kipam] = e.run(kipam, "full", fullKI, sequentialAdds, 1)
+	e.mustOK("kube-ipam sequential 99% full", r.seqFull[kipam], fullKI, gapsKI)
+	r.seqFull[hostLocal] = e.run(hostLocal, "full", fullHL, sequentialAdds, 1)
+	e.mustOK("host-local sequential 99% full", r.seqFull[hostLocal], fullHL, gapsHL)
+
+	r.races, r.inPluginConc = scanLog(b, e.logFiles["conc"])
+	_, seq := scanLog(b, e.logFiles["full"])
+	_, seqE := scanLog(b, e.logFiles["empty"])
+	r.inPluginSq = append(seqE, seq...)
+	return r
+}
+
+// conf is the network config handed to pl on stdin.
+func (e *env) conf(pl, tag, subnet string) []byte {
+	var v map[string]any
+	switch pl {
+	case kipam:
+		logFile := filepath.Join(e.dir, "kube-ipam-"+tag+".log")
+		e.logFiles[tag] = logFile
+		// debug logs the number of claim races lost, when there were any.
+		v = map[string]any{"cniVersion": "0.3.1", "name": "bench-" + tag, "type": "macvlan",
+			"ipam": map[string]any{"type": "kube-ipam",
+				"etcdConfig": map[string]any{"etcdURL": strings.Join(e.etcd.Endpoints, ",")},
+				"subnet":     subnet, "logFile": logFile, "logLevel": "debug",
+				"podLookup": false, "releaseCooldown": "30s"}}
+	case hostLocal:
+		v = map[string]any{"cniVersion": "0.3.1", "name": "hl-" + tag,
+			"ipam": map[string]any{"type": "host-local", "subnet": subnet, "dataDir": e.hostLocalDir(tag)}}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	return b
+}
+
+func (e *env) hostLocalDir(tag string) string { return filepath.Join(e.dir, "host-local-"+tag) }
+
+// run starts n ADD processes of pl, par at a time, each with a fresh
+// container ID, and times each from start to exit.
+func (e *env) run(pl, tag, subnet string, n, par int) phase {
+	conf := e.conf(pl, tag, subnet)
+	out := make([]sample, n)
+	idx := make(chan int)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range par {
+		wg.Go(func() {
+			for i := range idx {
+				cid := fmt.Sprintf("%s-%s-%05d-%08x", pl, tag, i, rand.Uint32())
+				out[i] = e.add(e.bins[pl], conf, cid)
+			}
+		})
+	}
+	for i := range n {
+		idx <- i
+	}
+	close(idx)
+	wg.Wait()
+	return phase{samples: out, wall: time.Since(start)}
+}
+
+// add runs one ADD process.
+func (e *env) add(bin string, conf []byte, cid string) sample {
+	ctx, cancel := context.WithTimeout(e.ctx, perAddMax)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Env = append(slices.Clip(e.baseEnv),
+		"CNI_COMMAND=ADD", "CNI_CONTAINERID="+cid,
+		"CNI_NETNS=/var/run/netns/bench-"+cid, "CNI_NETNS_OVERRIDE=1",
+		"CNI_IFNAME="+ifName, "CNI_PATH="+e.cniPath)
+	cmd.Stdin = bytes.NewReader(conf)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	s := sample{cid: cid, dur: time.Since(start)}
+	if err != nil {
+		s.err = fmt.Errorf("%v; stdout %q; stderr %q", err, stdout.String(), stderr.String())
+		return s
+	}
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil || len(res.IPs) != 1 {
+		s.err = fmt.Errorf("want a result with one IP, got %q (%v)", stdout.String(), err)
+		return s
+	}
+	p, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil {
+		s.err = fmt.Errorf("result address %q: %v", res.IPs[0].Address, err)
+		return s
+	}
+	s.ip = p.Addr()
+	return s
+}
+
+// mustOK fails the benchmark unless every ADD exited 0 with a distinct
+// address of subnet (and, when allowed is set, one of those addresses).
+func (e *env) mustOK(what string, p phase, subnet string, allowed map[netip.Addr]bool) {
+	e.b.Helper()
+	pfx := netip.MustParsePrefix(subnet)
+	var errs []string
+	seen := map[netip.Addr]string{}
+	for _, s := range p.samples {
+		switch {
+		case s.err != nil:
+			errs = append(errs, fmt.Sprintf("ADD %s: %v", s.cid, s.err))
+		case !pfx.Contains(s.ip):
+			errs = append(errs, fmt.Sprintf("ADD %s got %s, outside %s", s.cid, s.ip, subnet))
+		case seen[s.ip] != "":
+			errs = append(errs, fmt.Sprintf("DUPLICATE: %s given to both %s and %s", s.ip, seen[s.ip], s.cid))
+		case allowed != nil && !allowed[s.ip]:
+			errs = append(errs, fmt.Sprintf("ADD %s got %s, which the fill had already claimed", s.cid, s.ip))
+		}
+		if s.err == nil {
+			seen[s.ip] = s.cid
+		}
+	}
+	if len(errs) > 0 {
+		e.b.Fatalf("%s: %d of %d ADDs wrong; first ones:\n%s", what, len(errs), len(p.samples), strings.Join(errs[:min(len(errs), 10)], "\n"))
+	}
+}
+
+// keyBase is the store's prefix of one network (see internal/store).
+func keyBase(network string) string {
+	return config.DefaultEtcdPrefix + "/v1/networks/" + network + "/"
+}
+
+func ipKey(network string, a netip.Addr) string {
+	return keyBase(network) + "ip/4/" + hex.EncodeToString(a.AsSlice())
+}
+
+// checkEtcd: etcd holds exactly one record and one attachment per ADD, each
+// naming the container that got the address.
+func (e *env) checkEtcd(what, network string, p phase) {
+	e.b.Helper()
+	resp, err := e.cli.Get(e.ctx, keyBase(network)+"ip/4/", clientv3.WithPrefix())
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	owner := map[netip.Addr]string{}
+	for _, kv := range resp.Kvs {
+		var rec store.Record
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			e.b.Fatalf("%s: record %s: %v", what, kv.Key, err)
+		}
+		owner[netip.MustParseAddr(rec.IP)] = rec.ContainerID
+	}
+	if len(resp.Kvs) != len(p.samples) {
+		e.b.Fatalf("%s: etcd holds %d address records after %d ADDs", what, len(resp.Kvs), len(p.samples))
+	}
+	for _, s := range p.samples {
+		if owner[s.ip] != s.cid {
+			e.b.Fatalf("%s: etcd says %s belongs to %q, but ADD %s got it", what, s.ip, owner[s.ip], s.cid)
+		}
+	}
+	n := e.count(keyBase(network) + "att/")
+	if n != len(p.samples) {
+		e.b.Fatalf("%s: etcd holds %d attachments after %d ADDs", what, n, len(p.samples))
+	}
+}
+
+func (e *env) checkHostLocalDir(what, tag string, want int) {
+	e.b.Helper()
+	ents, err := os.ReadDir(filepath.Join(e.hostLocalDir(tag), "hl-"+tag))
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	n := 0
+	for _, de := range ents {
+		if _, err := netip.ParseAddr(de.Name()); err == nil {
+			n++
+		}
+	}
+	if n != want {
+		e.b.Fatalf("%s: host-local's data dir holds %d reservations after %d ADDs", what, n, want)
+	}
+}
+
+func (e *env) count(prefix string) int {
+	e.b.Helper()
+	resp, err := e.cli.Get(e.ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	return int(resp.Count)
+}
+
+// pool lists, ascending, the addresses kube-ipam hands out dynamically on a
+// subnet with the defaults (rangeStart/rangeEnd/gateway unset), and splits
+// them at random (fixed seed) into fillFraction used and the rest free.
+func pool(b *testing.B, subnet string) (used []netip.Addr, free map[netip.Addr]bool, all int) {
+	b.Helper()
+	n := parseNet(b, subnet, "")
+	var addrs []netip.Addr
+	for _, iv := range ipam.DynamicIntervals(n, 0) {
+		for a := iv.Lo; ; a = a.Next() {
+			addrs = append(addrs, a)
+			if a == iv.Hi {
+				break
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(fillSeed, 0))
+	r.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+	nUsed := int(math.Round(fillFraction * float64(len(addrs))))
+	used = addrs[:nUsed]
+	free = map[netip.Addr]bool{}
+	for _, a := range addrs[nUsed:] {
+		free[a] = true
+	}
+	slices.SortFunc(used, netip.Addr.Compare)
+	return used, free, len(addrs)
+}
+
+// fillKubeIPAM claims fillFraction of the network's pool directly in etcd,
+// in the store's format (record + attachment per address, as a dynamic ADD
+// writes them), in transactions of txnOps operations. No cursor is written:
+// the gaps were never used. It returns the free addresses.
+func (e *env) fillKubeIPAM(network, subnet string) (map[netip.Addr]bool, int, int) {
+	e.b.Helper()
+	used, free, all := pool(e.b, subnet)
+	start := time.Now()
+	now := time.Now().UTC()
+	per := txnOps / 2
+	batches := make(chan []int)
+	errc := make(chan error, fillers)
+	var wg sync.WaitGroup
+	for range fillers {
+		wg.Go(func() {
+			for idx := range batches {
+				ops := make([]clientv3.Op, 0, 2*len(idx))
+				for _, i := range idx {
+					a := used[i]
+					cid := fmt.Sprintf("fill%060x", i)
+					rec, _ := json.Marshal(store.Record{Network: network, IP: a.String(), Kind: store.KindDynamic,
+						IfName: ifName, ContainerID: cid, Node: "bench-node", Created: now})
+					att, _ := json.Marshal(store.Attachment{ContainerID: cid, IfName: ifName,
+						IPs: []string{a.String()}, Node: "bench-node", Created: now})
+					ops = append(ops, clientv3.OpPut(ipKey(network, a), string(rec)),
+						clientv3.OpPut(keyBase(network)+"att/"+cid+"/"+ifName, string(att)))
+				}
+				if _, err := e.cli.Txn(e.ctx).Then(ops...).Commit(); err != nil {
+					select {
+					case errc <- err:
+					default:
+					}
+					return
+				}
+			}
+		})
+	}
+	go func() {
+		defer close(batches)
+		for lo := 0; lo < len(used); lo += per {
+			idx := make([]int, 0, per)
+			for i := lo; i < min(lo+per, len(used)); i++ {
+				idx = append(idx, i)
+			}
+			select {
+			case batches <- idx:
+			case <-e.ctx.Done():
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	select {
+	case err := <-errc:
+		e.b.Fatalf("filling %s: %v", network, err)
+	default:
+	}
+
+	// Verify the fill with raw counts and with the store's own readers.
+	if n := e.count(keyBase(network) + "ip/4/"); n != len(used) {
+		e.b.Fatalf("fill of %s: %d address keys, want %d", network, n, len(used))
+	}
+	if n := e.count(keyBase(network) + "att/"); n != len(used) {
+		e.b.Fatalf("fill of %s: %d attachment keys, want %d", network, n, len(used))
+	}
+	st := store.New(e.cli, config.DefaultEtcdPrefix, network)
+	seen, from := 0, used[0]
+	last := lastOfPrefix(netip.MustParsePrefix(subnet))
+	for {
+		got, full, err := st.Used(e.ctx, from, last, 512)
+		if err != nil {
+			e.b.Fatal(err)
+		}
+		for _, a := range got {
+			if free[a] {
+				e.b.Fatalf("fill of %s: store reads %s as used but it is one of the gaps", network, a)
+			}
+		}
+		seen += len(got)
+		if !full {
+			break
+		}
+		from = got[len(got)-1].Next()
+	}
+	if seen != len(used) {
+		e.b.Fatalf("fill of %s: the store's Used() reads %d claimed addresses, want %d", network, seen, len(used))
+	}
+	for _, i := range []int{0, len(used) / 2, len(used) - 1} {
+		s, err := st.State(e.ctx, used[i])
+		if err != nil || s.Record == nil || s.Record.IP != used[i].String() {
+			e.b.Fatalf("fill of %s: store.State(%s) = %+v, %v", network, used[i], s, err)
+		}
+		att, err := st.Attachment(e.ctx, s.Record.ContainerID, ifName)
+		if err != nil || att == nil || len(att.IPs) != 1 || att.IPs[0] != used[i].String() {
+			e.b.Fatalf("fill of %s: store.Attachment(%s) = %+v, %v", network, s.Record.ContainerID, att, err)
+		}
+	}
+	pctFull := 100 * float64(len(used)) / float64(all)
+	if pctFull < 98.99 || pctFull > 99.01 {
+		e.b.Fatalf("fill of %s is %.3f %%, want 99 %%", network, pctFull)
+	}
+	e.b.Logf("filled %s: %d of %d addresses claimed (%.2f %%), %d never-used gaps, in %v",
+		network, len(used), all, pctFull, len(free), time.Since(start).Round(time.Millisecond))
+	return free, len(used), all
+}
+
+func lastOfPrefix(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// fillHostLocal reserves the same positions in host-local's data dir (one
+// file per address, as host-local writes them) and returns the free ones.
+func (e *env) fillHostLocal(tag, subnet string) map[netip.Addr]bool {
+	e.b.Helper()
+	used, free, all := pool(e.b, subnet)
+	dir := filepath.Join(e.hostLocalDir(tag), "hl-"+tag)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.b.Fatal(err)
+	}
+	for i, a := range used {
+		if err := os.WriteFile(filepath.Join(dir, a.String()), fmt.Appendf(nil, "fill%060x\r\n%s", i, ifName), 0o644); err != nil {
+			e.b.Fatal(err)
+		}
+	}
+	e.checkHostLocalDir("host-local fill", tag, len(used))
+	e.b.Logf("filled host-local %s: %d of %d addresses reserved", subnet, len(used), all)
+	return free
+}
+
+func parseNet(tb testing.TB, subnet, extra string) *config.Network {
+	tb.Helper()
+	n, err := config.Parse(fmt.Appendf(nil, `{"cniVersion":"0.3.1","name":"m","ipam":{"type":"kube-ipam",
+		"etcdConfig":{"etcdURL":"http://127.0.0.1:2379"},"subnet":%q,"podLookup":false%s}}`, subnet, extra))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+var (
+	racesRe = regexp.MustCompile(`msg="claim races lost".* count=(\d+)`)
+	okMsRe  = regexp.MustCompile(`level=INFO msg=ok .* ms=(\d+)`)
+)
+
+// scanLog reads kube-ipam's log: total claim races lost and the time each
+// ADD spent inside the plugin (its "ms" field, whole milliseconds).
+func scanLog(tb testing.TB, path string) (races int, ms []int) {
+	tb.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if m := racesRe.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			races += n
+		}
+		if m := okMsRe.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			ms = append(ms, n)
+		}
+	}
+	slices.Sort(ms)
+	return races, ms
+}
+
+func medianInt(s []int) float64 {
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	return float64(s[(len(s)+1)/2-1])
+}
+
+func etcdVersion() string {
+	bin := os.Getenv("KUBE_IPAM_TEST_ETCD")
+	if bin == "" {
+		bin = "/usr/bin/etcd"
+	}
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return "etcd ?"
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(line)
+}
+
+func printTable(r *results) {
+	k, h := kipam, hostLocal
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "\nkube-ipam benchmark (same machine, same run: %d CPUs, %s, one process per ADD)\n", runtime.NumCPU(), etcdVersion())
+	fmt.Fprintf(&sb, "%-34s %10s %12s %8s\n", "metric", "kube-ipam", "host-local", "ratio")
+	row := func(name string, a, b float64) {
+		fmt.Fprintf(&sb, "%-34s %10.1f %12.1f %8.2f\n", name, a, b, a/b)
+	}
+	row(fmt.Sprintf("ADDs/s, %d in flight", inFlight), r.conc[k].addsPerSec(), r.conc[h].addsPerSec())
+	row(fmt.Sprintf("p50 ms, %d in flight", inFlight), r.conc[k].p50(), r.conc[h].p50())
+	row(fmt.Sprintf("p99 ms, %d in flight", inFlight), r.conc[k].p99(), r.conc[h].p99())
+	row("p50 ms sequential, empty /16", r.seqEmpty[k].p50(), r.seqEmpty[h].p50())
+	row("p50 ms sequential, 99% /16", r.seqFull[k].p50(), r.seqFull[h].p50())
+	row("p99 ms sequential, 99% /16", r.seqFull[k].p99(), r.seqFull[h].p99())
+	fmt.Fprintf(&sb, "%-34s %10.2f %12.2f\n", "ratio full/empty (p50 sequential)",
+		r.seqFull[k].p50()/r.seqEmpty[k].p50(), r.seqFull[h].p50()/r.seqEmpty[h].p50())
+	fmt.Fprintf(&sb, "ratio = kube-ipam / host-local (ADDs/s: higher is better for kube-ipam; ms: lower is).\n")
+	fmt.Fprintf(&sb, "%d ADDs with %d in flight; %d sequential ADDs per pool; 99%% = %d of %d addresses claimed at random, gaps never used.\n",
+		concurrentAdds, inFlight, sequentialAdds, r.fillN, r.poolN)
+	fmt.Fprintf(&sb, "kube-ipam: %d claim races lost in the concurrent phase (%.2f per ADD); time inside the plugin (its log), p50 %.0f ms concurrent, %.0f ms sequential.\n",
+		r.races, float64(r.races)/float64(concurrentAdds), medianInt(r.inPluginConc), medianInt(r.inPluginSq))
+	fmt.Print(sb.String())
+}
+
+// ---- micro-benchmarks of the pure rules (internal/ipam) ----
+
+// window returns 512 "used" keys from the start of a /16's pool, taking
+// each address with probability density (fixed seed), and the first pool
+// address.
+func window(b *testing.B, density float64) ([]ipam.Interval, []netip.Addr) {
+	b.Helper()
+	ivs := ipam.DynamicIntervals(parseNet(b, "10.62.0.0/16", ""), 0)
+	r := rand.New(rand.NewPCG(1, 2))
+	var used []netip.Addr
+	for a := ivs[0].Lo; len(used) < 512; a = a.Next() {
+		if r.Float64() < density {
+			used = append(used, a)
+		}
+	}
+	return ivs, used
+}
+
+// BenchmarkFree is the allocator's per-window search: up to 64 free
+// candidates in a 512-key window of used addresses.
+func BenchmarkFree(b *testing.B) {
+	for _, c := range []struct {
+		name    string
+		density float64
+		want    int // candidates expected, -1 for "some"
+	}{{"empty", 0, 64}, {"used99pct", 0.99, -1}, {"used100pct", 1, 0}} {
+		b.Run(c.name, func(b *testing.B) {
+			ivs, used := window(b, c.density)
+			var limit netip.Addr
+			if c.density > 0 {
+				limit = used[len(used)-1]
+			} else {
+				used = nil
+			}
+			got := ipam.Free(ivs, ivs[0].Lo, used, limit, 64)
+			if (c.want >= 0 && len(got) != c.want) || (c.want < 0 && len(got) == 0) {
+				b.Fatalf("Free found %d candidates, want %d", len(got), c.want)
+			}
+			for b.Loop() {
+				ipam.Free(ivs, ivs[0].Lo, used, limit, 64)
+			}
+		})
+	}
+}
+
+func BenchmarkDynamicIntervals(b *testing.B) {
+	for _, c := range []struct{ name, subnet, extra string }{
+		{"single16", "10.62.0.0/16", ""},
+		{"fixedBlock", "10.62.0.0/16", `,"fixedStart":"10.62.10.0","fixedEnd":"10.62.20.255"`},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			n := parseNet(b, c.subnet, c.extra)
+			for b.Loop() {
+				ipam.DynamicIntervals(n, 0)
+			}
+		})
+	}
+}
+
+// BenchmarkCooled is the release-log check of one attempt (32 entries).
+func BenchmarkCooled(b *testing.B) {
+	now := time.Now()
+	base := netip.MustParseAddr("10.62.0.10")
+	var entries []ipam.Released
+	for i := range 32 {
+		entries = append(entries, ipam.Released{IP: base, At: now.Add(time.Duration(i-16) * 2 * time.Second)})
+		base = base.Next()
+	}
+	for b.Loop() {
+		ipam.Cooled(entries, now, 30*time.Second)
+	}
+}
+
+// BenchmarkConfigParse is the per-ADD parse of the network config.
+func BenchmarkConfigParse(b *testing.B) {
+	data := []byte(`{"cniVersion":"0.3.1","name":"benchnet","type":"macvlan","ipam":{"type":"kube-ipam",
+		"etcdConfig":{"etcdURL":"http://127.0.0.1:2379"},"subnet":"10.60.0.0/16","logFile":"/tmp/kube-ipam.log",
+		"podLookup":false,"releaseCooldown":"30s","nodeName":"n1"}}`)
+	for b.Loop() {
+		if _, err := config.Parse(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

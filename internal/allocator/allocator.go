@@ -37,6 +37,13 @@ type Request struct {
 	PodName      string
 	PodUID       string
 	Node         string
+	// StatefulSet identity (StatefulSetUID empty for other pods).
+	StatefulSet    string
+	StatefulSetUID string
+	Ordinal        int
+	// Sticky: remember the dynamic addresses of this StatefulSet ordinal and
+	// give them back on every later ADD of the same ordinal.
+	Sticky bool
 	// Fixed addresses asked for by annotation or CNI args.
 	Fixed []netip.Addr
 }
@@ -155,22 +162,41 @@ func lastOf(p netip.Prefix) netip.Addr {
 // every range set that no fixed address covers. A repeated ADD for the same
 // (container, interface) returns what it already holds.
 func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, error) {
-	fixedSets := map[int]bool{}
 	seen := map[netip.Addr]bool{}
 	for _, ip := range req.Fixed {
 		if seen[ip] {
 			return nil, &OutOfRangeError{ip, "is listed twice"}
 		}
 		seen[ip] = true
-		set, err := a.ValidateFixed(ip)
-		if err != nil {
+		if _, err := a.ValidateFixed(ip); err != nil {
 			return nil, err
 		}
-		fixedSets[set] = true
 	}
 	for attempt := 0; ; attempt++ {
 		if held, err := a.held(ctx, req); held != nil || err != nil {
 			return held, err
+		}
+		kind, fixed, newSticky := store.KindFixed, req.Fixed, false
+		if len(req.Fixed) == 0 && req.Sticky && req.StatefulSetUID != "" {
+			st, err := a.Store.Sticky(ctx, req.PodNamespace, req.StatefulSetUID, req.Ordinal, req.IfName)
+			if err != nil {
+				return nil, err
+			}
+			if st == nil {
+				newSticky = true
+			} else {
+				kind, fixed = store.KindSticky, nil
+				for _, s := range st.IPs {
+					ip, err := netip.ParseAddr(s)
+					if err != nil {
+						return nil, fmt.Errorf("corrupt sticky record of %s ordinal %d: bad address %q", req.StatefulSet, req.Ordinal, s)
+					}
+					if _, _, ok := a.Net.SetFor(ip); !ok {
+						return nil, &OutOfRangeError{ip, fmt.Sprintf("(remembered for StatefulSet %s/%s ordinal %d) is no longer inside network %q; release it with kube-ipamctl", req.PodNamespace, req.StatefulSet, req.Ordinal, a.Net.Name)}
+					}
+					fixed = append(fixed, ip)
+				}
+			}
 		}
 		if attempt >= maxAttempts {
 			return nil, &ContentionError{attempt}
@@ -188,7 +214,7 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 		if attempt > 0 {
 			a.spread = spread
 		}
-		claim, out, err := a.plan(ctx, req, fixedSets)
+		claim, out, err := a.plan(ctx, req, fixed, kind, newSticky)
 		if errors.Is(err, errRetry) {
 			continue
 		}
@@ -240,12 +266,15 @@ func (a *Allocator) record(req Request, ip netip.Addr, set int, kind string) sto
 		Network: a.Net.Name, IP: ip.String(), Kind: kind, Set: set,
 		IfName: req.IfName, ContainerID: req.ContainerID,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID,
+		StatefulSet: req.StatefulSet, StatefulSetUID: req.StatefulSetUID, Ordinal: req.Ordinal,
 		Node: req.Node, Created: a.Now().UTC(),
 	}
 }
 
-// plan reads what it needs and builds one claim.
-func (a *Allocator) plan(ctx context.Context, req Request, fixedSets map[int]bool) (*store.Claim, []Allocated, error) {
+// plan reads what it needs and builds one claim: the fixed (or remembered
+// sticky) addresses, plus a dynamic address for every other range set.
+func (a *Allocator) plan(ctx context.Context, req Request, fixed []netip.Addr, kind string, newSticky bool) (*store.Claim, []Allocated, error) {
+	fixedSets := map[int]bool{}
 	c := &store.Claim{
 		Attachment: store.Attachment{
 			ContainerID: req.ContainerID, IfName: req.IfName,
@@ -255,13 +284,14 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixedSets map[int]boo
 		Cursors: map[int]netip.Addr{},
 	}
 	var out []Allocated
-	for _, ip := range req.Fixed {
+	for _, ip := range fixed {
 		set, _, _ := a.Net.SetFor(ip)
+		fixedSets[set] = true
 		st, err := a.Store.State(ctx, ip)
 		if err != nil {
 			return nil, nil, err
 		}
-		rec := a.record(req, ip, set, store.KindFixed)
+		rec := a.record(req, ip, set, kind)
 		item := store.ClaimItem{Record: rec, State: st, Mode: store.ClaimTomb}
 		if st.Record != nil {
 			if !st.Record.SamePod(&rec) {
@@ -270,7 +300,15 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixedSets map[int]boo
 			item.Mode = store.ClaimTakeover
 		}
 		c.Items = append(c.Items, item)
-		out = append(out, Allocated{IP: ip, Set: set, Kind: store.KindFixed})
+		out = append(out, Allocated{IP: ip, Set: set, Kind: kind})
+	}
+	dynKind := store.KindDynamic
+	if newSticky {
+		dynKind = store.KindSticky
+		c.NewSticky = &store.Sticky{
+			Namespace: req.PodNamespace, StatefulSet: req.StatefulSet, StatefulSetUID: req.StatefulSetUID,
+			Ordinal: req.Ordinal, IfName: req.IfName, Created: a.Now().UTC(),
+		}
 	}
 	for set := range a.Net.RangeSets {
 		if fixedSets[set] {
@@ -281,12 +319,15 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixedSets map[int]boo
 			return nil, nil, err
 		}
 		ip := netip.MustParseAddr(item.Record.IP)
-		item.Record = a.record(req, ip, set, store.KindDynamic)
+		item.Record = a.record(req, ip, set, dynKind)
 		c.Items = append(c.Items, item)
 		if cursor.IsValid() {
 			c.Cursors[set] = cursor
 		}
-		out = append(out, Allocated{IP: ip, Set: set, Kind: store.KindDynamic})
+		if c.NewSticky != nil {
+			c.NewSticky.IPs = append(c.NewSticky.IPs, ip.String())
+		}
+		out = append(out, Allocated{IP: ip, Set: set, Kind: dynKind})
 	}
 	// Results list addresses in range-set order, as host-local does.
 	slices.SortStableFunc(out, func(x, y Allocated) int { return x.Set - y.Set })

@@ -75,12 +75,15 @@ type Network struct {
 	ResolvConf           string
 	KubeConfig           string
 	PodLookup            bool
-	Etcd                 Etcd
-	ReleaseCooldown      time.Duration
-	Timeout              time.Duration
-	LogFile              string
-	LogLevel             string
-	NodeName             string
+	// StickyStatefulSets: a StatefulSet pod without a fixed address keeps
+	// the dynamic address its ordinal was first given.
+	StickyStatefulSets bool
+	Etcd               Etcd
+	ReleaseCooldown    time.Duration
+	Timeout            time.Duration
+	LogFile            string
+	LogLevel           string
+	NodeName           string
 	// RequestedIPs come from runtimeConfig.ips, args.cni.ips (CNI conventions).
 	RequestedIPs     []IPSpec
 	ValidAttachments []types.GCAttachment
@@ -141,6 +144,7 @@ type rawIPAM struct {
 	Name            string         `json:"name"`
 	KubeConfig      string         `json:"kubeConfig"`
 	PodLookup       *bool          `json:"podLookup"`
+	Sticky          *bool          `json:"stickyStatefulSets"`
 	EtcdConfig      *rawEtcd       `json:"etcdConfig"`
 	Subnet          string         `json:"subnet"`
 	RangeStart      string         `json:"rangeStart"`
@@ -187,16 +191,17 @@ func Parse(data []byte) (*Network, error) {
 	}
 	ip := raw.IPAM
 	n := &Network{
-		CNIVersion:    raw.CNIVersion,
-		Name:          raw.Name,
-		Routes:        ip.Routes,
-		ResolvConf:    ip.ResolvConf,
-		KubeConfig:    ip.KubeConfig,
-		PodLookup:     ip.PodLookup == nil || *ip.PodLookup,
-		LogFile:       ip.LogFile,
-		LogLevel:      strings.ToLower(ip.LogLevel),
-		NodeName:      ip.NodeName,
-		RawPrevResult: raw.RawPrevResult,
+		CNIVersion:         raw.CNIVersion,
+		Name:               raw.Name,
+		Routes:             ip.Routes,
+		ResolvConf:         ip.ResolvConf,
+		KubeConfig:         ip.KubeConfig,
+		PodLookup:          ip.PodLookup == nil || *ip.PodLookup,
+		StickyStatefulSets: ip.Sticky == nil || *ip.Sticky,
+		LogFile:            ip.LogFile,
+		LogLevel:           strings.ToLower(ip.LogLevel),
+		NodeName:           ip.NodeName,
+		RawPrevResult:      raw.RawPrevResult,
 	}
 	if n.Name == "" {
 		n.Name = ip.Name

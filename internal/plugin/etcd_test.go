@@ -604,3 +604,100 @@ func TestResultShape(t *testing.T) {
 		t.Fatalf("result %s", out)
 	}
 }
+
+func (v *env) addStsPod(ns, sts, stsUID string, ordinal int, ann map[string]string) string {
+	v.t.Helper()
+	name := fmt.Sprintf("%s-%d", sts, ordinal)
+	_ = v.cs.CoreV1().Pods(ns).Delete(context.Background(), name, metav1.DeleteOptions{})
+	yes := true
+	_, err := v.cs.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: ns, Name: name, UID: k8stypes.UID(fmt.Sprintf("%s-pod-%d-%d", stsUID, ordinal, time.Now().UnixNano())), Annotations: ann,
+			Labels:          map[string]string{pod.PodIndexLabel: fmt.Sprint(ordinal)},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "StatefulSet", Name: sts, UID: k8stypes.UID(stsUID), Controller: &yes}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	return name
+}
+
+func TestStickyStatefulSetIPs(t *testing.T) {
+	v := newEnv(t, nil)
+	conf := v.conf(map[string]any{"releaseCooldown": "0s"})
+	name := v.addStsPod("db", "mysql", "sts-1", 0, nil)
+	first := v.add("c1", "net1", podArgs("db", name), conf)
+	if r := v.record(strings.TrimSuffix(first[0], "/16")); r == nil || r.Kind != store.KindSticky || r.StatefulSetUID != "sts-1" || r.Ordinal != 0 {
+		t.Fatalf("sticky record: %+v", r)
+	}
+	v.del("c1", "net1", conf)
+	// Other pods come and go; the released sticky address is not handed out.
+	for i := 0; i < 5; i++ {
+		if got := v.add(fmt.Sprintf("o%d", i), "net1", "", conf); got[0] == first[0] {
+			t.Fatalf("sticky address %s handed out dynamically", got[0])
+		}
+	}
+	// Re-created (new pod UID, new container, maybe another node): same address.
+	v.addStsPod("db", "mysql", "sts-1", 0, nil)
+	if got := v.add("c2", "net1", podArgs("db", name), conf); got[0] != first[0] {
+		t.Fatalf("re-created ordinal 0 got %v, want %v", got, first)
+	}
+	// Even before the old container's DEL: takeover, and the late DEL frees nothing.
+	v.addStsPod("db", "mysql", "sts-1", 0, nil)
+	if got := v.add("c3", "net1", podArgs("db", name), conf); got[0] != first[0] {
+		t.Fatalf("takeover got %v", got)
+	}
+	v.del("c2", "net1", conf)
+	if r := v.record(strings.TrimSuffix(first[0], "/16")); r == nil || r.ContainerID != "c3" {
+		t.Fatalf("late DEL freed the sticky address: %+v", r)
+	}
+	// A new StatefulSet reusing the name (new UID) does not inherit it.
+	v.addStsPod("db", "mysql", "sts-2", 0, nil)
+	if got := v.add("c4", "net1", podArgs("db", name), conf); got[0] == first[0] {
+		t.Fatalf("a new StatefulSet inherited %v", got)
+	}
+	// Ordinal 1 gets its own sticky address.
+	n1 := v.addStsPod("db", "mysql", "sts-1", 1, nil)
+	if got := v.add("c5", "net1", podArgs("db", n1), conf); got[0] == first[0] {
+		t.Fatal("two ordinals share an address")
+	}
+	// stickyStatefulSets=false: plain dynamic addresses.
+	off := v.conf(map[string]any{"releaseCooldown": "0s", "stickyStatefulSets": false})
+	n2 := v.addStsPod("db", "mysql", "sts-1", 2, nil)
+	v.add("c6", "net1", podArgs("db", n2), off)
+	if r := v.record(strings.TrimSuffix(v.add("c6", "net1", podArgs("db", n2), off)[0], "/16")); r.Kind != store.KindDynamic {
+		t.Fatalf("sticky disabled but record kind %s", r.Kind)
+	}
+}
+
+func TestOrdinalIPPoolAndPerNetworkAnnotations(t *testing.T) {
+	v := newEnv(t, nil)
+	conf := v.conf(nil)
+	ann := map[string]string{pod.AnnotationIPPool: "10.188.0.218,10.188.0.219", pod.AnnotationNetmask: "255.255.0.0"}
+	for ord, want := range []string{"10.188.0.218/16", "10.188.0.219/16"} {
+		name := v.addStsPod("default", "database", "sts-a", ord, ann)
+		if got := v.add(fmt.Sprintf("c%d", ord), "net1", podArgs("default", name), conf); got[0] != want {
+			t.Fatalf("ordinal %d got %v, want %s", ord, got, want)
+		}
+	}
+	n2 := v.addStsPod("default", "database", "sts-a", 2, ann)
+	v.expectCode("ADD", "c2", "net1", podArgs("default", n2), conf, CodeAnnotation, "ordinal 2")
+	v.addPod("default", "plain", "u", ann)
+	v.expectCode("ADD", "p", "net1", podArgs("default", "plain"), conf, CodeAnnotation, "StatefulSet")
+
+	// Per-network keys win over the legacy key for their network only.
+	v.addPod("default", "multi", "u", map[string]string{
+		pod.AnnotationIP: "10.188.0.230", pod.AnnotationIP + ".k8snet2": "10.188.0.231",
+	})
+	if got := v.add("m", "net1", podArgs("default", "multi"), conf); got[0] != "10.188.0.231/16" {
+		t.Fatalf("per-network annotation: got %v", got)
+	}
+	var other map[string]any
+	_ = json.Unmarshal(conf, &other)
+	other["name"] = "k8snet3"
+	otherConf, _ := json.Marshal(other)
+	if got := v.add("m", "net2", podArgs("default", "multi"), otherConf); got[0] != "10.188.0.230/16" {
+		t.Fatalf("legacy annotation on another network: got %v", got)
+	}
+}

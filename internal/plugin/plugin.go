@@ -200,10 +200,23 @@ func (p *Plugin) add(c *call) (*current.Result, error) {
 		if req.PodUID == "" {
 			req.PodUID = info.UID
 		}
-		if wants, err = pod.ParseAnnotations(info.Annotations); err != nil {
+		if wants, err = pod.ParseAnnotationsFor(info.Annotations, c.net.Name); err != nil {
 			return nil, err
 		}
-		c.log.Debug("pod read", "pod", a.Namespace+"/"+a.Name, "uid", info.UID, "fixed", len(wants.IPs))
+		if info.StatefulSetUID != "" && info.Ordinal >= 0 {
+			req.StatefulSet, req.StatefulSetUID, req.Ordinal = info.StatefulSet, info.StatefulSetUID, info.Ordinal
+			req.Sticky = c.net.StickyStatefulSets
+		}
+		if len(wants.Pool) > 0 {
+			if req.StatefulSetUID == "" {
+				return nil, &pod.AnnotationError{Key: pod.AnnotationIPPool, Value: fmt.Sprint(addrs(wants.Pool)), Reason: "only applies to pods of a StatefulSet (pod N gets entry N)"}
+			}
+			if req.Ordinal >= len(wants.Pool) {
+				return nil, &pod.AnnotationError{Key: pod.AnnotationIPPool, Value: fmt.Sprint(addrs(wants.Pool)), Reason: fmt.Sprintf("has %d entries but this pod is ordinal %d of StatefulSet %s", len(wants.Pool), req.Ordinal, req.StatefulSet)}
+			}
+			wants.IPs = wants.Pool[req.Ordinal : req.Ordinal+1]
+		}
+		c.log.Debug("pod read", "pod", a.Namespace+"/"+a.Name, "uid", info.UID, "statefulSet", info.StatefulSet, "ordinal", info.Ordinal, "fixed", len(wants.IPs))
 	}
 	fixed := wants.IPs
 	if len(requested) > 0 {

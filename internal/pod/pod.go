@@ -22,12 +22,19 @@ import (
 	"kubeipam/internal/config"
 )
 
-// Annotation keys (kube-ipam v0.2 compatible).
+// Annotation keys. The first three are kube-ipam v0.2's and apply to every
+// kube-ipam network of the pod; "<key>.<network name>" applies to one network
+// and wins over the legacy key for it. AnnotationIPPool gives StatefulSet pod
+// N the N-th address of the list.
 const (
 	AnnotationIP      = "kube-ipam.ip"
 	AnnotationNetmask = "kube-ipam.netmask"
 	AnnotationGateway = "kube-ipam.gateway"
+	AnnotationIPPool  = "kube-ipam.ip-pool"
 )
+
+// PodIndexLabel is set by the StatefulSet controller (Kubernetes >= 1.28).
+const PodIndexLabel = "apps.kubernetes.io/pod-index"
 
 // Args are the CNI_ARGS this plugin uses.
 type Args struct {
@@ -93,7 +100,9 @@ func ParseArgs(s string) (Args, error) {
 
 // Wants is what a pod's annotations ask for.
 type Wants struct {
-	IPs     []config.IPSpec
+	IPs []config.IPSpec
+	// Pool is the ordinal list (kube-ipam.ip-pool).
+	Pool    []config.IPSpec
 	Netmask int // prefix length from kube-ipam.netmask, -1 when absent
 	Gateway netip.Addr
 }
@@ -105,34 +114,63 @@ func (e *AnnotationError) Error() string {
 	return fmt.Sprintf("pod annotation %s=%q: %s", e.Key, e.Value, e.Reason)
 }
 
-// ParseAnnotations reads kube-ipam.ip (comma list of addresses or CIDRs,
-// IPv4 and IPv6), kube-ipam.netmask (dotted quad or prefix length) and
-// kube-ipam.gateway.
-func ParseAnnotations(ann map[string]string) (Wants, error) {
+// ParseAnnotations reads the legacy, all-network keys: kube-ipam.ip (comma
+// list of addresses or CIDRs, IPv4 and IPv6), kube-ipam.netmask (dotted quad
+// or prefix length), kube-ipam.gateway and kube-ipam.ip-pool.
+func ParseAnnotations(ann map[string]string) (Wants, error) { return ParseAnnotationsFor(ann, "") }
+
+// ParseAnnotationsFor reads the annotations that apply to one network: for
+// each key, "<key>.<network>" when present, else the legacy key.
+func ParseAnnotationsFor(ann map[string]string, network string) (Wants, error) {
 	w := Wants{Netmask: -1}
-	if v, ok := ann[AnnotationIP]; ok && strings.TrimSpace(v) != "" {
+	get := func(key string) (string, string, bool) {
+		if network != "" {
+			if v, ok := ann[key+"."+network]; ok {
+				return key + "." + network, v, strings.TrimSpace(v) != ""
+			}
+		}
+		v, ok := ann[key]
+		return key, v, ok && strings.TrimSpace(v) != ""
+	}
+	list := func(key, v string) ([]config.IPSpec, error) {
+		var out []config.IPSpec
 		for _, item := range strings.Split(v, ",") {
 			if strings.TrimSpace(item) == "" {
-				return w, &AnnotationError{AnnotationIP, v, "empty entry in the list"}
+				return nil, &AnnotationError{key, v, "empty entry in the list"}
 			}
 			spec, err := config.ParseIPOrCIDR(item)
 			if err != nil {
-				return w, &AnnotationError{AnnotationIP, v, fmt.Sprintf("%q: %v", strings.TrimSpace(item), err)}
+				return nil, &AnnotationError{key, v, fmt.Sprintf("%q: %v", strings.TrimSpace(item), err)}
 			}
-			w.IPs = append(w.IPs, spec)
+			out = append(out, spec)
+		}
+		return out, nil
+	}
+	var err error
+	if k, v, ok := get(AnnotationIP); ok {
+		if w.IPs, err = list(k, v); err != nil {
+			return w, err
 		}
 	}
-	if v, ok := ann[AnnotationNetmask]; ok && strings.TrimSpace(v) != "" {
+	if k, v, ok := get(AnnotationIPPool); ok {
+		if w.Pool, err = list(k, v); err != nil {
+			return w, err
+		}
+		if len(w.IPs) > 0 {
+			return w, &AnnotationError{k, v, "cannot be combined with " + AnnotationIP + " for the same network"}
+		}
+	}
+	if k, v, ok := get(AnnotationNetmask); ok {
 		bits, err := ParseNetmask(v)
 		if err != nil {
-			return w, &AnnotationError{AnnotationNetmask, v, err.Error()}
+			return w, &AnnotationError{k, v, err.Error()}
 		}
 		w.Netmask = bits
 	}
-	if v, ok := ann[AnnotationGateway]; ok && strings.TrimSpace(v) != "" {
+	if k, v, ok := get(AnnotationGateway); ok {
 		g, err := netip.ParseAddr(strings.TrimSpace(v))
 		if err != nil {
-			return w, &AnnotationError{AnnotationGateway, v, "not an IP address"}
+			return w, &AnnotationError{k, v, "not an IP address"}
 		}
 		w.Gateway = g.Unmap()
 	}
@@ -165,6 +203,10 @@ func ParseNetmask(v string) (int, error) {
 type Info struct {
 	Namespace, Name, UID, Node string
 	Annotations                map[string]string
+	// StatefulSet and StatefulSetUID name the controlling StatefulSet, and
+	// Ordinal the pod's index in it (-1 when the pod has none).
+	StatefulSet, StatefulSetUID string
+	Ordinal                     int
 }
 
 // Getter reads pods.
@@ -216,7 +258,26 @@ func (c *Client) Get(ctx context.Context, namespace, name string) (*Info, error)
 }
 
 func info(p *corev1.Pod) *Info {
-	return &Info{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, Annotations: p.Annotations}
+	in := &Info{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, Annotations: p.Annotations, Ordinal: -1}
+	if ref := metav1.GetControllerOf(p); ref != nil && ref.Kind == "StatefulSet" && strings.HasPrefix(ref.APIVersion, "apps/") {
+		in.StatefulSet, in.StatefulSetUID = ref.Name, string(ref.UID)
+		in.Ordinal = Ordinal(p.Name, ref.Name, p.Labels[PodIndexLabel])
+	}
+	return in
+}
+
+// Ordinal is a StatefulSet pod's index: the pod-index label, else the
+// numeric suffix of "<statefulset>-<n>"; -1 when neither is usable.
+func Ordinal(podName, stsName, label string) int {
+	if n, err := strconv.Atoi(label); err == nil && n >= 0 {
+		return n
+	}
+	if suffix, ok := strings.CutPrefix(podName, stsName+"-"); ok {
+		if n, err := strconv.Atoi(suffix); err == nil && n >= 0 {
+			return n
+		}
+	}
+	return -1
 }
 
 func classify(ns, name string, err error) error {

@@ -31,21 +31,29 @@ import (
 const (
 	KindDynamic = "dynamic"
 	KindFixed   = "fixed"
+	// KindSticky is a dynamic address remembered for a StatefulSet ordinal.
+	KindSticky = "sticky"
 )
 
 // Record is the owner record written with each claimed address.
 type Record struct {
-	Network      string    `json:"network"`
-	IP           string    `json:"ip"`
-	Kind         string    `json:"kind"`
-	Set          int       `json:"rangeSet"`
-	IfName       string    `json:"ifname"`
-	ContainerID  string    `json:"containerID"`
-	PodNamespace string    `json:"podNamespace,omitempty"`
-	PodName      string    `json:"podName,omitempty"`
-	PodUID       string    `json:"podUID,omitempty"`
-	Node         string    `json:"node,omitempty"`
-	Created      time.Time `json:"created"`
+	Network      string `json:"network"`
+	IP           string `json:"ip"`
+	Kind         string `json:"kind"`
+	Set          int    `json:"rangeSet"`
+	IfName       string `json:"ifname"`
+	ContainerID  string `json:"containerID"`
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+	PodUID       string `json:"podUID,omitempty"`
+	// StatefulSet identity: for StatefulSet pods the owner is (namespace,
+	// StatefulSet UID, ordinal), not the pod name, so that a new StatefulSet
+	// reusing the name does not inherit a stale address.
+	StatefulSet    string    `json:"statefulSet,omitempty"`
+	StatefulSetUID string    `json:"statefulSetUID,omitempty"`
+	Ordinal        int       `json:"ordinal,omitempty"`
+	Node           string    `json:"node,omitempty"`
+	Created        time.Time `json:"created"`
 }
 
 // Owner says who holds the record, for error messages.
@@ -57,9 +65,17 @@ func (r *Record) Owner() string {
 	return fmt.Sprintf("%s (container %s, interface %s, node %s)", pod, shortID(r.ContainerID), r.IfName, r.Node)
 }
 
-// SamePod reports whether two records belong to the same pod identity and interface.
+// SamePod reports whether two records belong to the same pod identity and
+// interface: same StatefulSet UID and ordinal for StatefulSet pods, same
+// namespace/name otherwise.
 func (r *Record) SamePod(o *Record) bool {
-	return r.PodName != "" && r.PodName == o.PodName && r.PodNamespace == o.PodNamespace && r.IfName == o.IfName
+	if r.IfName != o.IfName || r.PodNamespace != o.PodNamespace {
+		return false
+	}
+	if r.StatefulSetUID != "" || o.StatefulSetUID != "" {
+		return r.StatefulSetUID == o.StatefulSetUID && r.Ordinal == o.Ordinal
+	}
+	return r.PodName != "" && r.PodName == o.PodName
 }
 
 func shortID(id string) string {
@@ -89,6 +105,17 @@ type Attachment struct {
 	Node         string    `json:"node,omitempty"`
 	Created      time.Time `json:"created"`
 	Rev          int64     `json:"-"`
+}
+
+// Sticky remembers the addresses a StatefulSet ordinal was first given.
+type Sticky struct {
+	Namespace      string    `json:"namespace"`
+	StatefulSet    string    `json:"statefulSet"`
+	StatefulSetUID string    `json:"statefulSetUID"`
+	Ordinal        int       `json:"ordinal"`
+	IfName         string    `json:"ifname"`
+	IPs            []string  `json:"ips"`
+	Created        time.Time `json:"created"`
 }
 
 // IPState is what the store knows about one address.
@@ -135,6 +162,9 @@ func (s *Store) attKey(cid, ifname string) string {
 	return s.base + "att/" + cid + "/" + ifname
 }
 func (s *Store) cursorKey(set int) string { return s.base + "cursor/" + strconv.Itoa(set) }
+func (s *Store) stickyKey(ns, uid string, ordinal int, ifname string) string {
+	return fmt.Sprintf("%ssticky/%s/%s/%d/%s", s.base, ns, uid, ordinal, ifname)
+}
 func (s *Store) relPrefix(set int) string { return s.base + "rel/" + strconv.Itoa(set) + "/" }
 
 func (s *Store) relKey(set int, at time.Time, a netip.Addr) string {
@@ -171,6 +201,19 @@ func (s *Store) Attachment(ctx context.Context, cid, ifname string) (*Attachment
 	}
 	a.Rev = resp.Kvs[0].ModRevision
 	return &a, nil
+}
+
+// Sticky returns the remembered addresses of a StatefulSet ordinal, or nil.
+func (s *Store) Sticky(ctx context.Context, ns, uid string, ordinal int, ifname string) (*Sticky, error) {
+	resp, err := s.cli.Get(ctx, s.stickyKey(ns, uid, ordinal, ifname))
+	if err != nil || len(resp.Kvs) == 0 {
+		return nil, err
+	}
+	var st Sticky
+	if err := json.Unmarshal(resp.Kvs[0].Value, &st); err != nil {
+		return nil, fmt.Errorf("corrupt sticky record %s: %w", resp.Kvs[0].Key, err)
+	}
+	return &st, nil
 }
 
 // Attachments lists every attachment on the network.
@@ -299,6 +342,8 @@ type Claim struct {
 	Attachment Attachment
 	Items      []ClaimItem
 	Cursors    map[int]netip.Addr
+	// NewSticky, when set, is created with the claim (it must not exist yet).
+	NewSticky *Sticky
 }
 
 // Commit writes the claim if every precondition still holds. ok=false means
@@ -342,6 +387,12 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 	ops = append(ops, clientv3.OpPut(ak, string(b)))
 	for set, a := range c.Cursors {
 		ops = append(ops, clientv3.OpPut(s.cursorKey(set), a.String()))
+	}
+	if st := c.NewSticky; st != nil {
+		k := s.stickyKey(st.Namespace, st.StatefulSetUID, st.Ordinal, st.IfName)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+		b, _ := json.Marshal(st)
+		ops = append(ops, clientv3.OpPut(k, string(b)))
 	}
 	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/pod"
+	"kubeipam/internal/pod/clientset"
 	"kubeipam/internal/store"
 	"kubeipam/internal/testenv"
 )
@@ -64,7 +65,7 @@ func newEnv(t *testing.T, e *testenv.Etcd) *env {
 			if v.podFn != nil {
 				return v.podFn(n)
 			}
-			return pod.NewClientFromInterface(v.cs), nil
+			return clientset.New(v.cs), nil
 		},
 		Now: func() time.Time { v.mu.Lock(); defer v.mu.Unlock(); return v.now },
 	}
@@ -513,7 +514,7 @@ func TestPodLookupFailsClosed(t *testing.T) {
 	v.p.Pods = Default().Pods
 	v.expectCode("ADD", "c1", "net1", podArgs("default", "db"), v.conf(map[string]any{"kubeConfig": "/nonexistent/kubeconfig"}), CodePodLookup, "/nonexistent/kubeconfig")
 	// UID mismatch: the ADD is for a pod that no longer exists.
-	v.p.Pods = func(*config.Network) (pod.Getter, error) { return pod.NewClientFromInterface(v.cs), nil }
+	v.p.Pods = func(*config.Network) (pod.Getter, error) { return clientset.New(v.cs), nil }
 	v.addPod("default", "db", "uid-new", nil)
 	v.expectCode("ADD", "c1", "net1", podArgs("default", "db")+";K8S_POD_UID=uid-old", conf, CodePodLookup, "re-created")
 	if n := v.keyCount(""); n != 0 {

@@ -5,18 +5,20 @@ package pod
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"kubeipam/internal/config"
@@ -227,8 +229,14 @@ func (e *TransientError) Error() string {
 }
 func (e *TransientError) Unwrap() error { return e.Err }
 
-// Client reads pods through client-go.
-type Client struct{ cs kubernetes.Interface }
+// Client reads pods with client-go's transport (kubeconfig auth, TLS, exec
+// credential plugins) and one plain GET. It deliberately avoids the typed
+// clientset: registering every API group at start-up costs each plugin call
+// more CPU than the lookup itself.
+type Client struct {
+	hc   *http.Client
+	base string
+}
 
 // NewClient builds a client from a kubeconfig file.
 func NewClient(kubeconfig string, timeout time.Duration) (*Client, error) {
@@ -238,26 +246,68 @@ func NewClient(kubeconfig string, timeout time.Duration) (*Client, error) {
 	}
 	cfg.Timeout = timeout
 	cfg.UserAgent = "kube-ipam"
-	cs, err := kubernetes.NewForConfig(cfg)
+	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
 		return nil, &LookupError{fmt.Sprintf("cannot use kubeconfig %s: %v", kubeconfig, err)}
 	}
-	return &Client{cs: cs}, nil
+	base, _, err := rest.DefaultServerUrlFor(cfg)
+	if err != nil {
+		return nil, &LookupError{fmt.Sprintf("kubeconfig %s: bad server address: %v", kubeconfig, err)}
+	}
+	return &Client{hc: hc, base: strings.TrimRight(base.String(), "/")}, nil
 }
-
-// NewClientFromInterface wraps an existing clientset.
-func NewClientFromInterface(cs kubernetes.Interface) *Client { return &Client{cs: cs} }
 
 // Get reads one pod.
 func (c *Client) Get(ctx context.Context, namespace, name string) (*Info, error) {
-	p, err := c.cs.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	u := c.base + "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, classify(namespace, name, err)
+		return nil, &LookupError{fmt.Sprintf("getting pod %s/%s: %v", namespace, name, err)}
 	}
-	return info(p), nil
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, &TransientError{fmt.Errorf("getting pod %s/%s: %w", namespace, name, err)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return nil, &TransientError{fmt.Errorf("reading pod %s/%s: %w", namespace, name, err)}
+	}
+	if resp.StatusCode != http.StatusOK {
+		var st metav1.Status
+		msg := strings.TrimSpace(string(body))
+		if json.Unmarshal(body, &st) == nil && st.Message != "" {
+			msg = st.Message
+		}
+		if len(msg) > 300 {
+			msg = msg[:300]
+		}
+		return nil, ClassifyStatus(namespace, name, resp.StatusCode, msg)
+	}
+	var p corev1.Pod
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, &LookupError{fmt.Sprintf("pod %s/%s: undecodable API answer: %v", namespace, name, err)}
+	}
+	return InfoOf(&p), nil
 }
 
-func info(p *corev1.Pod) *Info {
+// ClassifyStatus turns an API error status into a LookupError (retrying will
+// not help) or a TransientError (it may).
+func ClassifyStatus(ns, name string, code int, msg string) error {
+	switch {
+	case code == http.StatusNotFound:
+		return &LookupError{fmt.Sprintf("pod %s/%s not found in the Kubernetes API", ns, name)}
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		return &LookupError{fmt.Sprintf("not allowed to get pod %s/%s (the plugin's kubeconfig needs RBAC 'get pods'): %s", ns, name, msg)}
+	case code == http.StatusTooManyRequests || code >= 500 || code == 0:
+		return &TransientError{fmt.Errorf("getting pod %s/%s: HTTP %d: %s", ns, name, code, msg)}
+	}
+	return &LookupError{fmt.Sprintf("getting pod %s/%s: HTTP %d: %s", ns, name, code, msg)}
+}
+
+// InfoOf extracts what allocation needs from a pod object.
+func InfoOf(p *corev1.Pod) *Info {
 	in := &Info{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, Annotations: p.Annotations, Ordinal: -1}
 	if ref := metav1.GetControllerOf(p); ref != nil && ref.Kind == "StatefulSet" && strings.HasPrefix(ref.APIVersion, "apps/") {
 		in.StatefulSet, in.StatefulSetUID = ref.Name, string(ref.UID)
@@ -278,20 +328,4 @@ func Ordinal(podName, stsName, label string) int {
 		}
 	}
 	return -1
-}
-
-func classify(ns, name string, err error) error {
-	switch {
-	case apierrors.IsNotFound(err):
-		return &LookupError{fmt.Sprintf("pod %s/%s not found in the Kubernetes API", ns, name)}
-	case apierrors.IsForbidden(err), apierrors.IsUnauthorized(err):
-		return &LookupError{fmt.Sprintf("not allowed to get pod %s/%s (the plugin's kubeconfig needs RBAC 'get pods'): %v", ns, name, err)}
-	case apierrors.IsBadRequest(err), apierrors.IsInvalid(err):
-		return &LookupError{fmt.Sprintf("getting pod %s/%s: %v", ns, name, err)}
-	}
-	var se *apierrors.StatusError
-	if errors.As(err, &se) && se.Status().Code > 0 && se.Status().Code < 500 && se.Status().Code != 429 {
-		return &LookupError{fmt.Sprintf("getting pod %s/%s: %v", ns, name, err)}
-	}
-	return &TransientError{fmt.Errorf("getting pod %s/%s: %w", ns, name, err)}
 }

@@ -21,6 +21,7 @@ import (
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/pod"
+	"kubeipam/internal/pod/clientset"
 )
 
 // --- ParseArgs ---------------------------------------------------------------------
@@ -244,7 +245,7 @@ func seedPod() *corev1.Pod {
 
 func TestClientGet(t *testing.T) {
 	cs := fake.NewClientset(seedPod())
-	c := pod.NewClientFromInterface(cs)
+	c := clientset.New(cs)
 	var g pod.Getter = c // Client satisfies the interface the plugin uses
 	info, err := g.Get(context.Background(), "default", "database-1-0")
 	if err != nil {
@@ -294,7 +295,7 @@ func TestClientGetErrors(t *testing.T) {
 					return true, nil, tc.err
 				})
 			}
-			info, err := pod.NewClientFromInterface(cs).Get(context.Background(), "default", "database-1-0")
+			info, err := clientset.New(cs).Get(context.Background(), "default", "database-1-0")
 			if info != nil {
 				t.Errorf("Info = %+v with an error", info)
 			}

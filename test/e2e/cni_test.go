@@ -275,6 +275,13 @@ func TestMacvlanFixedIPInNetns(t *testing.T) {
 			if ver != "" {
 				conf["cniVersion"] = ver
 			}
+			logFile := conf["ipam"].(map[string]any)["logFile"].(string)
+			t.Cleanup(func() {
+				if t.Failed() {
+					b, _ := os.ReadFile(logFile)
+					t.Logf("kube-ipam log:\n%s", b)
+				}
+			})
 			raw, _ := json.Marshal(conf)
 			netconf, err := libcni.NetworkPluginConfFromBytes(raw)
 			if err != nil {

@@ -5,7 +5,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X kubeipam/internal/version.Version=$(VERSION)
 BINARIES := kube-ipam
 
-.PHONY: all build test unit bench vet fmt-check clean
+.PHONY: all build test unit bench vet fmt-check clean testbin
 
 all: build
 
@@ -19,9 +19,16 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l cmd internal test bench 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# Every test: unit, integration against a real etcd, network-namespace tests
-# (root; they skip with a message otherwise, and fail when CI is set).
-test: build vet fmt-check
+# kube-apiserver, controller-manager, scheduler and kubectl v1.37.2 built from
+# the Go module proxy into a cache outside the repository (about 10 minutes
+# the first time, seconds afterwards).
+testbin:
+	@hack/testbin.sh >/dev/null
+
+# Every test: unit, integration against a real etcd and a real control plane,
+# network-namespace tests (root; they skip with a message otherwise, and fail
+# when CI is set).
+test: build vet fmt-check testbin
 	KUBE_IPAM_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m ./...
 
 # Pure-logic tests only (no etcd, no root).

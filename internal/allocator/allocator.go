@@ -139,7 +139,7 @@ func (a *Allocator) ValidateFixed(ip netip.Addr) (int, error) {
 	switch {
 	case ip == r.Subnet.Addr():
 		return -1, &OutOfRangeError{ip, "is the network address of " + r.Subnet.String()}
-	case ip.Is4() && ip == lastOf(r.Subnet):
+	case ip.Is4() && ip == config.LastAddr(r.Subnet):
 		return -1, &OutOfRangeError{ip, "is the broadcast address of " + r.Subnet.String()}
 	case ip == r.Gateway:
 		return -1, &OutOfRangeError{ip, "is the gateway of " + r.Subnet.String()}
@@ -147,15 +147,6 @@ func (a *Allocator) ValidateFixed(ip netip.Addr) (int, error) {
 		return -1, &OutOfRangeError{ip, fmt.Sprintf("is outside the fixed block %s-%s of network %q", a.Net.FixedStart, a.Net.FixedEnd, a.Net.Name)}
 	}
 	return set, nil
-}
-
-func lastOf(p netip.Prefix) netip.Addr {
-	b := p.Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	x, _ := netip.AddrFromSlice(b)
-	return x
 }
 
 // Allocate claims the request's fixed addresses and one dynamic address for
@@ -176,27 +167,9 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 		if held, err := a.held(ctx, req); held != nil || err != nil {
 			return held, err
 		}
-		kind, fixed, newSticky := store.KindFixed, req.Fixed, false
-		if len(req.Fixed) == 0 && req.Sticky && req.StatefulSetUID != "" {
-			st, err := a.Store.Sticky(ctx, req.PodNamespace, req.StatefulSetUID, req.Ordinal, req.IfName)
-			if err != nil {
-				return nil, err
-			}
-			if st == nil {
-				newSticky = true
-			} else {
-				kind, fixed = store.KindSticky, nil
-				for _, s := range st.IPs {
-					ip, err := netip.ParseAddr(s)
-					if err != nil {
-						return nil, fmt.Errorf("corrupt sticky record of %s ordinal %d: bad address %q", req.StatefulSet, req.Ordinal, s)
-					}
-					if _, _, ok := a.Net.SetFor(ip); !ok {
-						return nil, &OutOfRangeError{ip, fmt.Sprintf("(remembered for StatefulSet %s/%s ordinal %d) is no longer inside network %q; release it with kube-ipamctl", req.PodNamespace, req.StatefulSet, req.Ordinal, a.Net.Name)}
-					}
-					fixed = append(fixed, ip)
-				}
-			}
+		fixed, kind, newSticky, err := a.wanted(ctx, req)
+		if err != nil {
+			return nil, err
 		}
 		if attempt >= maxAttempts {
 			return nil, &ContentionError{attempt}
@@ -229,6 +202,30 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 			return out, nil
 		}
 	}
+}
+
+// wanted returns the addresses to claim as owned ones (the request's fixed
+// addresses, or a StatefulSet ordinal's remembered sticky ones) and whether
+// the dynamic addresses about to be chosen must be remembered.
+func (a *Allocator) wanted(ctx context.Context, req Request) (fixed []netip.Addr, kind string, newSticky bool, err error) {
+	if len(req.Fixed) > 0 || !req.Sticky || req.StatefulSetUID == "" {
+		return req.Fixed, store.KindFixed, false, nil
+	}
+	st, err := a.Store.Sticky(ctx, req.PodNamespace, req.StatefulSetUID, req.Ordinal, req.IfName)
+	if err != nil || st == nil {
+		return nil, store.KindSticky, st == nil, err
+	}
+	for _, s := range st.IPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, "", false, fmt.Errorf("corrupt sticky record of %s ordinal %d: bad address %q", req.StatefulSet, req.Ordinal, s)
+		}
+		if _, _, ok := a.Net.SetFor(ip); !ok {
+			return nil, "", false, &OutOfRangeError{ip, fmt.Sprintf("(remembered for StatefulSet %s/%s ordinal %d) is no longer inside network %q; release it with kube-ipamctl", req.PodNamespace, req.StatefulSet, req.Ordinal, a.Net.Name)}
+		}
+		fixed = append(fixed, ip)
+	}
+	return fixed, store.KindSticky, false, nil
 }
 
 // held returns the addresses (cid, ifname) already holds, if any.

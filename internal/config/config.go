@@ -405,7 +405,7 @@ func parseRange(where string, rr rawRange) (Range, error) {
 		return r, errorf("%s: subnet %s is too small to allocate from", where, p)
 	}
 	network := p.Addr()
-	last := lastAddr(p)
+	last := LastAddr(p)
 	if rr.Gateway != "" {
 		if r.Gateway, err = parseAddr(where+": gateway", rr.Gateway); err != nil {
 			return r, err
@@ -448,8 +448,8 @@ func parseRange(where string, rr rawRange) (Range, error) {
 	return r, nil
 }
 
-// lastAddr is the highest address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
+// LastAddr is the highest address of p.
+func LastAddr(p netip.Prefix) netip.Addr {
 	b := p.Addr().AsSlice()
 	for i := p.Bits(); i < len(b)*8; i++ {
 		b[i/8] |= 0x80 >> (i % 8)

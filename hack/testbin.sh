@@ -90,7 +90,7 @@ LD+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" # kubectl's clien
 # Build into a scratch directory and move into place at the end, so an
 # interrupted build never leaves a half-filled cache that looks complete.
 OUT=$(mktemp -d "$DIR/.build.XXXXXX")
-hint=" (about 10 minutes cold)"
+hint=" (about 10 minutes cold on an idle 2-core machine)"
 for c in "${CMDS[@]}"; do
 	t0=$SECONDS
 	log "building $c $K8S_VERSION ...$hint"

@@ -39,11 +39,16 @@ import (
 )
 
 const (
-	concurrentAdds = 500  // ADD processes in the concurrent phase
-	inFlight       = 50   // of which this many run at once
-	sequentialAdds = 200  // ADDs one at a time, per sequential phase
-	warmupAdds     = 5    // unmeasured ADDs per binary first (page cache)
-	fillFraction   = 0.99 // share of the /16 claimed before the full-pool phase
+	concurrentAdds = 500 // ADD processes in the concurrent phase
+	inFlight       = 50  // of which this many run at once
+	sequentialAdds = 200 // ADDs one at a time, per sequential phase
+	// host-local reads every reservation file on each ADD (~1 s at 99 % of a
+	// /16 on 2 cores), so its full-pool phase is shorter.
+	hostLocalFullAdds = 40
+	startupRuns       = 50 // runs of each binary that only start and exit
+	etcdPuts          = 200
+	warmupAdds        = 5    // unmeasured ADDs per binary first (page cache)
+	fillFraction      = 0.99 // share of the /16 claimed before the full-pool phase
 	// etcd's default --max-txn-ops; two puts (record, attachment) per address.
 	txnOps    = 128
 	fillers   = 8 // concurrent fill transactions
@@ -64,6 +69,7 @@ const (
 type sample struct {
 	cid string
 	dur time.Duration // fork/exec to exit, as the runtime waits for it
+	cpu time.Duration // user + system CPU of the process
 	ip  netip.Addr
 	err error
 }
@@ -92,16 +98,30 @@ func pct(sorted []time.Duration, q float64) float64 {
 	return float64(sorted[max(i, 0)]) / float64(time.Millisecond)
 }
 
+// cpuP50 is the median CPU time of one process, in milliseconds.
+func (p phase) cpuP50() float64 {
+	d := make([]time.Duration, len(p.samples))
+	for i, s := range p.samples {
+		d[i] = s.cpu
+	}
+	slices.Sort(d)
+	return pct(d, 0.5)
+}
+
 func (p phase) p50() float64        { return pct(p.durations(), 0.50) }
 func (p phase) p99() float64        { return pct(p.durations(), 0.99) }
 func (p phase) addsPerSec() float64 { return float64(len(p.samples)) / p.wall.Seconds() }
 
 // results is everything the table shows.
 type results struct {
-	conc, seqEmpty, seqFull  map[string]phase // by plugin
-	fillN, poolN             int
-	races                    int   // kube-ipam claim races lost, concurrent phase
-	inPluginConc, inPluginSq []int // kube-ipam's own "ms" log field
+	conc, seqEmpty, seqFull map[string]phase // by plugin
+	startup                 map[string]phase // process start and exit only, by plugin
+	etcdPut                 phase            // single puts from this process
+	fillN, poolN            int
+	fillTime                time.Duration
+	races, maxRaces         int // kube-ipam claim races lost, concurrent phase: total, most by one ADD
+	// kube-ipam's own "ms" log field (time inside the plugin), by phase
+	inPlugin map[string][]int
 }
 
 const (
@@ -149,11 +169,17 @@ func BenchmarkAdd(b *testing.B) {
 		report("sequential-empty16/"+pl, func(b *testing.B) {
 			b.ReportMetric(e.p50(), "p50-ms")
 			b.ReportMetric(e.p99(), "p99-ms")
+			b.ReportMetric(e.cpuP50(), "cpu-p50-ms")
 		})
 		report("sequential-full99/"+pl, func(b *testing.B) {
 			b.ReportMetric(f.p50(), "p50-ms")
 			b.ReportMetric(f.p99(), "p99-ms")
 			b.ReportMetric(f.p50()/e.p50(), "full/empty-p50")
+		})
+	}
+	for _, pl := range []string{kipam, hostLocal} {
+		report("process-start/"+pl, func(b *testing.B) {
+			b.ReportMetric(r.startup[pl].p50(), "p50-ms")
 		})
 	}
 	report("ratio-kube-ipam/host-local", func(b *testing.B) {
@@ -193,7 +219,8 @@ func runScenario(b *testing.B) *results {
 			e.baseEnv = append(e.baseEnv, kv)
 		}
 	}
-	r := &results{conc: map[string]phase{}, seqEmpty: map[string]phase{}, seqFull: map[string]phase{}}
+	r := &results{conc: map[string]phase{}, seqEmpty: map[string]phase{}, seqFull: map[string]phase{},
+		startup: map[string]phase{}, inPlugin: map[string][]int{}}
 
 	// Warm-up: first exec of each binary pays for reading it from disk.
 	for _, pl := range []string{kipam, hostLocal} {
@@ -201,6 +228,12 @@ func runScenario(b *testing.B) *results {
 		p := e.run(pl, "warm", subnet, warmupAdds, 1)
 		e.mustOK(pl+" warm-up", p, subnet, nil)
 	}
+	// Context for the ADD times: what starting the binary alone costs, and
+	// what one etcd write costs here (the WAL fsync every claim waits for).
+	for _, pl := range []string{kipam, hostLocal} {
+		r.startup[pl] = e.runStartup(pl, startupRuns)
+	}
+	r.etcdPut = e.timePuts(etcdPuts)
 
 	// 1. Concurrent: 500 ADDs, 50 in flight, fresh container IDs.
 	r.conc[kipam] = e.run(kipam, "conc", concKI, concurrentAdds, inFlight)
@@ -217,19 +250,60 @@ func runScenario(b *testing.B) *results {
 	e.mustOK("host-local sequential empty", r.seqEmpty[hostLocal], emptyHL, nil)
 
 	// 3. Sequential on a /16 filled to 99 % at random positions.
+	fillStart := time.Now()
 	gapsKI, nFill, nPool := e.fillKubeIPAM("bench-full", fullKI)
-	r.fillN, r.poolN = nFill, nPool
+	r.fillN, r.poolN, r.fillTime = nFill, nPool, time.Since(fillStart)
 	gapsHL := e.fillHostLocal("full", fullHL)
 	r.seqFull[kipam] = e.run(kipam, "full", fullKI, sequentialAdds, 1)
 	e.mustOK("kube-ipam sequential 99% full", r.seqFull[kipam], fullKI, gapsKI)
-	r.seqFull[hostLocal] = e.run(hostLocal, "full", fullHL, sequentialAdds, 1)
+	r.seqFull[hostLocal] = e.run(hostLocal, "full", fullHL, hostLocalFullAdds, 1)
 	e.mustOK("host-local sequential 99% full", r.seqFull[hostLocal], fullHL, gapsHL)
 
-	r.races, r.inPluginConc = scanLog(b, e.logFiles["conc"])
-	_, seq := scanLog(b, e.logFiles["full"])
-	_, seqE := scanLog(b, e.logFiles["empty"])
-	r.inPluginSq = append(seqE, seq...)
+	r.races, r.maxRaces, r.inPlugin["conc"] = scanLog(b, e.logFiles["conc"])
+	_, _, r.inPlugin["empty"] = scanLog(b, e.logFiles["empty"])
+	_, _, r.inPlugin["full"] = scanLog(b, e.logFiles["full"])
 	return r
+}
+
+// runStartup times n sequential runs of pl that only start and exit 0
+// (kube-ipam's "version"; host-local without CNI_COMMAND prints its about
+// text), i.e. exec plus the runtime's and packages' init.
+func (e *env) runStartup(pl string, n int) phase {
+	e.b.Helper()
+	var args []string
+	if pl == kipam {
+		args = []string{"version"}
+	}
+	p := phase{samples: make([]sample, n)}
+	start := time.Now()
+	for i := range n {
+		cmd := exec.CommandContext(e.ctx, e.bins[pl], args...)
+		cmd.Env = e.baseEnv
+		t := time.Now()
+		out, err := cmd.CombinedOutput()
+		p.samples[i].dur = time.Since(t)
+		if err != nil {
+			e.b.Fatalf("%s %v: %v\n%s", pl, args, err, out)
+		}
+	}
+	p.wall = time.Since(start)
+	return p
+}
+
+// timePuts times n sequential single-key puts from this process.
+func (e *env) timePuts(n int) phase {
+	e.b.Helper()
+	p := phase{samples: make([]sample, n)}
+	start := time.Now()
+	for i := range n {
+		t := time.Now()
+		if _, err := e.cli.Put(e.ctx, fmt.Sprintf("/bench-put/%04d", i), "x"); err != nil {
+			e.b.Fatal(err)
+		}
+		p.samples[i].dur = time.Since(t)
+	}
+	p.wall = time.Since(start)
+	return p
 }
 
 // conf is the network config handed to pl on stdin.
@@ -297,6 +371,9 @@ func (e *env) add(bin string, conf []byte, cid string) sample {
 	start := time.Now()
 	err := cmd.Run()
 	s := sample{cid: cid, dur: time.Since(start)}
+	if cmd.ProcessState != nil {
+		s.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	if err != nil {
 		s.err = fmt.Errorf("%v; stdout %q; stderr %q", err, stdout.String(), stderr.String())
 		return s
@@ -541,6 +618,9 @@ func (e *env) fillKubeIPAM(network, subnet string) (map[netip.Addr]bool, int, in
 	}
 	e.b.Logf("filled %s: %d of %d addresses claimed (%.2f %%), %d never-used gaps, in %v",
 		network, len(used), all, pctFull, len(free), time.Since(start).Round(time.Millisecond))
+	if len(free) != all-len(used) {
+		e.b.Fatalf("fill of %s: %d gaps + %d used != %d", network, len(free), len(used), all)
+	}
 	return free, len(used), all
 }
 
@@ -589,7 +669,7 @@ var (
 
 // scanLog reads kube-ipam's log: total claim races lost and the time each
 // ADD spent inside the plugin (its "ms" field, whole milliseconds).
-func scanLog(tb testing.TB, path string) (races int, ms []int) {
+func scanLog(tb testing.TB, path string) (races, maxRaces int, ms []int) {
 	tb.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -599,6 +679,7 @@ func scanLog(tb testing.TB, path string) (races int, ms []int) {
 		if m := racesRe.FindStringSubmatch(line); m != nil {
 			n, _ := strconv.Atoi(m[1])
 			races += n
+			maxRaces = max(maxRaces, n)
 		}
 		if m := okMsRe.FindStringSubmatch(line); m != nil {
 			n, _ := strconv.Atoi(m[1])
@@ -606,7 +687,7 @@ func scanLog(tb testing.TB, path string) (races int, ms []int) {
 		}
 	}
 	slices.Sort(ms)
-	return races, ms
+	return races, maxRaces, ms
 }
 
 func medianInt(s []int) float64 {
@@ -626,7 +707,7 @@ func etcdVersion() string {
 		return "etcd ?"
 	}
 	line, _, _ := strings.Cut(string(out), "\n")
-	return strings.TrimSpace(line)
+	return "etcd " + strings.TrimSpace(strings.TrimPrefix(line, "etcd Version:"))
 }
 
 func printTable(r *results) {
@@ -645,25 +726,45 @@ func printTable(r *results) {
 	row("p99 ms sequential, 99% /16", r.seqFull[k].p99(), r.seqFull[h].p99())
 	fmt.Fprintf(&sb, "%-34s %10.2f %12.2f\n", "ratio full/empty (p50 sequential)",
 		r.seqFull[k].p50()/r.seqEmpty[k].p50(), r.seqFull[h].p50()/r.seqEmpty[h].p50())
+	row("p50 ms process start only", r.startup[k].p50(), r.startup[h].p50())
+	row("p50 CPU ms per ADD process", r.seqEmpty[k].cpuP50(), r.seqEmpty[h].cpuP50())
 	fmt.Fprintf(&sb, "ratio = kube-ipam / host-local (ADDs/s: higher is better for kube-ipam; ms: lower is).\n")
-	fmt.Fprintf(&sb, "%d ADDs with %d in flight; %d sequential ADDs per pool; 99%% = %d of %d addresses claimed at random, gaps never used.\n",
-		concurrentAdds, inFlight, sequentialAdds, r.fillN, r.poolN)
-	fmt.Fprintf(&sb, "kube-ipam: %d claim races lost in the concurrent phase (%.2f per ADD); time inside the plugin (its log), p50 %.0f ms concurrent, %.0f ms sequential.\n",
-		r.races, float64(r.races)/float64(concurrentAdds), medianInt(r.inPluginConc), medianInt(r.inPluginSq))
+	fmt.Fprintf(&sb, "%d ADDs with %d in flight; %d sequential ADDs per pool (host-local on the 99%% pool: %d);\n",
+		concurrentAdds, inFlight, sequentialAdds, hostLocalFullAdds)
+	fmt.Fprintf(&sb, "99%% = %d of %d addresses claimed at random positions (written in %v), the %d gaps never used.\n",
+		r.fillN, r.poolN, r.fillTime.Round(time.Millisecond), r.poolN-r.fillN)
+	fmt.Fprintf(&sb, "kube-ipam: %d claim races lost with %d in flight (%.2f per ADD, at most %d by one ADD); time inside the plugin (its log), p50:\n",
+		r.races, inFlight, float64(r.races)/float64(concurrentAdds), r.maxRaces)
+	fmt.Fprintf(&sb, "  %.0f ms with %d in flight, %.0f ms sequential empty, %.0f ms sequential 99%%; one etcd put from here: p50 %.1f ms.\n",
+		medianInt(r.inPlugin["conc"]), inFlight, medianInt(r.inPlugin["empty"]), medianInt(r.inPlugin["full"]), r.etcdPut.p50())
 	fmt.Print(sb.String())
 }
 
 // ---- micro-benchmarks of the pure rules (internal/ipam) ----
+//
+// `make bench` passes -benchtime 1x for BenchmarkAdd, which would time a
+// single call here; so each b.Loop iteration makes `inner` calls and ns/op
+// is reported per call.
 
-// window returns 512 "used" keys from the start of a /16's pool, taking
-// each address with probability density (fixed seed), and the first pool
-// address.
+func perCall(b *testing.B, inner int, f func()) {
+	b.Helper()
+	for b.Loop() {
+		for range inner {
+			f()
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*inner), "ns/op")
+}
+
+// window returns the pool of a /16 and a window of up to 512 "used" keys
+// from its start, taking each address with probability density (fixed
+// seed); density 0 gives no keys (an empty pool).
 func window(b *testing.B, density float64) ([]ipam.Interval, []netip.Addr) {
 	b.Helper()
 	ivs := ipam.DynamicIntervals(parseNet(b, "10.62.0.0/16", ""), 0)
 	r := rand.New(rand.NewPCG(1, 2))
 	var used []netip.Addr
-	for a := ivs[0].Lo; len(used) < 512; a = a.Next() {
+	for a := ivs[0].Lo; density > 0 && len(used) < 512; a = a.Next() {
 		if r.Float64() < density {
 			used = append(used, a)
 		}
@@ -681,19 +782,15 @@ func BenchmarkFree(b *testing.B) {
 	}{{"empty", 0, 64}, {"used99pct", 0.99, -1}, {"used100pct", 1, 0}} {
 		b.Run(c.name, func(b *testing.B) {
 			ivs, used := window(b, c.density)
-			var limit netip.Addr
-			if c.density > 0 {
+			var limit netip.Addr // the last key of a full window
+			if len(used) > 0 {
 				limit = used[len(used)-1]
-			} else {
-				used = nil
 			}
 			got := ipam.Free(ivs, ivs[0].Lo, used, limit, 64)
 			if (c.want >= 0 && len(got) != c.want) || (c.want < 0 && len(got) == 0) {
 				b.Fatalf("Free found %d candidates, want %d", len(got), c.want)
 			}
-			for b.Loop() {
-				ipam.Free(ivs, ivs[0].Lo, used, limit, 64)
-			}
+			perCall(b, 500, func() { ipam.Free(ivs, ivs[0].Lo, used, limit, 64) })
 		})
 	}
 }
@@ -705,9 +802,7 @@ func BenchmarkDynamicIntervals(b *testing.B) {
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			n := parseNet(b, c.subnet, c.extra)
-			for b.Loop() {
-				ipam.DynamicIntervals(n, 0)
-			}
+			perCall(b, 20000, func() { ipam.DynamicIntervals(n, 0) })
 		})
 	}
 }
@@ -721,9 +816,7 @@ func BenchmarkCooled(b *testing.B) {
 		entries = append(entries, ipam.Released{IP: base, At: now.Add(time.Duration(i-16) * 2 * time.Second)})
 		base = base.Next()
 	}
-	for b.Loop() {
-		ipam.Cooled(entries, now, 30*time.Second)
-	}
+	perCall(b, 20000, func() { ipam.Cooled(entries, now, 30*time.Second) })
 }
 
 // BenchmarkConfigParse is the per-ADD parse of the network config.
@@ -731,9 +824,8 @@ func BenchmarkConfigParse(b *testing.B) {
 	data := []byte(`{"cniVersion":"0.3.1","name":"benchnet","type":"macvlan","ipam":{"type":"kube-ipam",
 		"etcdConfig":{"etcdURL":"http://127.0.0.1:2379"},"subnet":"10.60.0.0/16","logFile":"/tmp/kube-ipam.log",
 		"podLookup":false,"releaseCooldown":"30s","nodeName":"n1"}}`)
-	for b.Loop() {
-		if _, err := config.Parse(data); err != nil {
-			b.Fatal(err)
-		}
+	if _, err := config.Parse(data); err != nil {
+		b.Fatal(err)
 	}
+	perCall(b, 1000, func() { _, _ = config.Parse(data) })
 }

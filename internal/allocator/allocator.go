@@ -20,12 +20,13 @@ import (
 
 // Tunables of the dynamic search; see docs/architecture.md.
 const (
-	window        = 512 // keys per range read
-	candidates    = 64  // free addresses collected per window
-	spread        = 32  // random pick among the first candidates
-	freshWindows  = 4   // windows read above the cursor before trying the release log
-	releasedPeek  = 32  // release-log entries read per attempt
-	maxAttempts   = 200 // commits lost to concurrent writers before giving up
+	window        = 512  // keys per range read
+	span          = 1024 // addresses covered by one range read at most
+	candidates    = 64   // free addresses collected per window
+	spread        = 32   // random pick among the first candidates
+	freshWindows  = 4    // windows read above the cursor before trying the release log
+	releasedPeek  = 32   // release-log entries read per attempt
+	maxAttempts   = 200  // commits lost to concurrent writers before giving up
 	backoffBaseMs = 2
 )
 
@@ -398,11 +399,17 @@ func (a *Allocator) scanFresh(ctx context.Context, set int, from, last netip.Add
 		if from.Compare(last) > 0 {
 			return store.ClaimItem{}, from, false, nil
 		}
-		used, full, err := a.Store.Used(ctx, from, last, window)
+		// A bounded key range, not just a limit: etcd 3.4 walks its whole
+		// index range to count it, so an open-ended read costs O(pool).
+		to := ipam.Advance(from, span-1)
+		if to.Compare(last) > 0 {
+			to = last
+		}
+		used, full, err := a.Store.Used(ctx, from, to, window)
 		if err != nil {
 			return store.ClaimItem{}, netip.Addr{}, false, err
 		}
-		var limit netip.Addr
+		limit := to
 		if full {
 			limit = used[len(used)-1]
 		}
@@ -411,7 +418,7 @@ func (a *Allocator) scanFresh(ctx context.Context, set int, from, last netip.Add
 			ip := ipam.Pick(cands, max(a.spread, 1))
 			return store.ClaimItem{Record: store.Record{IP: ip.String()}, Mode: store.ClaimFresh}, cands[0], true, nil
 		}
-		if !full || limit == last {
+		if limit == last {
 			return store.ClaimItem{}, last.Next(), false, nil
 		}
 		from = limit.Next()

@@ -154,3 +154,22 @@ func Pick(cands []netip.Addr, spread int) netip.Addr {
 	}
 	return cands[rand.IntN(spread)]
 }
+
+// Advance returns a+n, or the highest address of a's family when that
+// overflows.
+func Advance(a netip.Addr, n uint64) netip.Addr {
+	b := a.AsSlice()
+	carry := n
+	for i := len(b) - 1; i >= 0 && carry > 0; i-- {
+		sum := uint64(b[i]) + carry&0xff
+		b[i] = byte(sum)
+		carry = carry>>8 + sum>>8
+	}
+	if carry > 0 {
+		for i := range b {
+			b[i] = 0xff
+		}
+	}
+	out, _ := netip.AddrFromSlice(b)
+	return out
+}

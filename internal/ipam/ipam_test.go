@@ -475,3 +475,23 @@ func ExampleFree() {
 	fmt.Println(ipam.Free(ivs, a("10.0.0.13"), addrs("10.0.0.14", "10.0.0.20"), netip.Addr{}, 3))
 	// Output: [10.0.0.13 10.0.0.21 10.0.0.22]
 }
+
+func TestAdvance(t *testing.T) {
+	for _, c := range []struct {
+		a    string
+		n    uint64
+		want string
+	}{
+		{"10.0.0.1", 0, "10.0.0.1"},
+		{"10.0.0.1", 1023, "10.0.4.0"},
+		{"10.0.0.255", 1, "10.0.1.0"},
+		{"255.255.255.250", 10, "255.255.255.255"},
+		{"fd00::ffff:ffff:ffff:ffff", 1, "fd00:0:0:1::"},
+		{"fd00::", 1 << 40, "fd00::100:0:0"},
+		{"ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0", 1 << 20, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"},
+	} {
+		if got := ipam.Advance(netip.MustParseAddr(c.a), c.n); got.String() != c.want {
+			t.Errorf("Advance(%s, %d) = %s, want %s", c.a, c.n, got, c.want)
+		}
+	}
+}

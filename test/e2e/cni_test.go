@@ -8,8 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -165,8 +163,8 @@ func TestBinaryErrorsAreCNIJSON(t *testing.T) {
 			stdin := []byte(c.stdin)
 			var env []string
 			if c.name == "bad netmask" {
-				srv := podAPI(t, map[string]string{"kube-ipam.ip": "10.71.0.218", "kube-ipam.netmask": "255"})
-				stdin = netConf(t, e, "errs", map[string]any{"subnet": "10.71.0.0/16", "kubeConfig": kubeconfig(t, srv.URL)})
+				kc := podAPI(t, map[string]string{"kube-ipam.ip": "10.71.0.218", "kube-ipam.netmask": "255"})
+				stdin = netConf(t, e, "errs", map[string]any{"subnet": "10.71.0.0/16", "kubeConfig": kc})
 				env = []string{"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=database-2-0"}
 			}
 			out, err := run(bin, "ADD", "c1", "net1", stdin, env...)
@@ -198,34 +196,18 @@ func TestBinaryErrorsAreCNIJSON(t *testing.T) {
 	}
 }
 
-// podAPI serves GET of one pod, encoded as the Kubernetes API does, until the
-// real kube-apiserver harness replaces it.
-func podAPI(t *testing.T, ann map[string]string) *httptest.Server {
-	p := corev1.Pod{
-		TypeMeta:   metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "database-2-0", UID: "uid-db2", Annotations: ann},
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet || r.URL.Path != "/api/v1/namespaces/default/pods/database-2-0" {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			_ = json.NewEncoder(w).Encode(metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: "Failure", Reason: metav1.StatusReasonNotFound, Code: 404})
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(p)
-	}))
-	t.Cleanup(srv.Close)
-	return srv
-}
-
-func kubeconfig(t *testing.T, server string) string {
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	kc := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: %q}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n", server)
-	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
+// podAPI starts a real kube-apiserver holding pod default/database-2-0 with
+// the given annotations, and returns its kubeconfig.
+func podAPI(t *testing.T, ann map[string]string) string {
+	k := testenv.StartKube(t, testenv.KubeOptions{})
+	_, err := k.Client.CoreV1().Pods("default").Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "database-2-0", Annotations: ann},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Image: "db:v1"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	return path
+	return k.Kubeconfig
 }
 
 // TestMacvlanFixedIPInNetns: the real macvlan plugin, with kube-ipam as its
@@ -239,7 +221,7 @@ func TestMacvlanFixedIPInNetns(t *testing.T) {
 		t.Skip("ping not installed (apt-get install iputils-ping)")
 	}
 	e := testenv.StartEtcd(t)
-	srv := podAPI(t, map[string]string{"kube-ipam.ip": "10.188.0.219", "kube-ipam.netmask": "255.255.0.0", "kube-ipam.gateway": "10.188.0.1"})
+	kc := podAPI(t, map[string]string{"kube-ipam.ip": "10.188.0.219", "kube-ipam.netmask": "255.255.0.0", "kube-ipam.gateway": "10.188.0.1"})
 
 	// The macvlan parent is a veth whose other end sits in a "peer" namespace
 	// on the same segment. The plugin runs in the test's namespace so that it
@@ -266,7 +248,7 @@ func TestMacvlanFixedIPInNetns(t *testing.T) {
 			conf := map[string]any{
 				"name": "k8snet2", "type": "macvlan", "master": parent, "mode": "bridge",
 				"ipam": map[string]any{
-					"name": "kube-subnet", "type": "kube-ipam", "kubeConfig": kubeconfig(t, srv.URL),
+					"name": "kube-subnet", "type": "kube-ipam", "kubeConfig": kc,
 					"etcdConfig": map[string]any{"etcdURL": strings.Join(e.Endpoints, ",")},
 					"subnet":     "10.188.0.0/16", "rangeStart": "10.188.0.10", "rangeEnd": "10.188.0.200", "gateway": "10.188.0.1",
 					"logFile": filepath.Join(t.TempDir(), "kube-ipam.log"),

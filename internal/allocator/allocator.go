@@ -166,6 +166,9 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 	}
 	for attempt := 0; ; attempt++ {
 		if held, err := a.held(ctx, req); held != nil || err != nil {
+			if err != nil {
+				err = fmt.Errorf("reading attachment %s/%s: %w", req.ContainerID, req.IfName, err)
+			}
 			return held, err
 		}
 		fixed, kind, newSticky, err := a.wanted(ctx, req)
@@ -180,7 +183,7 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 			d := time.Duration(rand.IntN(backoffBaseMs*min(attempt, 10))+1) * time.Millisecond
 			select {
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, fmt.Errorf("gave up after %d lost claim races: %w", attempt, ctx.Err())
 			case <-time.After(d):
 			}
 		}
@@ -193,11 +196,11 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("choosing addresses: %w", err)
 		}
 		ok, err := a.Store.Commit(ctx, claim)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("claim transaction (attempt %d): %w", attempt+1, err)
 		}
 		if ok {
 			return out, nil

@@ -232,6 +232,7 @@ func (p *Plugin) add(c *call) (*current.Result, error) {
 	}
 	alloc := allocator.New(c.net, c.st)
 	alloc.Now = p.Now
+	c.log.Debug("allocating", "fixed", fmt.Sprint(req.Fixed), "sticky", req.Sticky, "endpoints", fmt.Sprint(c.net.Etcd.Endpoints))
 	got, err := alloc.Allocate(c.ctx, req)
 	if alloc.Conflicts > 0 {
 		c.log.Debug("claim races lost", "count", alloc.Conflicts)

@@ -6,6 +6,7 @@ package pod
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -257,8 +258,30 @@ func NewClient(kubeconfig string, timeout time.Duration) (*Client, error) {
 	return &Client{hc: hc, base: strings.TrimRight(base.String(), "/")}, nil
 }
 
-// Get reads one pod.
+// Get reads one pod. A transient failure (connection reset, 5xx, 429) is
+// retried a few times with backoff inside ctx, since one hiccup of the API
+// server should not fail a pod sandbox.
 func (c *Client) Get(ctx context.Context, namespace, name string) (*Info, error) {
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, err
+			case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
+			}
+		}
+		var info *Info
+		info, err = c.get(ctx, namespace, name)
+		var tr *TransientError
+		if !errors.As(err, &tr) {
+			return info, err
+		}
+	}
+	return nil, err
+}
+
+func (c *Client) get(ctx context.Context, namespace, name string) (*Info, error) {
 	u := c.base + "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -41,9 +42,10 @@ type Etcd struct {
 	DataDir, LogFile          string
 
 	bin    string
+	name   string
 	args   []string
 	cmd    *exec.Cmd
-	exited chan struct{}
+	exited <-chan struct{}
 }
 
 // StartEtcd starts a plain-HTTP etcd on loopback and waits until it serves.
@@ -65,7 +67,9 @@ func startEtcd(t testing.TB, secure bool) *Etcd {
 	// TempDir before Cleanup: cleanups run LIFO, so etcd is dead before its
 	// data dir is removed.
 	dir := t.TempDir()
-	e := &Etcd{bin: bin, DataDir: filepath.Join(dir, "data"), LogFile: filepath.Join(dir, "etcd.log")}
+	// A unique member name lets the health probe tell our server from
+	// another test's that holds the same port.
+	e := &Etcd{bin: bin, DataDir: filepath.Join(dir, "data"), LogFile: filepath.Join(dir, "etcd.log"), name: fmt.Sprintf("t%08x", mrand.Uint32())}
 	scheme, tlsArgs := "http", []string(nil)
 	if secure {
 		scheme, tlsArgs = "https", e.writeCerts(t, dir)
@@ -85,11 +89,11 @@ func startEtcd(t testing.TB, secure bool) *Etcd {
 		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
 		// A single member cannot lose an election, so short raft timers only
 		// cut the ~1s wait for leadership at every (re)start.
-		e.args = append([]string{"--name", "default", "--data-dir", e.DataDir,
+		e.args = append([]string{"--name", e.name, "--data-dir", e.DataDir,
 			"--heartbeat-interval", "10", "--election-timeout", "100",
 			"--listen-client-urls", e.ClientURL, "--advertise-client-urls", e.ClientURL,
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster", "default=" + peer, "--logger", "zap", "--log-outputs", "stderr",
+			"--initial-cluster", e.name + "=" + peer, "--logger", "zap", "--log-outputs", "stderr",
 		}, tlsArgs...)
 		err := e.start()
 		if err == nil {
@@ -157,18 +161,11 @@ func (e *Etcd) start() error {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	// Pdeathsig kills etcd if the test binary dies without cleanups (e.g. a
-	// -timeout panic). It fires when the forking *thread* exits, and Go only
-	// retires locked threads, so fork from a fresh goroutine in case the
-	// caller is locked (e.g. inside ns.Do).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	errc := make(chan error, 1)
-	go func() { errc <- cmd.Start() }()
-	if err := <-errc; err != nil {
+	exited, err := startPinned(cmd)
+	if err != nil {
 		return err
 	}
-	e.cmd, e.exited = cmd, make(chan struct{})
-	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(e.exited)
+	e.cmd, e.exited = cmd, exited
 	if err := e.waitHealthy(); err != nil {
 		e.stop(syscall.SIGKILL)
 		return err
@@ -183,8 +180,13 @@ func (e *Etcd) waitHealthy() error {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if err = probe(cfg); err == nil {
-			return nil
+		if err = probe(cfg, e.name); err == nil {
+			select {
+			case <-e.exited:
+				return fmt.Errorf("etcd exited during startup: %v", e.cmd.ProcessState)
+			default:
+				return nil
+			}
 		} else if time.Now().After(deadline) {
 			return fmt.Errorf("etcd not healthy after 30s: %w", err)
 		}
@@ -198,7 +200,7 @@ func (e *Etcd) waitHealthy() error {
 
 // probe checks TCP first because a gRPC dial to a closed port backs off for
 // about a second, which would dominate start-up time.
-func probe(cfg clientv3.Config) error {
+func probe(cfg clientv3.Config, name string) error {
 	u := cfg.Endpoints[0]
 	conn, err := net.DialTimeout("tcp", u[strings.Index(u, "//")+2:], time.Second)
 	if err != nil {
@@ -212,8 +214,19 @@ func probe(cfg clientv3.Config) error {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_, err = c.Get(ctx, "kube-ipam-testenv-health")
-	return err
+	if _, err = c.Get(ctx, "kube-ipam-testenv-health"); err != nil {
+		return err
+	}
+	members, err := c.MemberList(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range members.Members {
+		if m.Name == name {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is another etcd, not member %s", cfg.Endpoints[0], name)
 }
 
 // stop signals the process by PID, escalating to SIGKILL after 5s.
@@ -239,16 +252,24 @@ func (e *Etcd) dumpLog(t testing.TB) {
 }
 
 // freePorts holds all listeners open together so the ports are distinct.
+// Ports come from below Linux's ephemeral range (32768-60999): a port picked
+// there can be taken as the source port of any outgoing connection before
+// the server binds it, and servers of parallel test packages would compete
+// for the few ports the kernel hands out for ":0".
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			t.Fatalf("no free port in 20000-32767")
+		}
+		port := 20000 + mrand.IntN(12768)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			t.Fatalf("reserving port: %v", err)
+			continue
 		}
 		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, port)
 	}
 	return ports
 }

@@ -252,7 +252,7 @@ func (k *Kube) poll(timeout time.Duration, cond func() (bool, error)) error {
 type proc struct {
 	name, log string
 	cmd       *exec.Cmd
-	exited    chan struct{}
+	exited    <-chan struct{}
 	stopped   bool // by us, as opposed to crashed
 }
 
@@ -260,7 +260,7 @@ type proc struct {
 // restarts) and registers its shutdown.
 func (k *Kube) start(t testing.TB, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: filepath.Base(bin), exited: make(chan struct{})}
+	p := &proc{name: filepath.Base(bin)}
 	var logf *os.File
 	var err error
 	for i := 1; logf == nil; i++ {
@@ -275,15 +275,9 @@ func (k *Kube) start(t testing.TB, bin string, args ...string) *proc {
 	defer logf.Close() // the child has its own descriptor
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	// As for etcd: SIGKILL the child if the test binary dies without
-	// cleanups, forking from a fresh goroutine (see Etcd.start).
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	errc := make(chan error, 1)
-	go func() { errc <- p.cmd.Start() }()
-	if err := <-errc; err != nil {
+	if p.exited, err = startPinned(p.cmd); err != nil {
 		t.Fatalf("starting %s: %v", p.name, err)
 	}
-	go func() { _ = p.cmd.Wait(); close(p.exited) }()
 	k.procs = append(k.procs, p)
 	t.Cleanup(func() {
 		select {

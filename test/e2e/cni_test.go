@@ -251,7 +251,7 @@ func TestMacvlanFixedIPInNetns(t *testing.T) {
 					"name": "kube-subnet", "type": "kube-ipam", "kubeConfig": kc,
 					"etcdConfig": map[string]any{"etcdURL": strings.Join(e.Endpoints, ",")},
 					"subnet":     "10.188.0.0/16", "rangeStart": "10.188.0.10", "rangeEnd": "10.188.0.200", "gateway": "10.188.0.1",
-					"logFile": filepath.Join(t.TempDir(), "kube-ipam.log"),
+					"logFile": filepath.Join(t.TempDir(), "kube-ipam.log"), "logLevel": "debug",
 				},
 			}
 			if ver != "" {

@@ -116,12 +116,7 @@ func (c *call) end(err error, attrs ...any) error {
 	return nil
 }
 
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}
+func short(id string) string { return store.ShortID(id) }
 
 // Add allocates.
 func (p *Plugin) Add(args *skel.CmdArgs) error {
@@ -272,15 +267,14 @@ func buildResult(n *config.Network, got []allocator.Allocated, fixed []config.IP
 		bits := r.Subnet.Bits()
 		gw := r.Gateway
 		if g.Kind == store.KindFixed {
-			for _, f := range fixed {
-				if f.Addr == g.IP && f.Bits >= 0 {
-					bits = f.Bits
-				}
-			}
-			if wants.Netmask >= 0 && g.IP.Is4() && !hasBits(fixed, g.IP) {
-				if wants.Netmask > 32 {
-					return nil, &pod.AnnotationError{Key: pod.AnnotationNetmask, Value: fmt.Sprint(wants.Netmask), Reason: "prefix length too long for IPv4"}
-				}
+			// A length written with the address wins over kube-ipam.netmask,
+			// which (a dotted mask in v0.2) applies to IPv4 only.
+			switch written := writtenBits(fixed, g.IP); {
+			case written >= 0:
+				bits = written
+			case wants.Netmask > 32 && g.IP.Is4():
+				return nil, &pod.AnnotationError{Key: pod.AnnotationNetmask, Value: fmt.Sprint(wants.Netmask), Reason: "prefix length too long for IPv4"}
+			case wants.Netmask >= 0 && g.IP.Is4():
 				bits = wants.Netmask
 			}
 			if wants.Gateway.IsValid() && wants.Gateway.Is4() == g.IP.Is4() {
@@ -303,13 +297,14 @@ func buildResult(n *config.Network, got []allocator.Allocated, fixed []config.IP
 	return res, nil
 }
 
-func hasBits(fixed []config.IPSpec, ip netip.Addr) bool {
+// writtenBits is the prefix length written with ip in the request, or -1.
+func writtenBits(fixed []config.IPSpec, ip netip.Addr) int {
 	for _, f := range fixed {
-		if f.Addr == ip && f.Bits >= 0 {
-			return true
+		if f.Addr == ip {
+			return f.Bits
 		}
 	}
-	return false
+	return -1
 }
 
 // reusePolicy: dynamic addresses go to the release log for reuse after the

@@ -62,7 +62,7 @@ func (r *Record) Owner() string {
 	if r.PodName != "" {
 		pod = "pod " + r.PodNamespace + "/" + r.PodName
 	}
-	return fmt.Sprintf("%s (container %s, interface %s, node %s)", pod, shortID(r.ContainerID), r.IfName, r.Node)
+	return fmt.Sprintf("%s (container %s, interface %s, node %s)", pod, ShortID(r.ContainerID), r.IfName, r.Node)
 }
 
 // SamePod reports whether two records belong to the same pod identity and
@@ -78,7 +78,8 @@ func (r *Record) SamePod(o *Record) bool {
 	return r.PodName != "" && r.PodName == o.PodName
 }
 
-func shortID(id string) string {
+// ShortID abbreviates a container ID for messages, as runtimes do.
+func ShortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]
 	}
@@ -422,7 +423,7 @@ func (s *Store) Release(ctx context.Context, cid, ifname string, now time.Time, 
 			return freed, err
 		}
 	}
-	return nil, fmt.Errorf("release of %s/%s kept losing races with concurrent writers", shortID(cid), ifname)
+	return nil, fmt.Errorf("release of %s/%s kept losing races with concurrent writers", ShortID(cid), ifname)
 }
 
 // ReleaseAttachment is Release for an attachment already read (GC).

@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := $(CURDIR)/bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X kubeipam/internal/version.Version=$(VERSION)
-BINARIES := kube-ipam
+BINARIES := kube-ipam kube-multus
 
 .PHONY: all build test unit bench vet fmt-check clean testbin
 
@@ -12,6 +12,8 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+	@# The seed's 10-multus.conf says "type": "multus-cni" (multus v3.8's binary name).
+	cp -f $(BIN)/kube-multus $(BIN)/multus-cni
 
 vet:
 	$(GO) vet ./...

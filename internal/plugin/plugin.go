@@ -77,9 +77,11 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	c := &call{verb: verb, args: args, net: n}
 	c.log, c.close = openLog(n.LogFile, n.LogLevel)
 	c.log = c.log.With("verb", verb, "network", n.Name, "container", short(args.ContainerID), "ifname", args.IfName)
+	// Logged at info on ADD only: the seed's own config has a default route,
+	// and a warning on every call would drown real ones.
 	for _, w := range n.Warnings {
 		if verb == "ADD" {
-			c.log.Warn(w)
+			c.log.Info(w)
 		} else {
 			c.log.Debug(w)
 		}

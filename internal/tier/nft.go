@@ -1,15 +1,16 @@
 package tier
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,7 +21,8 @@ const TablePrefix = "kube-multus-"
 // TableName is the inet table holding the policy of one interface.
 func TableName(ifname string) string { return TablePrefix + ifname }
 
-// NFTRule is one nftables rule as data: what it means, and its expressions.
+// NFTRule is one nftables rule as data: its expressions, and Desc, what
+// `nft list ruleset` shows for them (used in logs and tests).
 type NFTRule struct {
 	Desc  string
 	Exprs []expr.Any
@@ -132,11 +134,25 @@ func matchL4(p byte) []expr.Any {
 }
 
 // matchRange loads len(from) bytes at offset of base and compares them with
-// the inclusive range [from, to] (network byte order).
+// the inclusive range [from, to] (network byte order); a single value is a
+// plain comparison.
 func matchRange(base expr.PayloadBase, offset uint32, from, to []byte) []expr.Any {
+	load := &expr.Payload{DestRegister: 1, Base: base, Offset: offset, Len: uint32(len(from))}
+	if bytes.Equal(from, to) {
+		return []expr.Any{load, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: from}}
+	}
+	return []expr.Any{load, &expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: from, ToData: to}}
+}
+
+// matchPrefix compares the address at offset with a CIDR block (mask, then
+// compare), which nft shows as "ip saddr 10.0.0.0/24".
+func matchPrefix(offset uint32, src Source) []expr.Any {
+	addr := src.First.AsSlice()
+	mask := net.CIDRMask(src.Bits, len(addr)*8)
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: base, Offset: offset, Len: uint32(len(from))},
-		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: from, ToData: to},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(len(addr))},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(addr)), Mask: mask, Xor: make([]byte, len(addr))},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr},
 	}
 }
 
@@ -144,12 +160,15 @@ func matchSource(src Source) ([]expr.Any, string) {
 	if !src.First.IsValid() {
 		return nil, ""
 	}
-	if src.First.Is4() {
-		return cat(matchNFProto(unix.NFPROTO_IPV4),
-			matchRange(expr.PayloadBaseNetworkHeader, 12, src.First.AsSlice(), src.Last.AsSlice())), " ip saddr " + src.String()
+	family, offset, desc := byte(unix.NFPROTO_IPV4), uint32(12), " ip saddr "
+	if !src.First.Is4() {
+		family, offset, desc = unix.NFPROTO_IPV6, 8, " ip6 saddr "
 	}
-	return cat(matchNFProto(unix.NFPROTO_IPV6),
-		matchRange(expr.PayloadBaseNetworkHeader, 8, src.First.AsSlice(), src.Last.AsSlice())), " ip6 saddr " + src.String()
+	match := matchRange(expr.PayloadBaseNetworkHeader, offset, src.First.AsSlice(), src.Last.AsSlice())
+	if src.Bits >= 0 && src.First != src.Last {
+		match = matchPrefix(offset, src)
+	}
+	return cat(matchNFProto(family), match), desc + src.String()
 }
 
 func ctEstablished() []expr.Any {
@@ -178,7 +197,7 @@ func Apply(nsPath, ifname string, rules []NFTRule) error {
 		ch := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &policy})
 		for _, r := range rules {
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.Exprs, UserData: userdata.AppendString(nil, userdata.TypeComment, r.Desc)})
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.Exprs})
 		}
 	})
 }

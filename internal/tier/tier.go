@@ -110,12 +110,19 @@ type Rule struct {
 	sources []Source
 }
 
-// Source is an inclusive address range of one family.
-type Source struct{ First, Last netip.Addr }
+// Source is an inclusive address range of one family. Bits is the prefix
+// length when the range is a CIDR block, else -1.
+type Source struct {
+	First, Last netip.Addr
+	Bits        int
+}
 
 func (s Source) String() string {
-	if s.First == s.Last {
+	switch {
+	case s.First == s.Last:
 		return s.First.String()
+	case s.Bits >= 0:
+		return netip.PrefixFrom(s.First, s.Bits).String()
 	}
 	return s.First.String() + "-" + s.Last.String()
 }
@@ -133,7 +140,7 @@ func ParseSource(s string) (Source, error) {
 		if first.Is4() != last.Is4() || last.Less(first) {
 			return Source{}, fmt.Errorf("range %q: ends of different families or reversed", s)
 		}
-		return Source{first, last}, nil
+		return Source{first, last, -1}, nil
 	}
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
@@ -142,21 +149,28 @@ func ParseSource(s string) (Source, error) {
 		}
 		p = p.Masked()
 		first := p.Addr().Unmap()
+		bits := p.Bits()
+		if p.Addr().Is4In6() {
+			bits -= 96
+			if bits < 0 {
+				return Source{}, fmt.Errorf("%q: prefix too short for an IPv4-mapped address", s)
+			}
+		}
 		n := first.AsSlice()
-		host := first.BitLen() - p.Bits()
+		host := first.BitLen() - bits
 		for i := len(n) - 1; i >= 0 && host > 0; i-- {
 			k := min(host, 8)
 			n[i] |= byte(1<<k - 1)
 			host -= k
 		}
 		last, _ := netip.AddrFromSlice(n)
-		return Source{first, last}, nil
+		return Source{first, last, bits}, nil
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		return Source{}, err
 	}
-	return Source{a.Unmap(), a.Unmap()}, nil
+	return Source{a.Unmap(), a.Unmap(), a.Unmap().BitLen()}, nil
 }
 
 var protocols = map[string]byte{"tcp": 6, "udp": 17, "sctp": 132}

@@ -702,3 +702,13 @@ func TestOrdinalIPPoolAndPerNetworkAnnotations(t *testing.T) {
 		t.Fatalf("legacy annotation on another network: got %v", got)
 	}
 }
+
+func TestInvalidConfigIsLoggedToItsLogFile(t *testing.T) {
+	v := newEnv(t, nil)
+	bad := v.conf(map[string]any{"etcdConfig": nil})
+	v.expectCode("ADD", "c1", "net1", "", bad, types.ErrInvalidNetworkConfig, "etcdConfig")
+	b, _ := os.ReadFile(v.ipam["logFile"].(string))
+	if !strings.Contains(string(b), "invalid network config") || !strings.Contains(string(b), "etcdConfig") {
+		t.Fatalf("log file lacks the config error:\n%s", b)
+	}
+}

@@ -5,6 +5,7 @@ package plugin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -69,7 +70,17 @@ type call struct {
 func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	n, err := config.Parse(args.StdinData)
 	if err != nil {
-		lg, closeLog := openLog(config.DefaultLogFile, "info")
+		// The config is unusable, but its logFile may still be readable.
+		var partial struct {
+			IPAM struct {
+				LogFile string `json:"logFile"`
+			} `json:"ipam"`
+		}
+		path := config.DefaultLogFile
+		if json.Unmarshal(args.StdinData, &partial) == nil && partial.IPAM.LogFile != "" {
+			path = partial.IPAM.LogFile
+		}
+		lg, closeLog := openLog(path, "info")
 		defer closeLog()
 		lg.Error("invalid network config", "verb", verb, "container", args.ContainerID, "err", err)
 		return nil, toCNI(err)

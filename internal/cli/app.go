@@ -1,0 +1,439 @@
+// Package cli is kube-ipamctl, the operator's view of kube-ipam's etcd
+// store: it reads the same network config as the plugin and lists, checks
+// and (guardedly) releases allocations. Every command writes to an
+// io.Writer and takes its clock and clients from App, so tests run it
+// against a real etcd with deterministic output.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"kubeipam/internal/config"
+	"kubeipam/internal/pod"
+	"kubeipam/internal/store"
+	"kubeipam/internal/version"
+)
+
+// App runs kube-ipamctl commands. Zero fields take production defaults.
+type App struct {
+	Out, Err io.Writer
+	Now      func() time.Time
+	// Connect opens an etcd client (default store.Connect).
+	Connect func(e config.Etcd, dialTimeout time.Duration) (*clientv3.Client, error)
+	// PodClient builds a pod reader from a kubeconfig path (default
+	// pod.NewClient after checking that the file exists).
+	PodClient func(kubeconfig string, timeout time.Duration) (pod.Getter, error)
+	// ConfDir is searched when --config is not given (default /etc/cni/net.d).
+	ConfDir string
+}
+
+// globals are the flags every command accepts.
+type globals struct {
+	config, kubeconfig, namespace, output string
+	timeout                               time.Duration
+}
+
+type command struct {
+	name, args, short, long, example string
+	flags                            func(fs *pflag.FlagSet)
+	run                              func(ctx context.Context, a *App, g *globals, nets []*Network, args []string) error
+	nargs                            int
+	noNetworks                       bool
+}
+
+// valueFlags are the global flags that take a value, so that the command
+// word can be found among flags given before it.
+var valueFlags = map[string]bool{"--config": true, "--kubeconfig": true, "-n": true, "--namespace": true, "-o": true, "--output": true, "--timeout": true,
+	// Command flags that take a value, so "--network N list" works too.
+	"--network": true, "--node": true}
+
+func (a *App) commands() []*command {
+	var listF ListFilter
+	var relNetwork string
+	var force bool
+	return []*command{
+		{
+			name: "networks", short: "Show every kube-ipam network of the config with its pool usage",
+			long: `One row per kube-ipam network found in the config: its subnets, the size
+of its dynamic pool (ranges minus gateways minus the fixed block), how many
+pool addresses are used, free now, and cooling (released less than
+releaseCooldown ago, so not yet reusable), how many fixed addresses are
+allocated, and how many StatefulSet ordinals have a sticky address.`,
+			example: `  kube-ipamctl networks --config /etc/cni/net.d/00-multus.conf
+  kube-ipamctl networks -o json`,
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, _ []string) error {
+				return Networks(ctx, a.Out, nets, a.Now(), g.output)
+			},
+		},
+		{
+			name: "list", short: "List allocations",
+			long: `List allocated addresses with their owner: network, kind (fixed, dynamic,
+sticky), pod, container (short ID), interface, node and age. Without -n every
+namespace is listed.`,
+			example: `  kube-ipamctl list
+  kube-ipamctl list --network k8snet2 --node worker-1
+  kube-ipamctl list -n db -o yaml`,
+			flags: func(fs *pflag.FlagSet) {
+				fs.StringVar(&listF.Network, "network", "", "only this network")
+				fs.StringVar(&listF.Node, "node", "", "only allocations made on this node")
+			},
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, _ []string) error {
+				listF.Namespace = g.namespace
+				return List(ctx, a.Out, nets, listF, a.Now(), g.output)
+			},
+		},
+		{
+			name: "who-has", args: "IP", nargs: 1, short: "Show who holds an address",
+			long: `Print the allocation record of IP on every configured network. When no
+network holds it, say what the store knows (never used, released and cooling
+down, ...) and exit 1.`,
+			example: `  kube-ipamctl who-has 10.188.0.12
+  kube-ipamctl who-has fd00:188::1c -o json`,
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, args []string) error {
+				ip, err := parseIP(args[0])
+				if err != nil {
+					return err
+				}
+				return WhoHas(ctx, a.Out, nets, ip, a.Now(), g.output)
+			},
+		},
+		{
+			name: "show", args: "POD", nargs: 1, short: "Show every allocation of a pod",
+			long: `Print every address a pod holds on the configured networks. The pod is
+NAME in the namespace given by -n (default "default"), or NAMESPACE/NAME.
+Exit 1 when it holds none.`,
+			example: `  kube-ipamctl show -n db mysql-0
+  kube-ipamctl show db/mysql-0 -o json`,
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, args []string) error {
+				ns, name := g.namespace, args[0]
+				if before, after, ok := strings.Cut(name, "/"); ok {
+					if ns != "" && ns != before {
+						return usageErrorf("pod %q and -n %q disagree on the namespace", name, ns)
+					}
+					ns, name = before, after
+				}
+				if ns == "" {
+					ns = "default"
+				}
+				return Show(ctx, a.Out, nets, ns, name, a.Now(), g.output)
+			},
+		},
+		{
+			name: "check", short: "Look for inconsistencies in the store",
+			long: `Report, and exit 1 when there is any:
+  stale-attachment  an attachment lists an address whose record names another
+                    container (or that no record holds)
+  orphan            a record whose attachment is missing or does not list it
+  out-of-range      a fixed address outside every subnet, or a dynamic/sticky
+                    address outside the dynamic ranges of the config
+  leaked            a record whose pod no longer exists in the Kubernetes API
+                    (or was re-created with another UID); skipped, with a
+                    note, when no usable kubeconfig is configured
+  corrupt           keys or values that do not parse
+  duplicate         a second record of one address under another spelling
+                    of its key
+check only reads; fix leaked or orphaned addresses with release.`,
+			example: `  kube-ipamctl check
+  kube-ipamctl check --kubeconfig ~/.kube/config -o json`,
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, _ []string) error {
+				return Check(ctx, a.Out, nets, a.Now(), g.output)
+			},
+		},
+		{
+			name: "release", args: "IP", nargs: 1, short: "Free an allocation (guarded)",
+			long: `Free the allocation of IP as a CNI DEL of its attachment would: one etcd
+transaction guarded by the revisions read, so a concurrent change makes it
+fail rather than free someone else's address. Every address of that
+attachment (e.g. the IPv6 address of a dual-stack pod) is freed with it.
+Dynamic addresses cool down for releaseCooldown before reuse.
+
+Refuses while the owner pod still exists in the Kubernetes API, or when that
+cannot be checked (no usable kubeconfig, API error, record without a pod),
+unless --force is given.`,
+			example: `  kube-ipamctl release 10.188.0.12
+  kube-ipamctl release 10.188.0.12 --network k8snet2 --force`,
+			flags: func(fs *pflag.FlagSet) {
+				fs.StringVar(&relNetwork, "network", "", "the network holding the address (needed when several do)")
+				fs.BoolVar(&force, "force", false, "release even if the owner pod exists or cannot be checked")
+			},
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, args []string) error {
+				ip, err := parseIP(args[0])
+				if err != nil {
+					return err
+				}
+				return Release(ctx, a.Out, nets, ip, relNetwork, force, a.Now())
+			},
+		},
+		{
+			name: "version", short: "Print the version", noNetworks: true,
+			example: `  kube-ipamctl version`,
+			run: func(_ context.Context, a *App, _ *globals, _ []*Network, _ []string) error {
+				_, err := fmt.Fprintln(a.Out, "kube-ipamctl", version.Version)
+				return err
+			},
+		},
+	}
+}
+
+func parseIP(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(strings.TrimSpace(s))
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, usageErrorf("%q is not an IP address", s)
+	}
+	return a.Unmap(), nil
+}
+
+func globalFlags(fs *pflag.FlagSet, g *globals) {
+	fs.StringVar(&g.config, "config", "", "network config (single, conflist or multus with delegates); default: $KUBE_IPAMCTL_CONFIG, else the first file of /etc/cni/net.d with a kube-ipam network")
+	fs.StringVar(&g.kubeconfig, "kubeconfig", "", "kubeconfig for pod lookups (overrides ipam.kubeConfig)")
+	fs.StringVarP(&g.namespace, "namespace", "n", "", "pod namespace")
+	fs.StringVarP(&g.output, "output", "o", FormatTable, "output format: table, json or yaml")
+	fs.DurationVar(&g.timeout, "timeout", time.Minute, "timeout of the whole command, etcd and Kubernetes API calls included")
+}
+
+// Run executes args (without the program name) and returns the exit status.
+func (a *App) Run(ctx context.Context, args []string) int {
+	if a.Out == nil {
+		a.Out = os.Stdout
+	}
+	if a.Err == nil {
+		a.Err = os.Stderr
+	}
+	if a.Now == nil {
+		a.Now = time.Now
+	}
+	if a.Connect == nil {
+		a.Connect = store.Connect
+	}
+	if a.PodClient == nil {
+		a.PodClient = defaultPodClient
+	}
+	if a.ConfDir == "" {
+		a.ConfDir = DefaultConfDir
+	}
+	cmds := a.commands()
+	idx := -1
+	for i := 0; i < len(args); i++ {
+		s := args[i]
+		if s == "--" {
+			break
+		}
+		if strings.HasPrefix(s, "-") {
+			if valueFlags[s] {
+				i++
+			}
+			continue
+		}
+		idx = i
+		break
+	}
+	if idx < 0 {
+		help := false
+		for _, s := range args {
+			help = help || s == "-h" || s == "--help"
+		}
+		if help {
+			a.usage(a.Out, cmds)
+			return 0
+		}
+		a.usage(a.Err, cmds)
+		return 2
+	}
+	name := args[idx]
+	rest := append(append([]string{}, args[:idx]...), args[idx+1:]...)
+	if name == "help" {
+		for _, c := range cmds {
+			if len(rest) > 0 && c.name == rest[0] {
+				a.commandHelp(a.Out, c)
+				return 0
+			}
+		}
+		a.usage(a.Out, cmds)
+		return 0
+	}
+	var cmd *command
+	for _, c := range cmds {
+		if c.name == name {
+			cmd = c
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(a.Err, "kube-ipamctl: unknown command %q\n", name)
+		a.usage(a.Err, cmds)
+		return 2
+	}
+	var g globals
+	fs := cmdFlags(cmd, &g)
+	if err := fs.Parse(rest); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			a.commandHelp(a.Out, cmd)
+			return 0
+		}
+		fmt.Fprintf(a.Err, "kube-ipamctl %s: %v\nSee 'kube-ipamctl %s --help'.\n", cmd.name, err, cmd.name)
+		return 2
+	}
+	if fs.NArg() != cmd.nargs {
+		fmt.Fprintf(a.Err, "kube-ipamctl %s: want %d argument(s) %s, got %d\nSee 'kube-ipamctl %s --help'.\n", cmd.name, cmd.nargs, cmd.args, fs.NArg(), cmd.name)
+		return 2
+	}
+	err := validFormat(g.output)
+	var nets []*Network
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	if err == nil && !cmd.noNetworks {
+		var closeAll func()
+		nets, closeAll, err = a.open(&g)
+		if closeAll != nil {
+			defer closeAll()
+		}
+	}
+	if err == nil {
+		err = cmd.run(ctx, a, &g, nets, fs.Args())
+	}
+	if err == nil {
+		return 0
+	}
+	var ee *ExitError
+	if !errors.As(err, &ee) {
+		ee = &ExitError{Code: 3, Msg: err.Error()}
+	}
+	fmt.Fprintf(a.Err, "kube-ipamctl %s: %s\n", cmd.name, ee.Msg)
+	if ee.Code == 2 {
+		fmt.Fprintf(a.Err, "See 'kube-ipamctl %s --help'.\n", cmd.name)
+	}
+	return ee.Code
+}
+
+func cmdFlags(cmd *command, g *globals) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(cmd.name, pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.SortFlags = false
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
+	globalFlags(fs, g)
+	return fs
+}
+
+// open parses the config and connects one etcd client per distinct etcd
+// config; closeAll closes them.
+func (a *App) open(g *globals) ([]*Network, func(), error) {
+	path := g.config
+	if path == "" {
+		path = os.Getenv("KUBE_IPAMCTL_CONFIG")
+	}
+	if path == "" {
+		var err error
+		if path, err = FindConfig(a.ConfDir); err != nil {
+			return nil, nil, &ExitError{Code: 3, Msg: err.Error()}
+		}
+	}
+	cfgs, err := LoadNetworks(path)
+	if err != nil {
+		return nil, nil, &ExitError{Code: 3, Msg: err.Error()}
+	}
+	clients := map[string]*clientv3.Client{}
+	closeAll := func() {
+		for _, c := range clients {
+			_ = c.Close()
+		}
+	}
+	type podsOrNote struct {
+		g    pod.Getter
+		note string
+	}
+	pods := map[string]podsOrNote{}
+	var nets []*Network
+	for _, cfg := range cfgs {
+		id := fmt.Sprintf("%q", []string{strings.Join(cfg.Etcd.Endpoints, ","), cfg.Etcd.CertFile, cfg.Etcd.KeyFile, cfg.Etcd.CAFile})
+		cli, ok := clients[id]
+		if !ok {
+			cli, err = a.Connect(cfg.Etcd, min(g.timeout, 5*time.Second))
+			if err != nil {
+				return nil, closeAll, &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: etcd %s: %v", cfg.Name, strings.Join(cfg.Etcd.Endpoints, ","), err)}
+			}
+			clients[id] = cli
+		}
+		n := NewNetwork(cfg, cli)
+		kc := cfg.KubeConfig
+		if g.kubeconfig != "" {
+			kc = g.kubeconfig
+		}
+		p, ok := pods[kc]
+		if !ok {
+			getter, err := a.PodClient(kc, g.timeout)
+			if err != nil {
+				p = podsOrNote{note: "Kubernetes API not configured: " + err.Error()}
+			} else {
+				p = podsOrNote{g: getter}
+			}
+			pods[kc] = p
+		}
+		n.Pods, n.PodsNote = p.g, p.note
+		nets = append(nets, n)
+	}
+	return nets, closeAll, nil
+}
+
+func defaultPodClient(kubeconfig string, timeout time.Duration) (pod.Getter, error) {
+	if _, err := os.Stat(kubeconfig); err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %v (give one with --kubeconfig)", kubeconfig, err)
+	}
+	return pod.NewClient(kubeconfig, timeout)
+}
+
+func (a *App) usage(w io.Writer, cmds []*command) {
+	fmt.Fprint(w, `kube-ipamctl inspects and repairs kube-ipam's allocations in etcd, using the
+same network config as the plugin.
+
+Usage:
+  kube-ipamctl COMMAND [ARGS] [flags]
+
+Commands:
+`)
+	sorted := append([]*command{}, cmds...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
+	for _, c := range sorted {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.short)
+	}
+	var g globals
+	fs := pflag.NewFlagSet("global", pflag.ContinueOnError)
+	fs.SortFlags = false
+	globalFlags(fs, &g)
+	fmt.Fprintf(w, `
+Examples:
+  kube-ipamctl networks --config /etc/cni/net.d/00-multus.conf
+  kube-ipamctl list -n db
+  kube-ipamctl who-has 10.188.0.12
+  kube-ipamctl check --kubeconfig ~/.kube/config
+
+Flags (accepted by every command):
+%s
+Use "kube-ipamctl COMMAND --help" for more about a command.
+`, fs.FlagUsages())
+}
+
+func (a *App) commandHelp(w io.Writer, c *command) {
+	var g globals
+	fs := cmdFlags(c, &g)
+	long := c.long
+	if long == "" {
+		long = c.short + "."
+	}
+	usage := "kube-ipamctl " + c.name
+	if c.args != "" {
+		usage += " " + c.args
+	}
+	fmt.Fprintf(w, "%s\n\nUsage:\n  %s [flags]\n\nExamples:\n%s\n\nFlags:\n%s", long, usage, c.example, fs.FlagUsages())
+}

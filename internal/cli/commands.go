@@ -1,0 +1,516 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"kubeipam/internal/ipam"
+	"kubeipam/internal/pod"
+	"kubeipam/internal/store"
+)
+
+// ExitError carries the exit status a command ends with. Code 1 is a
+// negative answer (an inconsistency, a free address, a refused release), 2
+// a usage error, 3 an operational failure (config, etcd, Kubernetes API).
+type ExitError struct {
+	Code int
+	Msg  string
+}
+
+func (e *ExitError) Error() string { return e.Msg }
+
+func usageErrorf(format string, a ...any) error {
+	return &ExitError{Code: 2, Msg: fmt.Sprintf(format, a...)}
+}
+
+func negativef(format string, a ...any) error {
+	return &ExitError{Code: 1, Msg: fmt.Sprintf(format, a...)}
+}
+
+// Allocation is one claimed address, as list, who-has and show print it.
+type Allocation struct {
+	IP             string    `json:"ip"`
+	Network        string    `json:"network"`
+	Kind           string    `json:"kind"`
+	Namespace      string    `json:"namespace,omitempty"`
+	Pod            string    `json:"pod,omitempty"`
+	PodUID         string    `json:"podUID,omitempty"`
+	StatefulSet    string    `json:"statefulSet,omitempty"`
+	StatefulSetUID string    `json:"statefulSetUID,omitempty"`
+	Ordinal        *int      `json:"ordinal,omitempty"`
+	ContainerID    string    `json:"containerID"`
+	IfName         string    `json:"ifname"`
+	Node           string    `json:"node,omitempty"`
+	Created        time.Time `json:"created"`
+	Age            string    `json:"age"`
+
+	addr netip.Addr
+}
+
+func allocationOf(network string, e recEntry, now time.Time) Allocation {
+	r := e.Rec
+	a := Allocation{IP: e.IP.String(), Network: network, Kind: r.Kind, Namespace: r.PodNamespace, Pod: r.PodName,
+		PodUID: r.PodUID, StatefulSet: r.StatefulSet, StatefulSetUID: r.StatefulSetUID, ContainerID: r.ContainerID,
+		IfName: r.IfName, Node: r.Node, Created: r.Created, Age: age(now.Sub(r.Created)), addr: e.IP}
+	if r.StatefulSetUID != "" {
+		o := r.Ordinal
+		a.Ordinal = &o
+	}
+	return a
+}
+
+func sortAllocations(as []Allocation) {
+	sort.SliceStable(as, func(i, j int) bool {
+		if as[i].Network != as[j].Network {
+			return as[i].Network < as[j].Network
+		}
+		return as[i].addr.Less(as[j].addr)
+	})
+}
+
+func printAllocations(w io.Writer, format string, as []Allocation) error {
+	if as == nil {
+		as = []Allocation{}
+	}
+	rows := make([][]string, 0, len(as))
+	for _, a := range as {
+		p := ""
+		if a.Pod != "" {
+			p = a.Namespace + "/" + a.Pod
+		}
+		rows = append(rows, []string{a.IP, a.Network, a.Kind, p, store.ShortID(a.ContainerID), a.IfName, a.Node, a.Age})
+	}
+	return emit(w, format, as, []string{"IP", "NETWORK", "KIND", "POD", "CONTAINER", "IFNAME", "NODE", "AGE"}, rows)
+}
+
+// NetworkRow is one line of `networks`.
+type NetworkRow struct {
+	Name    string   `json:"name"`
+	Subnets []string `json:"subnets"`
+	// Pool counts the dynamic addresses (ranges minus gateways minus the
+	// fixed block); it saturates at 2^63-1 for huge IPv6 pools.
+	Pool    int64 `json:"pool"`
+	Used    int64 `json:"used"`
+	Free    int64 `json:"free"`
+	Fixed   int64 `json:"fixed"`
+	Sticky  int64 `json:"sticky"`
+	Cooling int64 `json:"cooling"`
+}
+
+// Networks prints one row per network with its pool usage.
+func Networks(ctx context.Context, w io.Writer, nets []*Network, now time.Time, format string) error {
+	out := []NetworkRow{}
+	var rows [][]string
+	for _, n := range nets {
+		s, err := read(ctx, n)
+		if err != nil {
+			return err
+		}
+		st := s.stats(now)
+		row := NetworkRow{Name: n.Cfg.Name, Subnets: []string{}, Pool: st.Pool, Used: st.Used, Free: st.Free, Fixed: st.Fixed, Sticky: st.Sticky, Cooling: st.Cooling}
+		for _, set := range n.Cfg.RangeSets {
+			for _, r := range set {
+				if sn := r.Subnet.String(); !slices.Contains(row.Subnets, sn) {
+					row.Subnets = append(row.Subnets, sn)
+				}
+			}
+		}
+		out = append(out, row)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	for _, r := range out {
+		rows = append(rows, []string{r.Name, strings.Join(r.Subnets, ","), fmt.Sprint(r.Pool), fmt.Sprint(r.Used), fmt.Sprint(r.Free),
+			fmt.Sprint(r.Fixed), fmt.Sprint(r.Sticky), fmt.Sprint(r.Cooling)})
+	}
+	return emit(w, format, out, []string{"NAME", "SUBNETS", "POOL", "USED", "FREE", "FIXED", "STICKY", "COOLING"}, rows)
+}
+
+// ListFilter narrows `list`; empty fields match everything.
+type ListFilter struct {
+	Network, Node, Namespace string
+}
+
+// List prints the allocations that match f.
+func List(ctx context.Context, w io.Writer, nets []*Network, f ListFilter, now time.Time, format string) error {
+	nets, err := pick(nets, f.Network)
+	if err != nil {
+		return err
+	}
+	var as []Allocation
+	for _, n := range nets {
+		s, err := read(ctx, n)
+		if err != nil {
+			return err
+		}
+		for _, e := range s.records {
+			if (f.Node != "" && e.Rec.Node != f.Node) || (f.Namespace != "" && e.Rec.PodNamespace != f.Namespace) {
+				continue
+			}
+			as = append(as, allocationOf(n.Cfg.Name, e, now))
+		}
+	}
+	sortAllocations(as)
+	return printAllocations(w, format, as)
+}
+
+func pick(nets []*Network, name string) ([]*Network, error) {
+	if name == "" {
+		return nets, nil
+	}
+	var names []string
+	for _, n := range nets {
+		if n.Cfg.Name == name {
+			return []*Network{n}, nil
+		}
+		names = append(names, n.Cfg.Name)
+	}
+	return nil, usageErrorf("no network %q in the config (it has: %s)", name, strings.Join(names, ", "))
+}
+
+// WhoHas prints the record of ip on every network that holds it. A free
+// address is an *ExitError with code 1 saying what the store knows of it.
+func WhoHas(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, now time.Time, format string) error {
+	var as []Allocation
+	var notes []string
+	for _, n := range nets {
+		st, err := n.Store.State(ctx, ip)
+		if err != nil {
+			return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: %v", n.Cfg.Name, err)}
+		}
+		if st.Record != nil {
+			as = append(as, allocationOf(n.Cfg.Name, recEntry{IP: ip, Rec: st.Record}, now))
+			continue
+		}
+		if _, _, ok := n.Cfg.SetFor(ip); !ok {
+			continue
+		}
+		switch {
+		case st.Tomb == nil:
+			notes = append(notes, n.Cfg.Name+": never allocated")
+		case st.Tomb.Log == "" && st.Tomb.Kind == store.KindFixed:
+			notes = append(notes, fmt.Sprintf("%s: fixed address released %s ago", n.Cfg.Name, age(now.Sub(st.Tomb.Released))))
+		case now.Sub(st.Tomb.Released) < n.Cfg.ReleaseCooldown:
+			notes = append(notes, fmt.Sprintf("%s: released %s ago, cooling down for %s more", n.Cfg.Name, age(now.Sub(st.Tomb.Released)),
+				age(n.Cfg.ReleaseCooldown-now.Sub(st.Tomb.Released))))
+		default:
+			notes = append(notes, fmt.Sprintf("%s: released %s ago", n.Cfg.Name, age(now.Sub(st.Tomb.Released))))
+		}
+	}
+	if len(as) == 0 {
+		msg := fmt.Sprintf("%s is not allocated on any configured network", ip)
+		if len(notes) == 0 {
+			msg += " (it is outside every configured subnet)"
+		} else {
+			msg += " (" + strings.Join(notes, "; ") + ")"
+		}
+		return negativef("%s", msg)
+	}
+	sortAllocations(as)
+	return printAllocations(w, format, as)
+}
+
+// Show prints every allocation of pod namespace/name.
+func Show(ctx context.Context, w io.Writer, nets []*Network, namespace, name string, now time.Time, format string) error {
+	var as []Allocation
+	for _, n := range nets {
+		s, err := read(ctx, n)
+		if err != nil {
+			return err
+		}
+		for _, e := range s.records {
+			if e.Rec.PodNamespace == namespace && e.Rec.PodName == name {
+				as = append(as, allocationOf(n.Cfg.Name, e, now))
+			}
+		}
+	}
+	if len(as) == 0 {
+		return negativef("pod %s/%s holds no address on any configured network", namespace, name)
+	}
+	sortAllocations(as)
+	return printAllocations(w, format, as)
+}
+
+// Problem is one inconsistency reported by check.
+type Problem struct {
+	Kind    string `json:"kind"`
+	Network string `json:"network"`
+	IP      string `json:"ip,omitempty"`
+	Key     string `json:"key,omitempty"`
+	Detail  string `json:"detail"`
+}
+
+// CheckReport is check's JSON/YAML document.
+type CheckReport struct {
+	Networks    int       `json:"networks"`
+	Allocations int       `json:"allocations"`
+	Problems    []Problem `json:"problems"`
+	Notes       []string  `json:"notes,omitempty"`
+}
+
+// podGone reports whether a lookup error means the pod does not exist.
+func podGone(err error) bool {
+	var le *pod.LookupError
+	return errors.As(err, &le) && strings.Contains(le.Msg, "not found")
+}
+
+// Check looks for inconsistencies in every network. It returns an
+// *ExitError with code 1 when it finds any.
+func Check(ctx context.Context, w io.Writer, nets []*Network, now time.Time, format string) error {
+	rep := CheckReport{Networks: len(nets), Problems: []Problem{}}
+	for _, n := range nets {
+		s, err := read(ctx, n)
+		if err != nil {
+			return err
+		}
+		rep.Allocations += len(s.records)
+		var ps []problem
+		ps = append(ps, s.corrupt...)
+		add := func(kind string, ip netip.Addr, key, format string, a ...any) {
+			ps = append(ps, problem{Kind: kind, Network: n.Cfg.Name, IP: ip.String(), Key: key, Detail: fmt.Sprintf(format, a...)})
+		}
+		type attID struct{ cid, ifname string }
+		atts := map[attID]attEntry{}
+		for _, ae := range s.atts {
+			atts[attID{ae.Att.ContainerID, ae.Att.IfName}] = ae
+			for _, ipStr := range ae.Att.IPs {
+				a, err := netip.ParseAddr(ipStr)
+				if err != nil {
+					ps = append(ps, problem{Kind: ProblemCorrupt, Network: n.Cfg.Name, Key: ae.Key, Detail: fmt.Sprintf("attachment lists %q, not an address", ipStr)})
+					continue
+				}
+				rec, ok := s.byIP[a]
+				switch {
+				case !ok:
+					add(ProblemStale, a, ae.Key, "attachment of container %s interface %s lists the address but no record holds it", store.ShortID(ae.Att.ContainerID), ae.Att.IfName)
+				case rec.Rec.ContainerID != ae.Att.ContainerID || rec.Rec.IfName != ae.Att.IfName:
+					add(ProblemStale, a, ae.Key, "attachment of container %s interface %s lists the address but its record names %s", store.ShortID(ae.Att.ContainerID), ae.Att.IfName, rec.Rec.Owner())
+				}
+			}
+		}
+		var dyn [][]ipam.Interval
+		for i := range n.Cfg.RangeSets {
+			dyn = append(dyn, ipam.DynamicIntervals(n.Cfg, i))
+		}
+		for _, e := range s.records {
+			r := e.Rec
+			ae, ok := atts[attID{r.ContainerID, r.IfName}]
+			switch {
+			case !ok:
+				add(ProblemOrphan, e.IP, e.Key, "record of %s has no attachment %satt/%s/%s", r.Owner(), n.base(), r.ContainerID, r.IfName)
+			case !slices.Contains(ae.Att.IPs, e.IP.String()):
+				add(ProblemOrphan, e.IP, e.Key, "record of %s: its attachment %s does not list the address", r.Owner(), ae.Key)
+			}
+			set, _, ok := n.Cfg.SetFor(e.IP)
+			switch {
+			case !ok:
+				add(ProblemOutOfRange, e.IP, e.Key, "%s address of %s is outside every configured subnet", r.Kind, r.Owner())
+			case r.Kind != store.KindFixed && !ipam.InAny(dyn[set], e.IP):
+				add(ProblemOutOfRange, e.IP, e.Key, "%s address of %s is outside the dynamic ranges of range set %d", r.Kind, r.Owner(), set)
+			}
+		}
+		if n.Pods == nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("network %s: leaked allocations not checked: %s", n.Cfg.Name, n.PodsNote))
+		} else {
+			type podID struct{ ns, name string }
+			cache := map[podID]*pod.Info{}
+			failed := map[podID]error{}
+			for _, e := range s.records {
+				r := e.Rec
+				if r.PodName == "" {
+					continue
+				}
+				id := podID{r.PodNamespace, r.PodName}
+				info, seen := cache[id]
+				ferr, bad := failed[id]
+				if !seen && !bad {
+					info, ferr = n.Pods.Get(ctx, id.ns, id.name)
+					switch {
+					case ferr == nil:
+						cache[id] = info
+					case podGone(ferr):
+						cache[id], ferr = nil, nil
+					default:
+						failed[id] = ferr
+						rep.Notes = append(rep.Notes, fmt.Sprintf("network %s: pod %s/%s not checked: %v", n.Cfg.Name, id.ns, id.name, ferr))
+					}
+				}
+				if ferr != nil {
+					continue
+				}
+				switch {
+				case info == nil:
+					add(ProblemLeaked, e.IP, e.Key, "pod %s/%s no longer exists (record of container %s interface %s, node %s)", r.PodNamespace, r.PodName, store.ShortID(r.ContainerID), r.IfName, r.Node)
+				case r.PodUID != "" && info.UID != "" && r.PodUID != info.UID:
+					add(ProblemLeaked, e.IP, e.Key, "pod %s/%s was re-created (UID %s); the record is for UID %s", r.PodNamespace, r.PodName, info.UID, r.PodUID)
+				}
+			}
+		}
+		for _, p := range ps {
+			rep.Problems = append(rep.Problems, Problem(p))
+		}
+	}
+	sortProblems(rep.Problems)
+	if format != FormatTable {
+		if err := emit(w, format, rep, nil, nil); err != nil {
+			return err
+		}
+	} else {
+		if len(rep.Problems) > 0 {
+			var rows [][]string
+			for _, p := range rep.Problems {
+				rows = append(rows, []string{p.Kind, p.Network, p.IP, p.Key, p.Detail})
+			}
+			if err := table(w, []string{"PROBLEM", "NETWORK", "IP", "KEY", "DETAIL"}, rows); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(w, "No inconsistencies in %d network(s), %d allocation(s).\n", rep.Networks, rep.Allocations)
+		}
+		for _, n := range rep.Notes {
+			fmt.Fprintf(w, "Note: %s\n", n)
+		}
+	}
+	if len(rep.Problems) > 0 {
+		return negativef("check found %d inconsistenc%s", len(rep.Problems), map[bool]string{true: "y", false: "ies"}[len(rep.Problems) == 1])
+	}
+	return nil
+}
+
+func sortProblems(ps []Problem) {
+	sort.SliceStable(ps, func(i, j int) bool {
+		a, b := ps[i], ps[j]
+		if a.Network != b.Network {
+			return a.Network < b.Network
+		}
+		ai, _ := netip.ParseAddr(a.IP)
+		bi, _ := netip.ParseAddr(b.IP)
+		if ai != bi {
+			return ai.Less(bi)
+		}
+		if a.Kind != b.Kind {
+			return a.Kind < b.Kind
+		}
+		return a.Key < b.Key
+	})
+}
+
+// Release frees the allocation of ip through the store's guarded release of
+// the attachment that owns it (so every address of that attachment is
+// freed, as a CNI DEL would). Without force it refuses while the owner pod
+// exists or when that cannot be checked.
+func Release(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, network string, force bool, now time.Time) error {
+	nets, err := pick(nets, network)
+	if err != nil {
+		return err
+	}
+	type hit struct {
+		n  *Network
+		st store.IPState
+	}
+	var hits []hit
+	for _, n := range nets {
+		st, err := n.Store.State(ctx, ip)
+		if err != nil {
+			return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: %v", n.Cfg.Name, err)}
+		}
+		if st.Record != nil {
+			hits = append(hits, hit{n, st})
+		}
+	}
+	switch len(hits) {
+	case 0:
+		return negativef("%s is not allocated on %s: nothing to release", ip, describeNets(nets))
+	case 1:
+	default:
+		var names []string
+		for _, h := range hits {
+			names = append(names, h.n.Cfg.Name)
+		}
+		return usageErrorf("%s is allocated on several networks (%s): choose one with --network", ip, strings.Join(names, ", "))
+	}
+	n, rec := hits[0].n, hits[0].st.Record
+	if !force {
+		if err := ownerGone(ctx, n, rec); err != nil {
+			return err
+		}
+	}
+	att, err := n.Store.Attachment(ctx, rec.ContainerID, rec.IfName)
+	if err != nil {
+		return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: %v", n.Cfg.Name, err)}
+	}
+	orphan := att == nil
+	if orphan {
+		// The record lost its attachment: release a stand-in attachment
+		// holding just this address. The store's guards still apply (the
+		// attachment key must be absent, the record unchanged).
+		att = &store.Attachment{ContainerID: rec.ContainerID, IfName: rec.IfName, IPs: []string{ip.String()}}
+	} else if !slices.Contains(att.IPs, ip.String()) {
+		// The attachment lost track of this address: release it together
+		// with the rest of the attachment, under the same guards.
+		att.IPs = append(slices.Clone(att.IPs), ip.String())
+	}
+	freed, ok, err := n.Store.ReleaseAttachment(ctx, att, now, reusePolicy(n.Cfg))
+	if err != nil {
+		return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: releasing %s: %v", n.Cfg.Name, ip, err)}
+	}
+	if !ok {
+		return negativef("%s on network %s changed while it was being released; nothing was freed (look again with who-has)", ip, n.Cfg.Name)
+	}
+	if !slices.Contains(freed, ip) {
+		return negativef("%s on network %s changed hands before it could be released; its attachment freed %v (look again with who-has)", ip, n.Cfg.Name, freed)
+	}
+	var others []string
+	for _, a := range freed {
+		if a != ip {
+			others = append(others, a.String())
+		}
+	}
+	fmt.Fprintf(w, "released %s on network %s, held by %s", ip, n.Cfg.Name, rec.Owner())
+	if len(others) > 0 {
+		fmt.Fprintf(w, "; the same attachment also freed %s", strings.Join(others, ", "))
+	}
+	if orphan {
+		fmt.Fprint(w, " (the record had no attachment)")
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+func describeNets(nets []*Network) string {
+	var names []string
+	for _, n := range nets {
+		names = append(names, n.Cfg.Name)
+	}
+	if len(names) == 1 {
+		return "network " + names[0]
+	}
+	return "any configured network (" + strings.Join(names, ", ") + ")"
+}
+
+// ownerGone returns nil when the record's pod is known to be gone (deleted,
+// or re-created with another UID), else a refusal that --force overrides.
+func ownerGone(ctx context.Context, n *Network, rec *store.Record) error {
+	if rec.PodName == "" {
+		return negativef("refusing to release %s: its record names no pod, so it cannot be checked (use --force)", rec.IP)
+	}
+	if n.Pods == nil {
+		return negativef("refusing to release %s: cannot check whether pod %s/%s still exists: %s (use --force)", rec.IP, rec.PodNamespace, rec.PodName, n.PodsNote)
+	}
+	info, err := n.Pods.Get(ctx, rec.PodNamespace, rec.PodName)
+	switch {
+	case podGone(err):
+		return nil
+	case err != nil:
+		return negativef("refusing to release %s: cannot check whether pod %s/%s still exists: %v (use --force)", rec.IP, rec.PodNamespace, rec.PodName, err)
+	case rec.PodUID != "" && info.UID != "" && info.UID != rec.PodUID:
+		return nil
+	}
+	return negativef("refusing to release %s: pod %s/%s still exists (node %s); delete the pod to free its addresses, or use --force", rec.IP, rec.PodNamespace, rec.PodName, info.Node)
+}

@@ -110,6 +110,8 @@ type Allocator struct {
 	Net   *config.Network
 	Store *store.Store
 	Now   func() time.Time
+	// Started is when the call began (for the record's AddMillis).
+	Started time.Time
 	// Conflicts counts lost claim races (for metrics and the benchmark).
 	Conflicts int
 	dyn       [][]ipam.Interval
@@ -120,7 +122,7 @@ type Allocator struct {
 
 // New returns an allocator for n backed by s.
 func New(n *config.Network, s *store.Store) *Allocator {
-	a := &Allocator{Net: n, Store: s, Now: time.Now}
+	a := &Allocator{Net: n, Store: s, Now: time.Now, Started: time.Now()}
 	for i := range n.RangeSets {
 		a.dyn = append(a.dyn, ipam.DynamicIntervals(n, i))
 	}
@@ -268,7 +270,8 @@ func (a *Allocator) record(req Request, ip netip.Addr, set int, kind string) sto
 		IfName: req.IfName, ContainerID: req.ContainerID,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID,
 		StatefulSet: req.StatefulSet, StatefulSetUID: req.StatefulSetUID, Ordinal: req.Ordinal,
-		Node: req.Node, Created: a.Now().UTC(),
+		Node: req.Node, Created: a.Now().UTC(), LostRaces: a.Conflicts,
+		AddMillis: max(a.Now().Sub(a.Started).Milliseconds(), 0),
 	}
 }
 

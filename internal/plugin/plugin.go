@@ -65,6 +65,8 @@ type call struct {
 	stop  context.CancelFunc
 	cli   *clientv3.Client
 	st    *store.Store
+	// started is when the call began.
+	started time.Time
 }
 
 func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
@@ -85,7 +87,7 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 		lg.Error("invalid network config", "verb", verb, "container", args.ContainerID, "err", err)
 		return nil, toCNI(err)
 	}
-	c := &call{verb: verb, args: args, net: n}
+	c := &call{verb: verb, args: args, net: n, started: p.Now()}
 	c.log, c.close = openLog(n.LogFile, n.LogLevel)
 	c.log = c.log.With("verb", verb, "network", n.Name, "container", short(args.ContainerID), "ifname", args.IfName)
 	// Logged at info on ADD only: the seed's own config has a default route,
@@ -239,7 +241,7 @@ func (p *Plugin) add(c *call) (*current.Result, error) {
 		return nil, err
 	}
 	alloc := allocator.New(c.net, c.st)
-	alloc.Now = p.Now
+	alloc.Now, alloc.Started = p.Now, c.started
 	c.log.Debug("allocating", "fixed", fmt.Sprint(req.Fixed), "sticky", req.Sticky, "endpoints", fmt.Sprint(c.net.Etcd.Endpoints))
 	got, err := alloc.Allocate(c.ctx, req)
 	if alloc.Conflicts > 0 {

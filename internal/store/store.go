@@ -54,6 +54,11 @@ type Record struct {
 	Ordinal        int       `json:"ordinal,omitempty"`
 	Node           string    `json:"node,omitempty"`
 	Created        time.Time `json:"created"`
+	// AddMillis is how long the plugin's ADD had run when it committed this
+	// claim, and LostRaces how many claim transactions it lost first; the
+	// controller turns them into metrics (no extra write per ADD).
+	AddMillis int64 `json:"addMillis,omitempty"`
+	LostRaces int   `json:"lostRaces,omitempty"`
 }
 
 // Owner says who holds the record, for error messages.

@@ -493,3 +493,21 @@ func (a *Allocator) CanAllocate(ctx context.Context) error {
 	}
 	return nil
 }
+
+// ReusePolicy is the release rule every component shares: dynamic addresses
+// go to the release log for reuse after the cooldown; fixed and sticky
+// addresses inside a dynamic range are tombstoned but never reused
+// dynamically; addresses outside every dynamic range leave no trace.
+func ReusePolicy(n *config.Network) store.ReusePolicy {
+	var dyn [][]ipam.Interval
+	for i := range n.RangeSets {
+		dyn = append(dyn, ipam.DynamicIntervals(n, i))
+	}
+	return func(a netip.Addr, kind string) (int, bool, bool) {
+		set, _, ok := n.SetFor(a)
+		if !ok || !ipam.InAny(dyn[set], a) {
+			return set, false, false
+		}
+		return set, kind == store.KindDynamic, true
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"kubeipam/internal/allocator"
 	"kubeipam/internal/config"
 	"kubeipam/internal/pod"
 	"kubeipam/internal/store"
@@ -131,7 +132,7 @@ func (f *fixture) commit(a alloc) {
 
 func (f *fixture) release(network, cid, ifname string, at time.Time) {
 	f.t.Helper()
-	if _, err := f.store(network).Release(context.Background(), cid, ifname, at, reusePolicy(f.nets[network])); err != nil {
+	if _, err := f.store(network).Release(context.Background(), cid, ifname, at, allocator.ReusePolicy(f.nets[network])); err != nil {
 		f.t.Fatal(err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"kubeipam/internal/allocator"
 	"kubeipam/internal/ipam"
 	"kubeipam/internal/pod"
 	"kubeipam/internal/store"
@@ -456,7 +457,7 @@ func Release(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, n
 		// with the rest of the attachment, under the same guards.
 		att.IPs = append(slices.Clone(att.IPs), ip.String())
 	}
-	freed, ok, err := n.Store.ReleaseAttachment(ctx, att, now, reusePolicy(n.Cfg))
+	freed, ok, err := n.Store.ReleaseAttachment(ctx, att, now, allocator.ReusePolicy(n.Cfg))
 	if err != nil {
 		return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: releasing %s: %v", n.Cfg.Name, ip, err)}
 	}

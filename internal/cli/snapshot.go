@@ -288,20 +288,3 @@ func satInt64(s string) int64 {
 	}
 	return n
 }
-
-// reusePolicy is the plugin's release rule (internal/plugin): dynamic
-// addresses go to the release log, fixed addresses inside a dynamic range
-// are tombstoned, addresses outside every dynamic range leave no trace.
-func reusePolicy(n *config.Network) store.ReusePolicy {
-	var dyn [][]ipam.Interval
-	for i := range n.RangeSets {
-		dyn = append(dyn, ipam.DynamicIntervals(n, i))
-	}
-	return func(a netip.Addr, kind string) (int, bool, bool) {
-		set, _, ok := n.SetFor(a)
-		if !ok || !ipam.InAny(dyn[set], a) {
-			return set, false, false
-		}
-		return set, kind == store.KindDynamic, true
-	}
-}

@@ -23,7 +23,6 @@ import (
 
 	"kubeipam/internal/allocator"
 	"kubeipam/internal/config"
-	"kubeipam/internal/ipam"
 	"kubeipam/internal/pod"
 	"kubeipam/internal/store"
 )
@@ -322,23 +321,6 @@ func writtenBits(fixed []config.IPSpec, ip netip.Addr) int {
 	return -1
 }
 
-// reusePolicy: dynamic addresses go to the release log for reuse after the
-// cooldown; fixed addresses inside a dynamic range are tombstoned but never
-// reused dynamically; addresses outside every dynamic range leave no trace.
-func reusePolicy(n *config.Network) store.ReusePolicy {
-	var dyn [][]ipam.Interval
-	for i := range n.RangeSets {
-		dyn = append(dyn, ipam.DynamicIntervals(n, i))
-	}
-	return func(a netip.Addr, kind string) (int, bool, bool) {
-		set, _, ok := n.SetFor(a)
-		if !ok || !ipam.InAny(dyn[set], a) {
-			return set, false, false
-		}
-		return set, kind == store.KindDynamic, true
-	}
-}
-
 // Del releases what this container and interface hold. It never contacts
 // Kubernetes and succeeds when there is nothing to free.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
@@ -349,7 +331,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err := c.connect(); err != nil {
 		return c.end(err)
 	}
-	freed, err := c.st.Release(c.ctx, args.ContainerID, args.IfName, p.Now(), reusePolicy(c.net))
+	freed, err := c.st.Release(c.ctx, args.ContainerID, args.IfName, p.Now(), allocator.ReusePolicy(c.net))
 	return c.end(err, "freed", fmt.Sprint(freed))
 }
 
@@ -442,7 +424,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		return c.end(err)
 	}
 	released, skipped := 0, 0
-	policy := reusePolicy(c.net)
+	policy := allocator.ReusePolicy(c.net)
 	for _, att := range atts {
 		if valid[types.GCAttachment{ContainerID: att.ContainerID, IfName: att.IfName}] {
 			continue

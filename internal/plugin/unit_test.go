@@ -435,7 +435,7 @@ func TestUnitReusePolicy(t *testing.T) {
 	n := unitNet(t, `"ranges":[[{"subnet":"10.188.0.0/16","rangeStart":"10.188.0.10","rangeEnd":"10.188.0.200","gateway":"10.188.0.1"}],
 		[{"subnet":"fd00:188::/120","rangeStart":"fd00:188::10","rangeEnd":"fd00:188::20","gateway":"fd00:188::1"}]],
 		"fixedStart":"10.188.0.100","fixedEnd":"10.188.0.109"`)
-	policy := reusePolicy(n)
+	policy := allocator.ReusePolicy(n)
 	tests := []struct {
 		name      string
 		ip        string

@@ -1,0 +1,155 @@
+package webhook
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"kubeipam/internal/config"
+	"kubeipam/internal/store"
+)
+
+// Path is where the API server posts AdmissionReviews.
+const Path = "/validate"
+
+// Server serves a Handler over TLS at Path, with /healthz for probes.
+type Server struct {
+	srv *http.Server
+}
+
+// NewServer returns a server for addr (such as ":8443").
+func NewServer(addr string, h http.Handler) *Server {
+	mux := http.NewServeMux()
+	mux.Handle(Path, h)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	return &Server{srv: &http.Server{
+		Addr: addr, Handler: mux,
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+	}}
+}
+
+// ListenAndServeTLS serves until Shutdown. The certificate and key files are
+// re-read when they change (a Secret rotated by cert-manager), so rotation
+// needs no restart.
+func (s *Server) ListenAndServeTLS(certFile, keyFile string) error {
+	if err := s.tls(certFile, keyFile); err != nil {
+		return err
+	}
+	return s.srv.ListenAndServeTLS("", "")
+}
+
+// ServeTLS is ListenAndServeTLS on an existing listener.
+func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
+	if err := s.tls(certFile, keyFile); err != nil {
+		return err
+	}
+	return s.srv.ServeTLS(l, "", "")
+}
+
+func (s *Server) tls(certFile, keyFile string) error {
+	kp := &keyPair{cert: certFile, key: keyFile}
+	if _, err := kp.get(nil); err != nil {
+		return err
+	}
+	s.srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.get}
+	return nil
+}
+
+// Shutdown stops the server gracefully.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+type keyPair struct {
+	cert, key string
+	mu        sync.Mutex
+	stamp     string
+	loaded    *tls.Certificate
+}
+
+func (k *keyPair) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	stamp := ""
+	for _, f := range []string{k.cert, k.key} {
+		st, err := os.Stat(f)
+		if err != nil {
+			if k.loaded != nil {
+				return k.loaded, nil
+			}
+			return nil, fmt.Errorf("webhook serving certificate: %w", err)
+		}
+		stamp += fmt.Sprint(st.ModTime().UnixNano(), st.Size(), ";")
+	}
+	if k.loaded != nil && stamp == k.stamp {
+		return k.loaded, nil
+	}
+	c, err := tls.LoadX509KeyPair(k.cert, k.key)
+	if err != nil {
+		if k.loaded != nil { // mid-rotation: keep serving the old pair
+			return k.loaded, nil
+		}
+		return nil, fmt.Errorf("webhook serving certificate %s / key %s: %w", k.cert, k.key, err)
+	}
+	k.loaded, k.stamp = &c, stamp
+	return k.loaded, nil
+}
+
+// EtcdLookup is a StoreLookup over the networks' own etcd clusters. It
+// connects on first use (so that the webhook starts while etcd is down) and
+// keeps one client per distinct etcd configuration.
+type EtcdLookup struct {
+	DialTimeout time.Duration
+	mu          sync.Mutex
+	clients     map[string]*clientv3.Client
+}
+
+// NewEtcdLookup returns an EtcdLookup; Close it when done.
+func NewEtcdLookup(dialTimeout time.Duration) *EtcdLookup {
+	return &EtcdLookup{DialTimeout: dialTimeout, clients: map[string]*clientv3.Client{}}
+}
+
+func (l *EtcdLookup) client(e config.Etcd) (*clientv3.Client, error) {
+	id := fmt.Sprint(e.Endpoints, e.CertFile, e.KeyFile, e.CAFile)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c := l.clients[id]; c != nil {
+		return c, nil
+	}
+	c, err := store.Connect(e, l.DialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	l.clients[id] = c
+	return c, nil
+}
+
+// Lookup is the StoreLookup.
+func (l *EtcdLookup) Lookup(ctx context.Context, n *config.Network, ip netip.Addr) (*store.Record, error) {
+	c, err := l.client(n.Etcd)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.New(c, n.Etcd.Prefix, n.Name).State(ctx, ip)
+	if err != nil {
+		return nil, err
+	}
+	return st.Record, nil
+}
+
+// Close closes the etcd clients.
+func (l *EtcdLookup) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, c := range l.clients {
+		_ = c.Close()
+		delete(l.clients, id)
+	}
+	return nil
+}

@@ -1,0 +1,97 @@
+// Command kube-ipam-controller is the cluster-side half of kube-ipam: it
+// frees allocations whose pods are gone and exports pool metrics. See
+// docs/controller.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"kubeipam/internal/cli"
+	"kubeipam/internal/controller"
+	"kubeipam/internal/webhook"
+)
+
+func main() {
+	var c controller.Config
+	fs := pflag.NewFlagSet("kube-ipam-controller", pflag.ContinueOnError)
+	fs.StringVar(&c.ConfigFile, "config", "", "CNI config file with the kube-ipam networks (required)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty = in-cluster config")
+	fs.DurationVar(&c.Resync, "resync", time.Minute, "period of the full reconcile pass")
+	fs.DurationVar(&c.Grace, "grace", 5*time.Minute, "an allocation must be seen leaked on two passes this far apart before it is freed")
+	fs.DurationVar(&c.ReleaseTerminatingOnNotReady, "release-terminating-on-notready", 0, "free the addresses of a pod Terminating on a NotReady node for this long (0 = keep until the pod object is gone)")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "elect a leader with a coordination.k8s.io Lease so that several replicas are safe")
+	fs.StringVar(&c.LeaseNamespace, "leader-elect-namespace", "kube-system", "namespace of the leader Lease")
+	fs.StringVar(&c.LeaseName, "leader-elect-name", "kube-ipam-controller", "name of the leader Lease")
+	fs.StringVar(&c.Identity, "leader-elect-identity", "", "identity in the Lease (default hostname_pid)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":9548", "address of the /metrics endpoint; empty = off")
+	var wh webhookFlags
+	fs.StringVar(&wh.addr, "webhook-addr", "", "address of the validating admission webhook (HTTPS, /validate); empty = off")
+	fs.StringVar(&wh.cert, "webhook-cert", "/etc/kube-ipam/webhook/tls.crt", "webhook serving certificate")
+	fs.StringVar(&wh.key, "webhook-key", "/etc/kube-ipam/webhook/tls.key", "webhook serving key")
+	fs.BoolVar(&wh.allowOnStoreError, "allow-on-store-error", false, "admit objects (with a warning) when etcd cannot be read, instead of rejecting them")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == pflag.ErrHelp {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if c.ConfigFile == "" || c.Resync <= 0 || c.Grace < 0 {
+		fmt.Fprintln(os.Stderr, "kube-ipam-controller: --config is required, --resync must be > 0 and --grace >= 0")
+		os.Exit(2)
+	}
+	c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// The webhook answers on every replica, leader or not: admission must
+	// not depend on who reconciles.
+	if wh.addr != "" {
+		shutdown, err := serveWebhook(c.ConfigFile, wh, c.Log)
+		if err != nil {
+			c.Log.Error("kube-ipam-controller: webhook", "err", err)
+			os.Exit(1)
+		}
+		defer shutdown()
+	}
+	if err := controller.Run(ctx, c); err != nil {
+		c.Log.Error("kube-ipam-controller", "err", err)
+		os.Exit(1)
+	}
+}
+
+type webhookFlags struct {
+	addr, cert, key   string
+	allowOnStoreError bool
+}
+
+func serveWebhook(configFile string, f webhookFlags, log *slog.Logger) (func(), error) {
+	networks, err := cli.LoadNetworks(configFile)
+	if err != nil {
+		return nil, err
+	}
+	lookup := webhook.NewEtcdLookup(2 * time.Second)
+	h := webhook.NewHandler(networks, lookup.Lookup, time.Now)
+	h.AllowOnStoreError = f.allowOnStoreError
+	h.Log = log
+	srv := webhook.NewServer(f.addr, h)
+	go func() {
+		if err := srv.ListenAndServeTLS(f.cert, f.key); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("webhook server", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		lookup.Close()
+	}, nil
+}

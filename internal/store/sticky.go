@@ -1,0 +1,97 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// StickyEntry is a sticky record as read from etcd, with its key and revision.
+type StickyEntry struct {
+	Key string
+	Rev int64
+	Sticky
+}
+
+// Stickies lists every sticky record of the network.
+func (s *Store) Stickies(ctx context.Context) ([]StickyEntry, error) {
+	resp, err := s.cli.Get(ctx, s.base+"sticky/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	var out []StickyEntry
+	for _, kv := range resp.Kvs {
+		var e StickyEntry
+		if json.Unmarshal(kv.Value, &e.Sticky) != nil {
+			continue
+		}
+		e.Key, e.Rev = string(kv.Key), kv.ModRevision
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// Base is the network's key prefix (<prefix>/v1/networks/<network>/).
+func (s *Store) Base() string { return s.base }
+
+// ReleaseSticky forgets a StatefulSet ordinal's sticky addresses (GC of a
+// deleted, re-created or scaled-down StatefulSet). It is one transaction
+// guarded by the sticky key's revision as the caller read it and by every
+// address's record and tombstone as read here: if an address is still held
+// by the ordinal (an ADD in flight or a scale-up) nothing is done and ok is
+// false. Addresses with no record lose their sticky tombstone and go to the
+// release log, so they become reusable after the cooldown.
+func (s *Store) ReleaseSticky(ctx context.Context, e StickyEntry, now time.Time, policy ReusePolicy) (freed []netip.Addr, ok bool, err error) {
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.Key), "=", e.Rev)}
+	ops := []clientv3.Op{clientv3.OpDelete(e.Key)}
+	for _, ipStr := range e.IPs {
+		a, perr := netip.ParseAddr(ipStr)
+		if perr != nil {
+			continue
+		}
+		st, err := s.State(ctx, a)
+		if err != nil {
+			return nil, false, err
+		}
+		k, tk := s.ipKey(a), s.tombKey(a)
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st.RecRev),
+			clientv3.Compare(clientv3.ModRevision(tk), "=", st.TombRev))
+		if st.Record != nil {
+			if st.Record.StatefulSetUID == e.StatefulSetUID && st.Record.Ordinal == e.Ordinal {
+				return nil, false, nil // still held by the ordinal
+			}
+			continue // someone else's now: leave it alone
+		}
+		if st.Tomb == nil || st.Tomb.Log != "" {
+			continue // nothing reserved (or already reusable)
+		}
+		set, log, tomb := policy(a, KindDynamic)
+		if !tomb {
+			ops = append(ops, clientv3.OpDelete(tk))
+		} else if log {
+			t := Tombstone{Released: now, Kind: KindDynamic, Log: s.relKey(set, now, a)}
+			b, _ := json.Marshal(t)
+			ops = append(ops, clientv3.OpPut(t.Log, ""), clientv3.OpPut(tk, string(b)))
+		}
+		freed = append(freed, a)
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil || !resp.Succeeded {
+		return nil, false, err
+	}
+	return freed, true, nil
+}
+
+// ParseIPKey returns the address of a record key (ip/<f>/<hex>) of this
+// network; tomb reports a tombstone key.
+func (s *Store) ParseIPKey(k string) (a netip.Addr, tomb, ok bool) {
+	if !strings.HasPrefix(k, s.base+"ip/") {
+		return netip.Addr{}, false, false
+	}
+	a, ok = s.parseIPKey(k)
+	return a, strings.HasSuffix(k, "/r"), ok
+}

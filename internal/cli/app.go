@@ -19,6 +19,9 @@ import (
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"kubeipam/internal/config"
 	"kubeipam/internal/pod"
 	"kubeipam/internal/store"
@@ -34,6 +37,9 @@ type App struct {
 	// PodClient builds a pod reader from a kubeconfig path (default
 	// pod.NewClient after checking that the file exists).
 	PodClient func(kubeconfig string, timeout time.Duration) (pod.Getter, error)
+	// Kube builds a Kubernetes clientset from a kubeconfig path for gc
+	// (default: client-go after checking that the file exists).
+	Kube func(kubeconfig string, timeout time.Duration) (kubernetes.Interface, error)
 	// ConfDir is searched when --config is not given (default /etc/cni/net.d).
 	ConfDir string
 }
@@ -56,12 +62,13 @@ type command struct {
 // word can be found among flags given before it.
 var valueFlags = map[string]bool{"--config": true, "--kubeconfig": true, "-n": true, "--namespace": true, "-o": true, "--output": true, "--timeout": true,
 	// Command flags that take a value, so "--network N list" works too.
-	"--network": true, "--node": true}
+	"--network": true, "--node": true, "--note": true}
 
 func (a *App) commands() []*command {
 	var listF ListFilter
 	var relNetwork string
-	var force bool
+	var force, dryRun bool
+	var resNetwork, resNote string
 	return []*command{
 		{
 			name: "networks", short: "Show every kube-ipam network of the config with its pool usage",
@@ -160,7 +167,8 @@ Dynamic addresses cool down for releaseCooldown before reuse.
 
 Refuses while the owner pod still exists in the Kubernetes API, or when that
 cannot be checked (no usable kubeconfig, API error, record without a pod),
-unless --force is given.`,
+unless --force is given. A reservation made by 'kube-ipamctl reserve' has no
+pod and is released without --force.`,
 			example: `  kube-ipamctl release 10.188.0.12
   kube-ipamctl release 10.188.0.12 --network k8snet2 --force`,
 			flags: func(fs *pflag.FlagSet) {
@@ -173,6 +181,55 @@ unless --force is given.`,
 					return err
 				}
 				return Release(ctx, a.Out, nets, ip, relNetwork, force, a.Now())
+			},
+		},
+		{
+			name: "reserve", args: "IP", nargs: 1, short: "Reserve an address so that nothing allocates it",
+			long: `Claim IP for nobody: neither the dynamic allocator nor a pod asking for it as
+a fixed address can take it until it is released with 'kube-ipamctl release
+IP'. The claim is one guarded etcd transaction from the address's current
+state, so it fails (exit 1, saying who holds it) when the address is taken.
+IP must be inside a subnet of the network and not its network, broadcast or
+gateway address; the fixed block does not apply.
+
+The reservation is a fixed record of container "reserved-<hex of IP>",
+interface "reserved", node "kube-ipamctl" and no pod, so the controller never
+frees it; list and who-has show it with kind "reserved". Once released it
+follows the rules of a released fixed address.`,
+			example: `  kube-ipamctl reserve 10.188.0.99 --note "router VIP"
+  kube-ipamctl reserve fd00:189::99 --network k8snet3`,
+			flags: func(fs *pflag.FlagSet) {
+				fs.StringVar(&resNetwork, "network", "", "the network to reserve on (needed when several have a subnet holding IP)")
+				fs.StringVar(&resNote, "note", "", "why the address is reserved, shown by list and who-has")
+			},
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, args []string) error {
+				ip, err := parseIP(args[0])
+				if err != nil {
+					return err
+				}
+				return Reserve(ctx, a.Out, nets, ip, resNetwork, resNote, a.Now())
+			},
+		},
+		{
+			name: "gc", short: "Free leaked allocations once, as the controller does",
+			long: `Run one pass of kube-ipam-controller's garbage collection over every network:
+free the attachments whose pod is gone (a live GET says it does not exist, or
+it was re-created with another UID) unless a StatefulSet still wants the
+ordinal, and sticky addresses whose StatefulSet is gone or scaled down. An API
+error keeps the allocation. Every release is one etcd transaction guarded by
+the revisions read, so an allocation that changed meanwhile is left alone.
+
+Unlike the controller, gc cannot wait for a second observation across runs:
+it frees what it finds on this pass. Use --dry-run first to see what that is.
+gc needs the Kubernetes API (--kubeconfig or ipam.kubeConfig). Progress goes
+to stderr every 1000 allocations.`,
+			example: `  kube-ipamctl gc --dry-run
+  kube-ipamctl gc --kubeconfig ~/.kube/config`,
+			flags: func(fs *pflag.FlagSet) {
+				fs.BoolVar(&dryRun, "dry-run", false, "list what would be freed and change nothing")
+			},
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, _ []string) error {
+				return GC(ctx, a.Out, a.Err, nets, a.Kube, g.timeout, dryRun, a.Now(), g.output)
 			},
 		},
 		{
@@ -218,6 +275,9 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	}
 	if a.PodClient == nil {
 		a.PodClient = defaultPodClient
+	}
+	if a.Kube == nil {
+		a.Kube = defaultKube
 	}
 	if a.ConfDir == "" {
 		a.ConfDir = DefaultConfDir
@@ -380,7 +440,7 @@ func (a *App) open(g *globals) ([]*Network, func(), error) {
 			}
 			pods[kc] = p
 		}
-		n.Pods, n.PodsNote = p.g, p.note
+		n.Pods, n.PodsNote, n.KubeConfig = p.g, p.note, kc
 		nets = append(nets, n)
 	}
 	return nets, closeAll, nil
@@ -391,6 +451,18 @@ func defaultPodClient(kubeconfig string, timeout time.Duration) (pod.Getter, err
 		return nil, fmt.Errorf("kubeconfig %s: %v (give one with --kubeconfig)", kubeconfig, err)
 	}
 	return pod.NewClient(kubeconfig, timeout)
+}
+
+func defaultKube(kubeconfig string, timeout time.Duration) (kubernetes.Interface, error) {
+	if _, err := os.Stat(kubeconfig); err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %v (give one with --kubeconfig)", kubeconfig, err)
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	rc.Timeout = timeout
+	return kubernetes.NewForConfig(rc)
 }
 
 func (a *App) usage(w io.Writer, cmds []*command) {

@@ -14,6 +14,12 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"kubeipam/internal/allocator"
 	"kubeipam/internal/config"
@@ -94,6 +100,18 @@ func (f *fixture) run(args ...string) (string, string, int) {
 				return nil, fmt.Errorf("kubeconfig %s: no such file or directory", kc)
 			}
 			return f.pods, nil
+		},
+		// gc's clientset: the same pods as fakePods.
+		Kube: func(kc string, _ time.Duration) (kubernetes.Interface, error) {
+			if f.noAPI {
+				return nil, fmt.Errorf("kubeconfig %s: no such file or directory", kc)
+			}
+			var objs []runtime.Object
+			for _, p := range f.pods {
+				objs = append(objs, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, UID: types.UID(p.UID)},
+					Spec: corev1.PodSpec{NodeName: p.Node}})
+			}
+			return fake.NewClientset(objs...), nil
 		}}
 	code := app.Run(context.Background(), append([]string{"--config", f.conf}, args...))
 	return out.String(), errb.String(), code

@@ -51,6 +51,8 @@ type Allocation struct {
 	Node           string    `json:"node,omitempty"`
 	Created        time.Time `json:"created"`
 	Age            string    `json:"age"`
+	// Note is a reservation's note (kind "reserved").
+	Note string `json:"note,omitempty"`
 
 	addr netip.Addr
 }
@@ -60,6 +62,9 @@ func allocationOf(network string, e recEntry, now time.Time) Allocation {
 	a := Allocation{IP: e.IP.String(), Network: network, Kind: r.Kind, Namespace: r.PodNamespace, Pod: r.PodName,
 		PodUID: r.PodUID, StatefulSet: r.StatefulSet, StatefulSetUID: r.StatefulSetUID, ContainerID: r.ContainerID,
 		IfName: r.IfName, Node: r.Node, Created: r.Created, Age: age(now.Sub(r.Created)), addr: e.IP}
+	if isReservation(r) {
+		a.Kind = KindReserved
+	}
 	if r.StatefulSetUID != "" {
 		o := r.Ordinal
 		a.Ordinal = &o
@@ -85,6 +90,8 @@ func printAllocations(w io.Writer, format string, as []Allocation) error {
 		p := ""
 		if a.Pod != "" {
 			p = a.Namespace + "/" + a.Pod
+		} else if a.Note != "" {
+			p = "(" + a.Note + ")"
 		}
 		rows = append(rows, []string{a.IP, a.Network, a.Kind, p, store.ShortID(a.ContainerID), a.IfName, a.Node, a.Age})
 	}
@@ -154,7 +161,11 @@ func List(ctx context.Context, w io.Writer, nets []*Network, f ListFilter, now t
 			if (f.Node != "" && e.Rec.Node != f.Node) || (f.Namespace != "" && e.Rec.PodNamespace != f.Namespace) {
 				continue
 			}
-			as = append(as, allocationOf(n.Cfg.Name, e, now))
+			a := allocationOf(n.Cfg.Name, e, now)
+			if a.Kind == KindReserved {
+				a.Note = readNote(ctx, n, e.IP)
+			}
+			as = append(as, a)
 		}
 	}
 	sortAllocations(as)
@@ -186,7 +197,11 @@ func WhoHas(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, no
 			return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: %v", n.Cfg.Name, err)}
 		}
 		if st.Record != nil {
-			as = append(as, allocationOf(n.Cfg.Name, recEntry{IP: ip, Rec: st.Record}, now))
+			a := allocationOf(n.Cfg.Name, recEntry{IP: ip, Rec: st.Record}, now)
+			if a.Kind == KindReserved {
+				a.Note = readNote(ctx, n, ip)
+			}
+			as = append(as, a)
 			continue
 		}
 		if _, _, ok := n.Cfg.SetFor(ip); !ok {
@@ -437,7 +452,9 @@ func Release(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, n
 		return usageErrorf("%s is allocated on several networks (%s): choose one with --network", ip, strings.Join(names, ", "))
 	}
 	n, rec := hits[0].n, hits[0].st.Record
-	if !force {
+	// A reservation (kube-ipamctl reserve) has no owner pod to check.
+	reservation := isReservation(rec)
+	if !force && !reservation {
 		if err := ownerGone(ctx, n, rec); err != nil {
 			return err
 		}
@@ -466,6 +483,14 @@ func Release(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, n
 	}
 	if !slices.Contains(freed, ip) {
 		return negativef("%s on network %s changed hands before it could be released; its attachment freed %v (look again with who-has)", ip, n.Cfg.Name, freed)
+	}
+	if reservation {
+		if _, err := n.Store.Client().Delete(ctx, n.noteKey(ip)); err != nil {
+			fmt.Fprintf(w, "released reservation %s on network %s, but its note was not deleted: %v\n", ip, n.Cfg.Name, err)
+			return nil
+		}
+		fmt.Fprintf(w, "released reservation %s on network %s\n", ip, n.Cfg.Name)
+		return nil
 	}
 	var others []string
 	for _, a := range freed {

@@ -29,6 +29,9 @@ type Network struct {
 	// configured or usable, and PodsNote says why.
 	Pods     pod.Getter
 	PodsNote string
+	// KubeConfig is the kubeconfig path in effect for this network
+	// (--kubeconfig, else ipam.kubeConfig); gc builds its client from it.
+	KubeConfig string
 }
 
 // NewNetwork ties a parsed config to an etcd client.
@@ -188,6 +191,11 @@ func read(ctx context.Context, n *Network) (*snapshot, error) {
 		case "cursor":
 			if _, err := netip.ParseAddr(string(kv.Value)); len(parts) != 2 || err != nil {
 				bad(k, "", "cursor hint %q is not an address", kv.Value)
+			}
+		case "note":
+			// A reservation's note, written by kube-ipamctl reserve.
+			if len(parts) != 3 {
+				bad(k, "", "unknown key")
 			}
 		default:
 			bad(k, "", "unknown key")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -111,6 +112,10 @@ func (f *fixture) run(args ...string) (string, string, int) {
 				objs = append(objs, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, UID: types.UID(p.UID)},
 					Spec: corev1.PodSpec{NodeName: p.Node}})
 			}
+			// The StatefulSet of the seed's mysql-1 (sticky ordinal 1).
+			replicas := int32(2)
+			objs = append(objs, &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "db", Name: "mysql", UID: "uid-mysql"},
+				Spec: appsv1.StatefulSetSpec{Replicas: &replicas}})
 			return fake.NewClientset(objs...), nil
 		}}
 	code := app.Run(context.Background(), append([]string{"--config", f.conf}, args...))

@@ -194,7 +194,7 @@ func read(ctx context.Context, n *Network) (*snapshot, error) {
 			}
 		case "note":
 			// A reservation's note, written by kube-ipamctl reserve.
-			if len(parts) != 3 {
+			if len(parts) != 2 {
 				bad(k, "", "unknown key")
 			}
 		default:

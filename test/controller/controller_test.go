@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -28,7 +27,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"kubeipam/internal/cli"
 	"kubeipam/internal/store"
@@ -243,76 +241,11 @@ func (c *cluster) forceDelete(p *corev1.Pod) {
 	must(c.t, err)
 }
 
-// finishTermination plays the kubelet for a pod a controller deleted.
-func (c *cluster) finishTermination(p corev1.Pod) {
-	c.t.Helper()
-	ctx := context.Background()
-	zero := int64(0)
-	c.kube.WaitFor(c.t, "pod "+p.Name+" gone", 60*time.Second, func() (bool, error) {
-		cur, err := c.kube.Client.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
-		if err != nil || cur.UID != p.UID {
-			return true, nil
-		}
-		if cur.DeletionTimestamp != nil {
-			_ = c.kube.Client.CoreV1().Pods("default").Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &p.UID}})
-		}
-		return false, nil
-	})
-}
-
-func (c *cluster) scheduled(selector string, n int, except ...types.UID) []corev1.Pod {
-	c.t.Helper()
-	var pods []corev1.Pod
-	c.kube.WaitFor(c.t, fmt.Sprintf("%d scheduled pods %q", n, selector), 60*time.Second, func() (bool, error) {
-		l, err := c.kube.Client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{LabelSelector: selector})
-		if err != nil {
-			return false, err
-		}
-		pods = pods[:0]
-	next:
-		for _, p := range l.Items {
-			for _, uid := range except {
-				if p.UID == uid {
-					continue next
-				}
-			}
-			if p.Spec.NodeName != "" && p.DeletionTimestamp == nil {
-				pods = append(pods, p)
-			}
-		}
-		return len(pods) == n, nil
-	})
-	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
-	return pods
-}
-
-func statefulSet(name string, replicas int32) *appsv1.StatefulSet {
-	labels := map[string]string{"app": name}
-	return &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas: &replicas, ServiceName: name, PodManagementPolicy: appsv1.ParallelPodManagement,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Image: "db:v1"}}},
-			},
-		},
-	}
-}
-
 func (c *cluster) createSTS(name string, replicas int32) *appsv1.StatefulSet {
 	c.t.Helper()
-	s, err := c.kube.Client.AppsV1().StatefulSets("default").Create(context.Background(), statefulSet(name, replicas), metav1.CreateOptions{})
+	s, err := c.kube.Client.AppsV1().StatefulSets("default").Create(context.Background(), testenv.StatefulSet(name, replicas, nil), metav1.CreateOptions{})
 	must(c.t, err)
 	return s
-}
-
-func (c *cluster) scale(name string, replicas int32) {
-	c.t.Helper()
-	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas)
-	_, err := c.kube.Client.AppsV1().StatefulSets("default").Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-	must(c.t, err)
 }
 
 // holder is the container holding ip ("" when free).
@@ -376,7 +309,7 @@ func TestNodeCrash(t *testing.T) {
 	keepIP, keepCID := c.add(keep)
 
 	sts := c.createSTS("db", 2)
-	dbPods := c.scheduled("app=db", 2)
+	dbPods := c.kube.Scheduled(c.t, "app=db", 2)
 	dbIP, dbCID := map[string]string{}, map[string]string{}
 	for i := range dbPods {
 		dbIP[dbPods[i].Name], dbCID[dbPods[i].Name] = c.add(&dbPods[i])
@@ -404,7 +337,7 @@ func TestNodeCrash(t *testing.T) {
 		t.Fatalf("sticky address of db-0 freed while its StatefulSet exists (holder %q)", h)
 	}
 	// The new db-0 takes the address over; it is not freed afterwards.
-	newDB0 := c.scheduled("app=db", 2, dbPods[0].UID)[0]
+	newDB0 := c.kube.Scheduled(c.t, "app=db", 2, dbPods[0].UID)[0]
 	ip, cid := c.add(&newDB0)
 	if ip != dbIP["db-0"] {
 		t.Fatalf("re-created db-0 got %s, want its sticky %s", ip, dbIP["db-0"])
@@ -460,18 +393,18 @@ func TestStatefulSetLifecycle(t *testing.T) {
 	ctx := context.Background()
 
 	c.createSTS("db", 3)
-	pods := c.scheduled("app=db", 3)
+	pods := c.kube.Scheduled(c.t, "app=db", 3)
 	ip, cid := map[string]string{}, map[string]string{}
 	for i := range pods {
 		ip[pods[i].Name], cid[pods[i].Name] = c.add(&pods[i])
 	}
 
 	// Scale 3 -> 2 -> 3 quickly (DEL runs normally): db-2 regains its address.
-	c.scale("db", 2)
-	c.finishTermination(pods[2])
+	c.kube.ScaleStatefulSet(c.t, "db", 2)
+	c.kube.FinishTermination(c.t, pods[2])
 	c.cni("DEL", &pods[2], cid["db-2"])
-	c.scale("db", 3)
-	db2 := c.scheduled("app=db", 3, pods[2].UID)[2]
+	c.kube.ScaleStatefulSet(c.t, "db", 3)
+	db2 := c.kube.Scheduled(c.t, "app=db", 3, pods[2].UID)[2]
 	if got, _ := c.add(&db2); got != ip["db-2"] {
 		t.Fatalf("db-2 scaled up before the grace got %s, want %s", got, ip["db-2"])
 	}
@@ -479,10 +412,10 @@ func TestStatefulSetLifecycle(t *testing.T) {
 
 	// Scale 3 -> 1 and wait past the grace: db-1 (DEL ran) and db-2 (no DEL:
 	// its node crashed) lose their addresses and sticky entries.
-	c.scale("db", 1)
-	c.finishTermination(pods[1])
+	c.kube.ScaleStatefulSet(c.t, "db", 1)
+	c.kube.FinishTermination(c.t, pods[1])
 	c.cni("DEL", &pods[1], cid["db-1"])
-	c.finishTermination(pods[2])
+	c.kube.FinishTermination(c.t, pods[2])
 	c.waitFreed("scaled-down ordinals released", 30*time.Second, ip["db-1"], ip["db-2"])
 	c.kube.WaitFor(t, "sticky entries of ordinals 1 and 2 gone", 10*time.Second, func() (bool, error) {
 		s := c.stickies()
@@ -496,9 +429,9 @@ func TestStatefulSetLifecycle(t *testing.T) {
 	// at once under the same name: db-0 is a new pod of a new StatefulSet UID.
 	bg := metav1.DeletePropagationBackground
 	must(t, c.kube.Client.AppsV1().StatefulSets("default").Delete(ctx, "db", metav1.DeleteOptions{PropagationPolicy: &bg}))
-	c.finishTermination(pods[0])
+	c.kube.FinishTermination(c.t, pods[0])
 	sts2 := c.createSTS("db", 1)
-	newDB0 := c.scheduled("app=db", 1, pods[0].UID)[0]
+	newDB0 := c.kube.Scheduled(c.t, "app=db", 1, pods[0].UID)[0]
 	newIP, newCID := c.add(&newDB0)
 	if newIP == ip["db-0"] {
 		t.Fatalf("new StatefulSet's db-0 inherited the old StatefulSet's address %s", newIP)
@@ -514,7 +447,7 @@ func TestStatefulSetLifecycle(t *testing.T) {
 
 	// Delete it for good: everything freed after the grace.
 	must(t, c.kube.Client.AppsV1().StatefulSets("default").Delete(ctx, "db", metav1.DeleteOptions{PropagationPolicy: &bg}))
-	c.finishTermination(newDB0)
+	c.kube.FinishTermination(c.t, newDB0)
 	c.waitFreed("deleted StatefulSet's addresses released", 30*time.Second, newIP)
 	if s := c.stickies(); len(s) != 0 {
 		t.Fatalf("sticky entries left: %v", s)

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -174,56 +173,10 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// scheduled waits for n pods matching selector to be bound to a node, and
-// returns them sorted by name.
-func (c *cluster) scheduled(selector string, n int, except ...types.UID) []corev1.Pod {
-	c.t.Helper()
-	var pods []corev1.Pod
-	c.kube.WaitFor(c.t, fmt.Sprintf("%d scheduled pods %q", n, selector), 60*time.Second, func() (bool, error) {
-		l, err := c.kube.Client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{LabelSelector: selector})
-		if err != nil {
-			return false, err
-		}
-		pods = pods[:0]
-	next:
-		for _, p := range l.Items {
-			for _, uid := range except {
-				if p.UID == uid {
-					continue next
-				}
-			}
-			if p.Spec.NodeName != "" && p.DeletionTimestamp == nil {
-				pods = append(pods, p)
-			}
-		}
-		return len(pods) == n, nil
-	})
-	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
-	return pods
-}
-
 func (c *cluster) deletePod(name string) {
 	c.t.Helper()
 	zero := int64(0)
 	must(c.t, c.kube.Client.CoreV1().Pods("default").Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: &zero}))
-}
-
-// finishTermination plays the kubelet for a pod a controller deleted: once
-// it is Terminating, remove it for good (grace 0), then wait until it is gone.
-func (c *cluster) finishTermination(p corev1.Pod) {
-	c.t.Helper()
-	ctx := context.Background()
-	zero := int64(0)
-	c.kube.WaitFor(c.t, "pod "+p.Name+" gone", 60*time.Second, func() (bool, error) {
-		cur, err := c.kube.Client.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
-		if err != nil || cur.UID != p.UID {
-			return true, nil
-		}
-		if cur.DeletionTimestamp != nil {
-			_ = c.kube.Client.CoreV1().Pods("default").Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &p.UID}})
-		}
-		return false, nil
-	})
 }
 
 func (c *cluster) cordon(node string, on bool) {
@@ -241,8 +194,8 @@ func TestSeedManifests(t *testing.T) {
 	c.apply("db.yaml")
 	c.apply("web.yaml")
 
-	db1 := c.scheduled("app=database-1", 1)[0]
-	db2 := c.scheduled("app=database-2", 1)[0]
+	db1 := c.kube.Scheduled(c.t, "app=database-1", 1)[0]
+	db2 := c.kube.Scheduled(c.t, "app=database-2", 1)[0]
 	if ip, _ := c.add(conf, &db1); ip != "10.188.0.218/16" {
 		t.Fatalf("database-1-0 got %s", ip)
 	}
@@ -251,7 +204,7 @@ func TestSeedManifests(t *testing.T) {
 		t.Fatalf("database-2-0 got %s", ip2)
 	}
 	webIPs := map[string]bool{}
-	for _, w := range c.scheduled("app=web", 2) {
+	for _, w := range c.kube.Scheduled(c.t, "app=web", 2) {
 		ip, _ := c.add(conf, &w)
 		if ip == "10.188.0.218/16" || ip == "10.188.0.219/16" || webIPs[ip] {
 			t.Fatalf("web pod %s got %s (dynamic addresses must be distinct and not the databases')", w.Name, ip)
@@ -263,7 +216,7 @@ func TestSeedManifests(t *testing.T) {
 	// it; with its node cordoned the scheduler places it on another node.
 	c.cordon(db2.Spec.NodeName, true)
 	c.deletePod(db2.Name)
-	re := c.scheduled("app=database-2", 1, db2.UID)[0]
+	re := c.kube.Scheduled(c.t, "app=database-2", 1, db2.UID)[0]
 	if re.Spec.NodeName == db2.Spec.NodeName {
 		t.Fatalf("re-created pod landed on the cordoned node %s", re.Spec.NodeName)
 	}
@@ -280,7 +233,7 @@ func TestSeedManifests(t *testing.T) {
 	c.cordon(db2.Spec.NodeName, false)
 	c.del(conf, &re, newCID)
 	c.deletePod(re.Name)
-	again := c.scheduled("app=database-2", 1, db2.UID, re.UID)[0]
+	again := c.kube.Scheduled(c.t, "app=database-2", 1, db2.UID, re.UID)[0]
 	if ip, _ := c.add(conf, &again); ip != "10.188.0.219/16" {
 		t.Fatalf("database-2-0 re-created after DEL got %s", ip)
 	}
@@ -294,28 +247,6 @@ func withVersion(conf []byte, v string) []byte {
 	return b
 }
 
-func statefulSet(name string, replicas int32, ann map[string]string) *appsv1.StatefulSet {
-	labels := map[string]string{"app": name}
-	return &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas: &replicas, ServiceName: name, PodManagementPolicy: appsv1.ParallelPodManagement,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: ann},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Image: "db:v1"}}},
-			},
-		},
-	}
-}
-
-func (c *cluster) scale(name string, replicas int32) {
-	c.t.Helper()
-	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas)
-	_, err := c.kube.Client.AppsV1().StatefulSets("default").Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-	must(c.t, err)
-}
-
 // TestOrdinalListScaleAndRecreate: one StatefulSet with replicas 2 and an
 // ordinal IP list reproduces the seed; scale 2 -> 1 -> 2 gives ordinal 1 its
 // address back; sticky dynamic addresses behave the same; a StatefulSet
@@ -325,12 +256,12 @@ func TestOrdinalListScaleAndRecreate(t *testing.T) {
 	conf := c.conf(c.kube.Kubeconfig, nil)
 	ctx := context.Background()
 	ann := map[string]string{"kube-ipam.ip-pool": "10.188.0.218,10.188.0.219", "kube-ipam.netmask": "255.255.0.0", "kube-ipam.gateway": "10.188.0.1"}
-	_, err := c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, statefulSet("database", 2, ann), metav1.CreateOptions{})
+	_, err := c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, testenv.StatefulSet("database", 2, ann), metav1.CreateOptions{})
 	must(t, err)
-	_, err = c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, statefulSet("cache", 2, nil), metav1.CreateOptions{})
+	_, err = c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, testenv.StatefulSet("cache", 2, nil), metav1.CreateOptions{})
 	must(t, err)
 
-	pods := c.scheduled("app=database", 2)
+	pods := c.kube.Scheduled(c.t, "app=database", 2)
 	cids := map[string]string{}
 	for i, want := range []string{"10.188.0.218/16", "10.188.0.219/16"} {
 		ip, cid := c.add(conf, &pods[i])
@@ -339,7 +270,7 @@ func TestOrdinalListScaleAndRecreate(t *testing.T) {
 		}
 		cids[pods[i].Name] = cid
 	}
-	cache := c.scheduled("app=cache", 2)
+	cache := c.kube.Scheduled(c.t, "app=cache", 2)
 	cacheIP := map[string]string{}
 	for i := range cache {
 		ip, cid := c.add(conf, &cache[i])
@@ -348,31 +279,31 @@ func TestOrdinalListScaleAndRecreate(t *testing.T) {
 
 	// Scale both down to 1: the runtime deletes ordinal 1 (DEL runs).
 	for _, name := range []string{"database", "cache"} {
-		c.scale(name, 1)
+		c.kube.ScaleStatefulSet(c.t, name, 1)
 	}
 	for _, p := range []corev1.Pod{pods[1], cache[1]} {
-		c.finishTermination(p)
+		c.kube.FinishTermination(c.t, p)
 		c.del(conf, &p, cids[p.Name])
 	}
 	// Other pods come and go meanwhile and must not take ordinal 1's addresses.
-	web := statefulSet("other", 3, nil)
+	web := testenv.StatefulSet("other", 3, nil)
 	_, err = c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, web, metav1.CreateOptions{})
 	must(t, err)
-	for _, p := range c.scheduled("app=other", 3) {
+	for _, p := range c.kube.Scheduled(c.t, "app=other", 3) {
 		if ip, _ := c.add(conf, &p); ip == cacheIP["cache-1"] || ip == "10.188.0.219/16" {
 			t.Fatalf("%s took ordinal 1's address %s while it was scaled down", p.Name, ip)
 		}
 	}
 	for _, name := range []string{"database", "cache"} {
-		c.scale(name, 2)
+		c.kube.ScaleStatefulSet(c.t, name, 2)
 	}
-	db1 := c.scheduled("app=database", 2, pods[1].UID)[1]
+	db1 := c.kube.Scheduled(c.t, "app=database", 2, pods[1].UID)[1]
 	ip, cid := c.add(conf, &db1)
 	if ip != "10.188.0.219/16" {
 		t.Fatalf("database-1 after scale-up got %s", ip)
 	}
 	cids[db1.Name] = cid
-	ca1 := c.scheduled("app=cache", 2, cache[1].UID)[1]
+	ca1 := c.kube.Scheduled(c.t, "app=cache", 2, cache[1].UID)[1]
 	if ip, _ := c.add(conf, &ca1); ip != cacheIP["cache-1"] {
 		t.Fatalf("sticky cache-1 after scale-up got %s, want %s", ip, cacheIP["cache-1"])
 	}
@@ -382,13 +313,13 @@ func TestOrdinalListScaleAndRecreate(t *testing.T) {
 	bg := metav1.DeletePropagationBackground
 	must(t, c.kube.Client.AppsV1().StatefulSets("default").Delete(ctx, "database", metav1.DeleteOptions{PropagationPolicy: &bg}))
 	for _, p := range []corev1.Pod{pods[0], db1} {
-		c.finishTermination(p)
+		c.kube.FinishTermination(c.t, p)
 		c.del(conf, &p, cids[p.Name])
 	}
 	ann2 := map[string]string{"kube-ipam.ip-pool": "10.188.0.228,10.188.0.229"}
-	_, err = c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, statefulSet("database", 2, ann2), metav1.CreateOptions{})
+	_, err = c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, testenv.StatefulSet("database", 2, ann2), metav1.CreateOptions{})
 	must(t, err)
-	for i, p := range c.scheduled("app=database", 2) {
+	for i, p := range c.kube.Scheduled(c.t, "app=database", 2) {
 		if ip, _ := c.add(conf, &p); ip != fmt.Sprintf("10.188.0.22%d/16", 8+i) {
 			t.Fatalf("re-created StatefulSet pod %s got %s", p.Name, ip)
 		}
@@ -402,9 +333,9 @@ func TestConflictAndLookupFailures(t *testing.T) {
 	c := newCluster(t, "node-1")
 	ctx := context.Background()
 	conf := c.conf(c.kube.Kubeconfig, nil)
-	_, err := c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, statefulSet("database-2", 1, map[string]string{"kube-ipam.ip": "10.188.0.219"}), metav1.CreateOptions{})
+	_, err := c.kube.Client.AppsV1().StatefulSets("default").Create(ctx, testenv.StatefulSet("database-2", 1, map[string]string{"kube-ipam.ip": "10.188.0.219"}), metav1.CreateOptions{})
 	must(t, err)
-	db := c.scheduled("app=database-2", 1)[0]
+	db := c.kube.Scheduled(c.t, "app=database-2", 1)[0]
 	c.add(conf, &db)
 
 	one := int32(1)
@@ -420,7 +351,7 @@ func TestConflictAndLookupFailures(t *testing.T) {
 	}
 	_, err = c.kube.Client.AppsV1().Deployments("default").Create(ctx, dep, metav1.CreateOptions{})
 	must(t, err)
-	thief := c.scheduled("app=thief", 1)[0]
+	thief := c.kube.Scheduled(c.t, "app=thief", 1)[0]
 	r := c.cni("ADD", conf, &thief, "thief-1")
 	if r.Code != 100 || !strings.Contains(r.Msg, "default/database-2-0") {
 		t.Fatalf("conflicting Deployment pod: code %d %q, want 100 naming default/database-2-0", r.Code, r.Msg)

@@ -151,14 +151,26 @@ func List(ctx context.Context, w io.Writer, nets []*Network, f ListFilter, now t
 	if err != nil {
 		return err
 	}
+	as, err := allocations(ctx, nets, now, func(r *store.Record) bool {
+		return (f.Node == "" || r.Node == f.Node) && (f.Namespace == "" || r.PodNamespace == f.Namespace)
+	})
+	if err != nil {
+		return err
+	}
+	return printAllocations(w, format, as)
+}
+
+// allocations reads every network's records and returns those keep accepts,
+// sorted, with the note of each reservation.
+func allocations(ctx context.Context, nets []*Network, now time.Time, keep func(*store.Record) bool) ([]Allocation, error) {
 	var as []Allocation
 	for _, n := range nets {
 		s, err := read(ctx, n)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, e := range s.records {
-			if (f.Node != "" && e.Rec.Node != f.Node) || (f.Namespace != "" && e.Rec.PodNamespace != f.Namespace) {
+			if !keep(e.Rec) {
 				continue
 			}
 			a := allocationOf(n.Cfg.Name, e, now)
@@ -169,7 +181,7 @@ func List(ctx context.Context, w io.Writer, nets []*Network, f ListFilter, now t
 		}
 	}
 	sortAllocations(as)
-	return printAllocations(w, format, as)
+	return as, nil
 }
 
 func pick(nets []*Network, name string) ([]*Network, error) {
@@ -234,22 +246,15 @@ func WhoHas(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, no
 
 // Show prints every allocation of pod namespace/name.
 func Show(ctx context.Context, w io.Writer, nets []*Network, namespace, name string, now time.Time, format string) error {
-	var as []Allocation
-	for _, n := range nets {
-		s, err := read(ctx, n)
-		if err != nil {
-			return err
-		}
-		for _, e := range s.records {
-			if e.Rec.PodNamespace == namespace && e.Rec.PodName == name {
-				as = append(as, allocationOf(n.Cfg.Name, e, now))
-			}
-		}
+	as, err := allocations(ctx, nets, now, func(r *store.Record) bool {
+		return r.PodNamespace == namespace && r.PodName == name
+	})
+	if err != nil {
+		return err
 	}
 	if len(as) == 0 {
 		return negativef("pod %s/%s holds no address on any configured network", namespace, name)
 	}
-	sortAllocations(as)
 	return printAllocations(w, format, as)
 }
 

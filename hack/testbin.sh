@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl
-# from the Go module proxy into a cache directory outside the repository, for
-# internal/testenv (StartKube). Idempotent: a complete cache is reused.
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+# kubelet and kube-proxy from the Go module proxy into a cache directory
+# outside the repository, for internal/testenv (StartKube) and the lab
+# (internal/lab). Idempotent: binaries already built at this version are reused,
+# only missing ones are built.
 #
 #   hack/testbin.sh            # progress on stderr, the directory on stdout
 #   KUBE_IPAM_TESTBIN=/some/dir hack/testbin.sh
@@ -14,10 +16,13 @@ set -euo pipefail
 
 K8S_VERSION=v1.37.2
 STAGING_VERSION=v0.${K8S_VERSION#v1.}
-CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 DIR=${KUBE_IPAM_TESTBIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-ipam/testbin-k8s${K8S_VERSION#v}}
-STAMP="$DIR/.stamp"
-WANT_STAMP="k8s.io/kubernetes $K8S_VERSION ${CMDS[*]}"
+# One stamp per binary: "<binary> k8s.io/kubernetes <version>". The stamp of
+# earlier versions of this script (one line naming every binary) still counts.
+OLD_STAMP="$DIR/.stamp"
+stamp() { echo "$DIR/.stamp.$1"; }
+want_stamp() { echo "$1 k8s.io/kubernetes $K8S_VERSION"; }
 
 log() { echo "testbin: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -29,9 +34,12 @@ finish() {
 }
 trap finish EXIT
 
-complete() {
-	[ "$(cat "$STAMP" 2>/dev/null)" = "$WANT_STAMP" ] || return 1
-	for c in "${CMDS[@]}"; do [ -x "$DIR/$c" ] || return 1; done
+built() {
+	[ -x "$DIR/$1" ] || return 1
+	[ "$(cat "$(stamp "$1")" 2>/dev/null)" = "$(want_stamp "$1")" ] && return 0
+	local old
+	old=$(cat "$OLD_STAMP" 2>/dev/null) || return 1
+	[[ "$old" == "k8s.io/kubernetes $K8S_VERSION "* ]] && [[ " ${old#k8s.io/kubernetes $K8S_VERSION } " == *" $1 "* ]]
 }
 
 command -v go >/dev/null || die "go is not on PATH"
@@ -41,7 +49,10 @@ mkdir -p "$DIR" || die "cannot create $DIR"
 exec 9>"$DIR/.lock"
 flock 9 || die "cannot lock $DIR/.lock"
 
-if complete; then
+# Again under the lock: another run may have built them meanwhile.
+TODO=()
+for c in "${CMDS[@]}"; do built "$c" || TODO+=("$c"); done
+if ((${#TODO[@]} == 0)); then
 	log "up to date: ${CMDS[*]} $K8S_VERSION"
 	echo "$DIR"
 	exit 0
@@ -91,7 +102,7 @@ LD+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" # kubectl's clien
 # interrupted build never leaves a half-filled cache that looks complete.
 OUT=$(mktemp -d "$DIR/.build.XXXXXX")
 hint=" (about 10 minutes cold on an idle 2-core machine)"
-for c in "${CMDS[@]}"; do
+for c in "${TODO[@]}"; do
 	t0=$SECONDS
 	log "building $c $K8S_VERSION ...$hint"
 	go build -trimpath -ldflags "$LD" -o "$OUT/$c" "k8s.io/kubernetes/cmd/$c" ||
@@ -99,11 +110,16 @@ for c in "${CMDS[@]}"; do
 	log "built $c in $((SECONDS - t0))s"
 	hint=" (about 2 minutes cold)"
 done
-"$OUT/kube-apiserver" --version | grep -qx "Kubernetes $K8S_VERSION" ||
-	die "kube-apiserver reports '$("$OUT/kube-apiserver" --version)', want Kubernetes $K8S_VERSION"
+for c in "${TODO[@]}"; do
+	[ "$c" = kubectl ] && continue # kubectl prints a client/server table
+	"$OUT/$c" --version | grep -qx "Kubernetes $K8S_VERSION" ||
+		die "$c reports '$("$OUT/$c" --version)', want Kubernetes $K8S_VERSION"
+done
 
-rm -f "$STAMP"
-for c in "${CMDS[@]}"; do mv -f "$OUT/$c" "$DIR/$c"; done
-echo "$WANT_STAMP" >"$STAMP"
+for c in "${TODO[@]}"; do
+	rm -f "$(stamp "$c")"
+	mv -f "$OUT/$c" "$DIR/$c"
+	want_stamp "$c" >"$(stamp "$c")"
+done
 log "done in $((SECONDS - START))s"
 echo "$DIR"

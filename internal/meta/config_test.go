@@ -10,13 +10,12 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"kubeipam/internal/seed"
 )
 
 func TestParseSeedConfig(t *testing.T) {
-	raw, err := os.ReadFile("testdata/10-multus.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := seed.MultusConf
 	c, err := Parse(raw)
 	if err != nil {
 		t.Fatalf("the seed's 10-multus.conf must parse unchanged: %v", err)

@@ -63,6 +63,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"kubeipam/internal/seed"
 	"kubeipam/internal/testenv"
 )
 
@@ -136,10 +137,7 @@ func startCluster(t *testing.T, n int, tweak func(conf map[string]any), api bool
 	if api {
 		c.kube = testenv.StartKube(t, testenv.KubeOptions{Etcd: c.etcd})
 	}
-	raw, err := os.ReadFile(filepath.Join(testenv.ModuleRoot(t), "internal", "meta", "testdata", "10-multus.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := seed.MultusConf
 	if err := json.Unmarshal(raw, &c.seed); err != nil {
 		t.Fatal(err)
 	}

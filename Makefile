@@ -5,13 +5,17 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X kubeipam/internal/version.Version=$(VERSION)
 BINARIES := kube-ipam kube-multus kube-ipamctl kube-ipam-controller
 
-.PHONY: all build test unit bench vet fmt-check clean testbin
+# The lab's own commands (not installed on nodes).
+LAB_BINARIES := kube-ipam-lab kube-ipam-lab-pause
+
+.PHONY: all build test unit bench vet fmt-check clean testbin deps lab lab-down
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+	@# Static binaries: they run on nodes and inside lab images with no libc.
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES) $(LAB_BINARIES))
 	@# The seed's 10-multus.conf says "type": "multus-cni" (multus v3.8's binary name).
 	cp -f $(BIN)/kube-multus $(BIN)/multus-cni
 
@@ -26,6 +30,21 @@ fmt-check:
 # the first time, seconds afterwards).
 testbin:
 	@hack/testbin.sh >/dev/null
+
+# Debian packages the tests and the lab need (as root; skipped when present).
+deps:
+	@hack/deps.sh
+
+# The seed's architecture on this machine: etcd, a control plane and 3 real
+# kubelet nodes (containerd + runc, each in its own network namespace), our
+# CNI chain, the seed's manifests, then the seed's verification with PASS/FAIL.
+# LAB_KEEP=1 keeps it running; `make lab-down` removes it. See docs/lab.md.
+lab: deps build testbin
+	$(BIN)/kube-ipam-lab up
+
+lab-down:
+	@test -x $(BIN)/kube-ipam-lab || $(MAKE) --no-print-directory build
+	$(BIN)/kube-ipam-lab down
 
 # Every test: unit, integration against a real etcd and a real control plane,
 # network-namespace tests (root; they skip with a message otherwise, and fail

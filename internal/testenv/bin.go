@@ -55,8 +55,10 @@ func Binary(t testing.TB, name string) string {
 			return "", err
 		}
 		out := filepath.Join(dir, name)
-		cmd := exec.Command("go", "build", "-o", out, "./cmd/"+name)
+		cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/"+name)
 		cmd.Dir = root
+		// Static, as make build does: binaries also run inside lab images.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, b)
 		}

@@ -338,6 +338,12 @@ func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, base str
 	return cert, key, err
 }
 
+// Missing is missing for tests outside this package.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	missing(t, format, args...)
+}
+
 // missing reports an absent prerequisite: CI must have everything, so there
 // it is a failure; elsewhere the test is skipped.
 func missing(t testing.TB, format string, args ...any) {

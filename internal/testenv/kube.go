@@ -25,10 +25,12 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"kubeipam/internal/lab"
 )
 
 // KubeVersion is the Kubernetes release whose binaries hack/testbin.sh builds.
-const KubeVersion = "v1.37.2"
+const KubeVersion = lab.KubeVersion
 
 // Kube is a Kubernetes control plane (kube-apiserver, optionally
 // kube-controller-manager and kube-scheduler) owned by one test. There is no
@@ -56,19 +58,10 @@ type KubeOptions struct {
 	Etcd *Etcd
 }
 
-// KubeBinDir returns the directory of the kube-apiserver, kube-controller-manager,
-// kube-scheduler and kubectl binaries: $KUBE_IPAM_TESTBIN or the user cache
-// directory that hack/testbin.sh fills by default.
-func KubeBinDir() string {
-	if dir := os.Getenv("KUBE_IPAM_TESTBIN"); dir != "" {
-		return dir
-	}
-	cache, err := os.UserCacheDir() // $XDG_CACHE_HOME or $HOME/.cache
-	if err != nil {
-		cache = filepath.Join(os.TempDir(), ".cache")
-	}
-	return filepath.Join(cache, "kube-ipam", "testbin-k8s"+strings.TrimPrefix(KubeVersion, "v"))
-}
+// KubeBinDir returns the directory of the Kubernetes binaries:
+// $KUBE_IPAM_TESTBIN or the user cache directory that hack/testbin.sh fills
+// by default.
+func KubeBinDir() string { return lab.KubeBinDir() }
 
 // KubeBinary returns the path of a binary in KubeBinDir, skipping the test
 // (failing it in CI) when it has not been built.

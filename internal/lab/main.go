@@ -1,0 +1,153 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+)
+
+const usage = `kube-ipam-lab: the seed's web and database layering on real kubelet nodes, on this machine.
+
+Usage:
+  kube-ipam-lab up [flags]    bring the lab up, replay the seed's sections 3-5, print
+                              PASS/FAIL, and take it down again (unless --keep)
+  kube-ipam-lab down [flags]  take down a lab kept with --keep (or left by a crash)
+
+Flags:
+`
+
+// Main is the command line of kube-ipam-lab; it returns the exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
+		fmt.Fprint(stderr, usage)
+		flags("", io.Discard).PrintDefaults()
+		return 2
+	}
+	verb := args[0]
+	fs := flags(verb, stderr)
+	o := DefaultOptions(repoRoot())
+	fs.StringVar(&o.Dir, "dir", o.Dir, "lab directory (state, PKI, logs)")
+	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "number of kubelet nodes")
+	fs.StringVar(&o.Examples, "examples", o.Examples, "directory of the manifests to apply (db.yaml, web.yaml, web-svc.yaml, web-ingress.yaml)")
+	keep := fs.Bool("keep", envBool("LAB_KEEP"), "keep the lab running after the replay (env LAB_KEEP=1)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	o.Out = stdout
+	if verb == "down" {
+		l, err := Load(o.Dir)
+		if errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(stdout, "no lab in %s\n", o.Dir)
+			return 0
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		l.SetOutput(stdout)
+		if err := l.Down(context.Background()); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		return 0
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	down := func(l *Lab) int {
+		stop() // a second Ctrl-C now kills us; the state file allows `down` later
+		fmt.Fprintln(stdout, "\ntaking the lab down (Ctrl-C again aborts; then run `make lab-down`) ...")
+		if err := l.Down(context.Background()); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		return 0
+	}
+	l, err := Up(ctx, o)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		if l != nil {
+			fmt.Fprintf(stderr, "logs: %s\n", filepath.Join(o.Dir, "logs"))
+			if *keep {
+				fmt.Fprintln(stderr, "LAB_KEEP: the partial lab stays up for inspection; `make lab-down` removes it")
+				return 1
+			}
+			down(l)
+		}
+		return 1
+	}
+	results, err := l.Replay(ctx)
+	failed := Summary(stdout, results)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		failed++
+	}
+	if ctx.Err() == nil && *keep {
+		fmt.Fprintf(stdout, `
+The lab is up (LAB_KEEP). Use it with:
+  export KUBECONFIG=%s
+  %s get pod -o wide
+  %s --config %s networks
+  ip netns exec %s-node1 ip address      # a node's network namespace
+Logs: %s
+Take it down with: make lab-down
+`, o.Kubeconfig(), filepath.Join(o.KubeBin, "kubectl"), filepath.Join(o.RepoBin, "kube-ipamctl"), o.MultusConf(), o.Name, filepath.Join(o.Dir, "logs"))
+		if failed > 0 {
+			return 1
+		}
+		return 0
+	}
+	if down(l) != 0 || failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+// Summary prints the PASS/FAIL table and returns the number of failures.
+func Summary(w io.Writer, results []Result) int {
+	fmt.Fprintln(w, "\n== Summary ==")
+	failed := 0
+	if len(results) == 0 {
+		fmt.Fprintln(w, "FAIL  nothing was checked")
+		return 1
+	}
+	for _, r := range results {
+		if r.Passed {
+			fmt.Fprintf(w, "PASS  %s\n", r.Check)
+		} else {
+			failed++
+			fmt.Fprintf(w, "FAIL  %s: %s\n", r.Check, r.Detail)
+		}
+	}
+	fmt.Fprintf(w, "%d passed, %d failed\n", len(results)-failed, failed)
+	return failed
+}
+
+func flags(name string, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("kube-ipam-lab "+name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	return fs
+}
+
+func envBool(k string) bool {
+	b, _ := strconv.ParseBool(os.Getenv(k))
+	return b
+}
+
+// repoRoot is the checkout the binary was built in (bin/kube-ipam-lab).
+func repoRoot() string {
+	exe, err := os.Executable()
+	if err != nil {
+		wd, _ := os.Getwd()
+		return wd
+	}
+	return filepath.Dir(filepath.Dir(exe))
+}
+

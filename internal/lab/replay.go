@@ -1,0 +1,297 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Result is one check of the replay.
+type Result struct {
+	Check  string `json:"check"`
+	Passed bool   `json:"passed"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Addresses of the seed's database pods on net1.
+const (
+	DB1IP = "10.188.0.218"
+	DB2IP = "10.188.0.219"
+)
+
+type replay struct {
+	l       *Lab
+	ctx     context.Context
+	out     io.Writer
+	results []Result
+}
+
+func (r *replay) section(title string) { fmt.Fprintf(r.out, "\n== %s ==\n", title) }
+
+// kubectl runs kubectl as the seed does (from the examples directory, so
+// `kubectl apply -f db.yaml` is literally that), printing the command and its
+// output.
+func (r *replay) kubectl(args ...string) (string, error) {
+	fmt.Fprintf(r.out, "# kubectl %s\n", strings.Join(args, " "))
+	ctx, cancel := context.WithTimeout(r.ctx, 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, r.l.kube("kubectl"), args...)
+	cmd.Dir = r.l.opts.Examples
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+r.l.opts.Kubeconfig())
+	b, err := cmd.CombinedOutput()
+	out := string(b)
+	fmt.Fprint(r.out, indent(out))
+	return out, err
+}
+
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
+}
+
+func (r *replay) check(name string, ok bool, detailf string, args ...any) bool {
+	res := Result{Check: name, Passed: ok}
+	if !ok {
+		res.Detail = fmt.Sprintf(detailf, args...)
+	}
+	r.results = append(r.results, res)
+	if ok {
+		fmt.Fprintf(r.out, "PASS  %s\n", name)
+	} else {
+		fmt.Fprintf(r.out, "FAIL  %s: %s\n", name, res.Detail)
+	}
+	return ok
+}
+
+// Replay applies the seed's manifests (section 3) and runs the seed's
+// verification (sections 4 and 5) with the seed's commands, printing them as
+// the seed does. It returns every check; the error is only for a replay that
+// could not run at all.
+func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
+	out := l.opts.Out
+	if out == nil {
+		out = io.Discard
+	}
+	r := &replay{l: l, ctx: ctx, out: out}
+	cs, err := l.client()
+	if err != nil {
+		return nil, err
+	}
+
+	r.section("3. Create the pods (deploy/examples: the seed's manifests, corrected)")
+	for _, f := range []string{"db.yaml", "web.yaml", "web-svc.yaml", "web-ingress.yaml"} {
+		_, err := r.kubectl("apply", "-f", f)
+		r.check("kubectl apply -f "+f, err == nil, "%v", err)
+	}
+	fmt.Fprintln(out, "(the lab has no ingress controller: web-ingress is stored, the NodePort below serves users)")
+	_, err = r.kubectl("run", "outsider", "--image="+BusyboxImage, "--labels=app=outsider", "--restart=Never", "--", "sleep", "86400")
+	r.check("a pod outside the tier (app=outsider) created", err == nil, "%v", err)
+	want := map[string]string{"database-1-0": "", "database-2-0": "", "outsider": ""}
+	webPods, err := r.waitReady(cs, want, 2)
+	if !r.check("every pod Running and Ready", err == nil, "%v", err) {
+		r.kubectl("get", "pod", "-o", "wide")
+		r.kubectl("get", "events", "--sort-by=.lastTimestamp")
+		return r.results, nil
+	}
+	r.kubectl("get", "pod", "-o", "wide")
+	web := webPods[0]
+
+	r.section("4.1 Users reach the web tier through the Service")
+	r.kubectl("get", "service")
+	svc, err := cs.CoreV1().Services("default").Get(ctx, "web-svc", metav1.GetOptions{})
+	if r.check("web-svc is a NodePort Service", err == nil && len(svc.Spec.Ports) == 1 && svc.Spec.Ports[0].NodePort > 0, "%v", err) {
+		node := l.state.Nodes[0]
+		url := fmt.Sprintf("http://%s:%d", node.IP, svc.Spec.Ports[0].NodePort)
+		fmt.Fprintf(out, "# curl %s\n", url)
+		body, err := httpGet(ctx, url)
+		fmt.Fprint(out, indent(body))
+		r.check("curl the NodePort (kube-proxy, nftables mode) returns the web page",
+			err == nil && strings.Contains(body, "Welcome to the kube-ipam lab"), "%v", err)
+	}
+
+	r.section("4.2 The web pod reaches the database by its fixed IP")
+	r.net1("database-2-0", DB2IP)
+	r.ping(web, DB2IP, true)
+
+	r.section("4.3 Database pods reach each other by their fixed IPs")
+	r.net1("database-1-0", DB1IP)
+	r.ping("database-2-0", DB1IP, true)
+
+	r.section("Tier security: a pod outside the tier")
+	out1, _ := r.kubectl("exec", "outsider", "--", "ip", "address")
+	r.check("outsider has no net1 (kube-multus attach selector)", strings.Contains(out1, "eth0") && !strings.Contains(out1, "net1"),
+		"its interfaces: %s", strings.TrimSpace(out1))
+	r.ping("outsider", DB2IP, false)
+
+	r.section("Tier security: the database pods' net1 policy")
+	fmt.Fprintln(out, "(kube-multus put an nftables table into each database pod: net1 accepts ping and tcp/3306 from 10.188.0.0/16 and drops the rest;")
+	fmt.Fprintln(out, " nothing listens on 3306 in the lab, so an allowed connection is refused by the pod, a dropped one times out)")
+	o, _ := r.kubectl("exec", web, "--", "nc", "-w", "2", DB2IP, "3306")
+	r.check("web to database-2 tcp/3306 reaches the pod (refused: nothing listens)", strings.Contains(o, "refused"), "nc said %q", strings.TrimSpace(o))
+	o, _ = r.kubectl("exec", web, "--", "nc", "-w", "2", DB2IP, "22")
+	r.check("web to database-2 tcp/22 is dropped by the tier policy (timed out)", strings.Contains(o, "timed out"), "nc said %q", strings.TrimSpace(o))
+
+	r.section("5.1 Delete the database pod")
+	old, err := cs.CoreV1().Pods("default").Get(ctx, "database-2-0", metav1.GetOptions{})
+	if !r.check("database-2-0 exists", err == nil, "%v", err) {
+		return r.results, nil
+	}
+	fmt.Fprintf(out, "(cordon %s first, so the scheduler must place the new database-2-0 on another node)\n", old.Spec.NodeName)
+	r.kubectl("cordon", old.Spec.NodeName)
+	_, err = r.kubectl("delete", "pod", "database-2-0")
+	r.check("kubectl delete pod database-2-0", err == nil, "%v", err)
+	r.kubectl("get", "pod", "-o", "wide")
+	_, err = r.waitReady(cs, map[string]string{"database-2-0": string(old.UID)}, 2)
+	r.kubectl("uncordon", old.Spec.NodeName)
+	if !r.check("database-2-0 re-created and Ready", err == nil, "%v", err) {
+		r.kubectl("get", "events", "--sort-by=.lastTimestamp")
+		return r.results, nil
+	}
+
+	r.section("5.2 The re-created pod keeps its IP")
+	r.kubectl("get", "pod", "-o", "wide")
+	now, err := cs.CoreV1().Pods("default").Get(ctx, "database-2-0", metav1.GetOptions{})
+	r.check("database-2-0 moved to another node", err == nil && now.Spec.NodeName != "" && now.Spec.NodeName != old.Spec.NodeName,
+		"was on %s, now on %s (%v)", old.Spec.NodeName, now.Spec.NodeName, err)
+	r.net1("database-2-0", DB2IP)
+	r.ping(web, DB2IP, true)
+
+	r.section("The registry: who holds 10.188.0.219")
+	ipamctl := filepath.Join(l.opts.RepoBin, "kube-ipamctl")
+	args := []string{"--config", l.opts.MultusConf(), "--kubeconfig", l.opts.Kubeconfig(), "who-has", DB2IP}
+	fmt.Fprintf(out, "# kube-ipamctl %s\n", strings.Join(args, " "))
+	b, err := exec.CommandContext(ctx, ipamctl, args...).CombinedOutput()
+	fmt.Fprint(out, indent(string(b)))
+	var holders []struct {
+		Pod, Kind, Node string
+		PodUID          types.UID
+	}
+	if err == nil {
+		b, err = exec.CommandContext(ctx, ipamctl, append(args, "-o", "json")...).Output()
+		if err == nil {
+			err = json.Unmarshal(b, &holders)
+		}
+	}
+	r.check("kube-ipamctl who-has: 10.188.0.219 is registered to the new database-2-0 only",
+		err == nil && now != nil && len(holders) == 1 && holders[0].PodUID == now.UID && holders[0].Node == now.Spec.NodeName,
+		"%v: %s", err, strings.TrimSpace(string(b)))
+	return r.results, nil
+}
+
+var inet = regexp.MustCompile(`inet (\S+) .* (\S+)$`)
+
+// net1 runs the seed's `kubectl exec <pod> -- ip address` and checks net1.
+func (r *replay) net1(pod, ip string) {
+	out, err := r.kubectl("exec", pod, "--", "ip", "address")
+	found := ""
+	for _, line := range strings.Split(out, "\n") {
+		if m := inet.FindStringSubmatch(strings.TrimSpace(line)); m != nil && m[2] == "net1" {
+			found = m[1]
+		}
+	}
+	r.check(fmt.Sprintf("%s net1 is %s/16", pod, ip), err == nil && found == ip+"/16", "net1 has %q (%v)", found, err)
+}
+
+// ping runs the seed's ping from pod, expecting it to succeed or not.
+func (r *replay) ping(pod, ip string, reach bool) {
+	if reach {
+		// A fresh macvlan neighbour can cost the first echo; the seed's
+		// ping ran until ^C, this one sends 3.
+		out, err := r.kubectl("exec", pod, "--", "ping", "-c", "3", "-W", "2", ip)
+		r.check(fmt.Sprintf("%s pings %s", pod, ip), err == nil && !strings.Contains(out, " 100% packet loss"), "%v", err)
+		return
+	}
+	out, err := r.kubectl("exec", pod, "--", "ping", "-c", "2", "-W", "2", ip)
+	r.check(fmt.Sprintf("%s cannot reach %s", pod, ip), err != nil && !strings.Contains(out, "bytes from"), "ping succeeded")
+}
+
+// waitReady waits until the named pods (with a UID other than the one
+// given, if any) and webReplicas pods labelled app=web are Running and
+// Ready; it returns the web pods' names.
+func (r *replay) waitReady(cs kubernetes.Interface, want map[string]string, webReplicas int) ([]string, error) {
+	var web []string
+	err := poll(r.ctx, 3*time.Minute, "pods Ready", func() (bool, string, error) {
+		pods, err := cs.CoreV1().Pods("default").List(r.ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		web = web[:0]
+		seen := map[string]bool{}
+		var waiting []string
+		for _, p := range pods.Items {
+			ready := p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status != corev1.ConditionTrue {
+					ready = false
+				}
+			}
+			if old, ok := want[p.Name]; ok && (old == "" || types.UID(old) != p.UID) {
+				if ready {
+					seen[p.Name] = true
+				} else {
+					waiting = append(waiting, fmt.Sprintf("%s %s", p.Name, podState(p)))
+				}
+			}
+			if p.Labels["app"] == "web" && ready {
+				web = append(web, p.Name)
+			}
+		}
+		for name := range want {
+			if !seen[name] && !slices.ContainsFunc(waiting, func(w string) bool { return strings.HasPrefix(w, name+" ") }) {
+				waiting = append(waiting, name+" not created yet")
+			}
+		}
+		if len(web) < webReplicas {
+			waiting = append(waiting, fmt.Sprintf("%d/%d web pods ready", len(web), webReplicas))
+		}
+		slices.Sort(waiting)
+		return len(waiting) == 0, strings.Join(waiting, "; "), nil
+	})
+	slices.Sort(web)
+	return web, err
+}
+
+// podState is the reason a pod is not ready yet, as kubectl would show it.
+func podState(p corev1.Pod) string {
+	for _, c := range p.Status.ContainerStatuses {
+		if c.State.Waiting != nil {
+			return c.State.Waiting.Reason + " " + c.State.Waiting.Message
+		}
+	}
+	if p.Spec.NodeName == "" {
+		return "Pending (not scheduled)"
+	}
+	return string(p.Status.Phase)
+}
+
+func httpGet(ctx context.Context, url string) (string, error) {
+	var body string
+	err := poll(ctx, 45*time.Second, "GET "+url, func() (bool, string, error) {
+		c := &http.Client{Timeout: 3 * time.Second}
+		resp, err := c.Get(url)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return resp.StatusCode == 200, resp.Status, nil
+	})
+	return body, err
+}

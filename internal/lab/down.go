@@ -296,4 +296,3 @@ func (l *Lab) leftovers() []string {
 	}
 	return left
 }
-

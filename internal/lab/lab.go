@@ -78,12 +78,12 @@ func KubeBinDir() string {
 
 // Lab is a running (or partly started) lab.
 type Lab struct {
-	opts  Options
-	state state
-	reap  map[int]chan struct{} // processes this process started
-	start time.Time
-	ca    *authority // the Kubernetes CA (Up only)
-	etcdKube string // the Kubernetes etcd's client URL (Up only)
+	opts     Options
+	state    state
+	reap     map[int]chan struct{} // processes this process started
+	start    time.Time
+	ca       *authority // the Kubernetes CA (Up only)
+	etcdKube string     // the Kubernetes etcd's client URL (Up only)
 }
 
 // state is <Dir>/lab.json: what Down needs to undo, written as the lab

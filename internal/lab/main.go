@@ -150,4 +150,3 @@ func repoRoot() string {
 	}
 	return filepath.Dir(filepath.Dir(exe))
 }
-

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -36,6 +37,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Dir, "dir", o.Dir, "lab directory (state, PKI, logs)")
 	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "number of kubelet nodes")
 	fs.StringVar(&o.Examples, "examples", o.Examples, "directory of the manifests to apply (db.yaml, web.yaml, web-svc.yaml, web-ingress.yaml)")
+	fs.StringVar(&o.Name, "name", o.Name, "prefix of host-visible names: bridge <name>0, netns <name>-node<i>")
+	fs.Func("underlay", "node network; .1 is this host, .11... the nodes (default "+o.Underlay.String()+")", func(v string) error {
+		p, err := netip.ParsePrefix(v)
+		o.Underlay = p
+		return err
+	})
+	fs.IntVar(&o.APIPort, "api-port", o.APIPort, "API server port on the underlay's host address")
 	keep := fs.Bool("keep", envBool("LAB_KEEP"), "keep the lab running after the replay (env LAB_KEEP=1)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2

@@ -33,7 +33,7 @@ func (l *Lab) Down(ctx context.Context) error {
 	api := l.procNamed("kube-apiserver")
 	if st.APIUp && api != nil && l.alive(*api) {
 		l.logf("deleting workloads and pods through the API (every CNI DEL runs) ...")
-		fail(l.deletePods(ctx))
+		fail(l.DeleteWorkloads(ctx))
 	}
 	for i := len(st.Nodes) - 1; i >= 0; i-- {
 		n := st.Nodes[i]
@@ -119,7 +119,9 @@ func (l *Lab) procNamed(name string) *Proc {
 	return nil
 }
 
-func (l *Lab) deletePods(ctx context.Context) error {
+// DeleteWorkloads deletes every workload and pod through the API and waits
+// until the pods are gone, i.e. until every CNI DEL has run.
+func (l *Lab) DeleteWorkloads(ctx context.Context) error {
 	kc := []string{l.kube("kubectl"), "--kubeconfig", l.opts.Kubeconfig()}
 	if _, err := run(ctx, append(kc, "delete", "deploy,sts,ds,rs,job", "--all", "-A", "--wait=false")...); err != nil {
 		l.logf("  %v", err)

@@ -8,6 +8,7 @@ package lab_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -85,6 +86,27 @@ func TestLabReplaysTheSeed(t *testing.T) {
 	var sum bytes.Buffer
 	if failed := lab.Summary(&sum, results); failed > 0 {
 		t.Errorf("%d of the replay's checks failed:\n%s", failed, sum.String())
+	}
+	// Deleting the pods through the API runs every CNI DEL: kube-ipam must
+	// hold nothing afterwards, and its store must be consistent.
+	if err := l.DeleteWorkloads(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ipamctl := func(args ...string) (string, error) {
+		args = append([]string{"--config", l.Options().MultusConf(), "--kubeconfig", l.Options().Kubeconfig()}, args...)
+		b, err := exec.CommandContext(ctx, filepath.Join(bin, "kube-ipamctl"), args...).CombinedOutput()
+		return string(b), err
+	}
+	out, err := ipamctl("list", "-o", "json")
+	var held []map[string]any
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &held)
+	}
+	if err != nil || len(held) > 0 {
+		t.Errorf("after every pod was deleted, kube-ipamctl list says (%v):\n%s", err, out)
+	}
+	if out, err := ipamctl("check"); err != nil {
+		t.Errorf("kube-ipamctl check after the pods were deleted (%v):\n%s", err, out)
 	}
 	// The replay must have covered the seed's sections, not stopped early.
 	for _, want := range []string{"database-2-0 net1 is 10.188.0.219/16", "database-1-0 net1 is 10.188.0.218/16",

@@ -1,0 +1,377 @@
+// Package image builds container images for the lab without a registry: a
+// one-layer OCI image layout, written as a tar that containerd imports with
+// `ctr -n k8s.io images import`.
+//
+// The output is reproducible: the same files and config give the same bytes
+// (every timestamp is the epoch, every owner root, entries sorted), so the
+// same image always has the same digest and re-importing it is a no-op.
+package image
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// File is one entry of an image's single layer.
+type File struct {
+	Path string      // absolute path inside the image, e.g. "/bin/busybox"
+	Mode fs.FileMode // permission bits plus fs.ModeDir / fs.ModeSymlink
+	Data []byte      // regular files
+	Link string      // symlink target
+}
+
+// Config is the image config's runtime part.
+type Config struct {
+	Entrypoint, Cmd, Env []string
+	WorkingDir           string
+}
+
+// defaultEnv is the environment of an image whose Config.Env is empty.
+var defaultEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+// Media types of the OCI image specification.
+const (
+	MediaTypeIndex    = "application/vnd.oci.image.index.v1+json"
+	MediaTypeManifest = "application/vnd.oci.image.manifest.v1+json"
+	MediaTypeConfig   = "application/vnd.oci.image.config.v1+json"
+	MediaTypeLayer    = "application/vnd.oci.image.layer.v1.tar"
+)
+
+// Annotations of an index entry: containerd names the imported image after
+// the first, other OCI tools use the second (the tag alone).
+const (
+	AnnotationImageName = "io.containerd.image.name"
+	AnnotationRefName   = "org.opencontainers.image.ref.name"
+)
+
+// epoch is every timestamp in the archives. time.Time{} (year 1) would not
+// fit a ustar header and force PAX records.
+var epoch = time.Unix(0, 0).UTC()
+
+// The JSON documents of an image layout (a subset of the OCI image spec's
+// fields: those this package writes).
+type (
+	ociDescriptor struct {
+		MediaType   string            `json:"mediaType"`
+		Digest      string            `json:"digest"`
+		Size        int64             `json:"size"`
+		Platform    *ociPlatform      `json:"platform,omitempty"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	}
+	ociPlatform struct {
+		Architecture string `json:"architecture"`
+		OS           string `json:"os"`
+	}
+	ociIndex struct {
+		SchemaVersion int             `json:"schemaVersion"`
+		MediaType     string          `json:"mediaType"`
+		Manifests     []ociDescriptor `json:"manifests"`
+	}
+	ociManifest struct {
+		SchemaVersion int             `json:"schemaVersion"`
+		MediaType     string          `json:"mediaType"`
+		Config        ociDescriptor   `json:"config"`
+		Layers        []ociDescriptor `json:"layers"`
+	}
+	ociConfig struct {
+		Created      string       `json:"created"`
+		Architecture string       `json:"architecture"`
+		OS           string       `json:"os"`
+		Config       ociRuntime   `json:"config"`
+		RootFS       ociRootFS    `json:"rootfs"`
+		History      []ociHistory `json:"history"`
+	}
+	ociRuntime struct {
+		Entrypoint []string `json:"Entrypoint,omitempty"`
+		Cmd        []string `json:"Cmd,omitempty"`
+		Env        []string `json:"Env,omitempty"`
+		WorkingDir string   `json:"WorkingDir,omitempty"`
+	}
+	ociRootFS struct {
+		Type    string   `json:"type"`
+		DiffIDs []string `json:"diff_ids"`
+	}
+	ociHistory struct {
+		Created   string `json:"created"`
+		CreatedBy string `json:"created_by"`
+	}
+)
+
+// Write writes a one-layer OCI image-layout tar (oci-layout, index.json,
+// blobs/sha256/...) for ref (a full reference such as
+// "docker.io/local/busybox:1" or "registry.k8s.io/pause:3.10") to w.
+// Reproducible: same input, same bytes.
+func Write(w io.Writer, ref string, files []File, cfg Config) error {
+	tag, err := parseRef(ref)
+	if err != nil {
+		return err
+	}
+	layer, err := buildLayer(files)
+	if err != nil {
+		return err
+	}
+	layerDesc := describe(MediaTypeLayer, layer)
+
+	env := cfg.Env
+	if len(env) == 0 {
+		env = defaultEnv
+	}
+	created := epoch.Format(time.RFC3339)
+	config, err := json.Marshal(ociConfig{
+		Created:      created,
+		Architecture: "amd64",
+		OS:           "linux",
+		Config: ociRuntime{
+			Entrypoint: cfg.Entrypoint,
+			Cmd:        cfg.Cmd,
+			Env:        env,
+			WorkingDir: cfg.WorkingDir,
+		},
+		RootFS:  ociRootFS{Type: "layers", DiffIDs: []string{layerDesc.Digest}},
+		History: []ociHistory{{Created: created, CreatedBy: "kubeipam internal/lab/image"}},
+	})
+	if err != nil {
+		return err
+	}
+	configDesc := describe(MediaTypeConfig, config)
+
+	manifest, err := json.Marshal(ociManifest{
+		SchemaVersion: 2,
+		MediaType:     MediaTypeManifest,
+		Config:        configDesc,
+		Layers:        []ociDescriptor{layerDesc},
+	})
+	if err != nil {
+		return err
+	}
+	manifestDesc := describe(MediaTypeManifest, manifest)
+	manifestDesc.Platform = &ociPlatform{Architecture: "amd64", OS: "linux"}
+	manifestDesc.Annotations = map[string]string{AnnotationImageName: ref, AnnotationRefName: tag}
+
+	index, err := json.Marshal(ociIndex{SchemaVersion: 2, MediaType: MediaTypeIndex, Manifests: []ociDescriptor{manifestDesc}})
+	if err != nil {
+		return err
+	}
+
+	blobs := map[string][]byte{layerDesc.Digest: layer, configDesc.Digest: config, manifestDesc.Digest: manifest}
+	digests := make([]string, 0, len(blobs))
+	for d := range blobs {
+		digests = append(digests, d)
+	}
+	sort.Strings(digests)
+
+	tw := tar.NewWriter(w)
+	put := func(name string, data []byte) error {
+		if err := tw.WriteHeader(header(name, tar.TypeReg, 0o644, int64(len(data)))); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
+	if err := put("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		return err
+	}
+	if err := put("index.json", index); err != nil {
+		return err
+	}
+	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
+		if err := tw.WriteHeader(header(dir, tar.TypeDir, 0o755, 0)); err != nil {
+			return err
+		}
+	}
+	for _, d := range digests {
+		if err := put("blobs/sha256/"+strings.TrimPrefix(d, "sha256:"), blobs[d]); err != nil {
+			return err
+		}
+	}
+	return tw.Close()
+}
+
+// WriteFile is Write into path (atomic: temp file + rename).
+func WriteFile(path, ref string, files []File, cfg Config) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}
+	}()
+	if err = Write(f, ref, files, cfg); err != nil {
+		return err
+	}
+	if err = f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func describe(mediaType string, blob []byte) ociDescriptor {
+	sum := sha256.Sum256(blob)
+	return ociDescriptor{MediaType: mediaType, Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(len(blob))}
+}
+
+func header(name string, typ byte, mode int64, size int64) *tar.Header {
+	return &tar.Header{Typeflag: typ, Name: name, Mode: mode, Size: size, ModTime: epoch}
+}
+
+// buildLayer returns the uncompressed layer tar of files (its sha256 is the
+// image's diff_id): names relative to the root, sorted component by
+// component, so that every directory comes just before its contents;
+// directories that files imply but do not list are added with mode 0755;
+// owner root, mtime the epoch.
+func buildLayer(files []File) ([]byte, error) {
+	entries := make(map[string]File, len(files))
+	for _, f := range files {
+		p := f.Path
+		if !strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "/" {
+			return nil, fmt.Errorf("image: file path %q is not a clean absolute path below /", p)
+		}
+		if _, dup := entries[p]; dup {
+			return nil, fmt.Errorf("image: %s listed twice", p)
+		}
+		switch f.Mode.Type() {
+		case 0:
+			if f.Link != "" {
+				return nil, fmt.Errorf("image: %s: Link set on a regular file", p)
+			}
+		case fs.ModeDir:
+			if f.Data != nil || f.Link != "" {
+				return nil, fmt.Errorf("image: %s: Data or Link set on a directory", p)
+			}
+		case fs.ModeSymlink:
+			if f.Link == "" || f.Data != nil {
+				return nil, fmt.Errorf("image: %s: a symlink needs Link and no Data", p)
+			}
+		default:
+			return nil, fmt.Errorf("image: %s: unsupported file type %v (regular files, directories and symlinks only)", p, f.Mode.Type())
+		}
+		entries[p] = f
+	}
+	for _, f := range files {
+		for dir := path.Dir(f.Path); dir != "/"; dir = path.Dir(dir) {
+			e, ok := entries[dir]
+			if !ok {
+				entries[dir] = File{Path: dir, Mode: fs.ModeDir | 0o755}
+			} else if !e.Mode.IsDir() {
+				return nil, fmt.Errorf("image: %s needs %s to be a directory", f.Path, dir)
+			}
+		}
+	}
+	names := make([]string, 0, len(entries))
+	for p := range entries {
+		names = append(names, p)
+	}
+	// Walk order: compared component by component, a directory comes just
+	// before its contents ("/a", "/a/x", "/a-b", not "/a", "/a-b", "/a/x").
+	sort.Slice(names, func(i, j int) bool { return pathLess(names[i], names[j]) })
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, p := range names {
+		f := entries[p]
+		name := p[1:]
+		mode := int64(f.Mode.Perm())
+		if f.Mode&fs.ModeSetuid != 0 {
+			mode |= 0o4000
+		}
+		if f.Mode&fs.ModeSetgid != 0 {
+			mode |= 0o2000
+		}
+		if f.Mode&fs.ModeSticky != 0 {
+			mode |= 0o1000
+		}
+		var h *tar.Header
+		switch {
+		case f.Mode.IsDir():
+			h = header(name+"/", tar.TypeDir, mode, 0)
+		case f.Mode&fs.ModeSymlink != 0:
+			h = header(name, tar.TypeSymlink, 0o777, 0)
+			h.Linkname = f.Link
+		default:
+			h = header(name, tar.TypeReg, mode, int64(len(f.Data)))
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, fmt.Errorf("image: %s: %w", p, err)
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// pathLess orders clean absolute paths component by component.
+func pathLess(a, b string) bool {
+	as, bs := strings.Split(a[1:], "/"), strings.Split(b[1:], "/")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		if as[i] != bs[i] {
+			return as[i] < bs[i]
+		}
+	}
+	return len(as) < len(bs)
+}
+
+var (
+	domainRe = regexp.MustCompile(`^(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:[0-9]+)?$|^[A-Za-z0-9-]+:[0-9]+$`)
+	compRe   = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
+	tagRe    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+)
+
+// parseRef checks that ref is fully qualified (domain/path:tag), as the
+// kubelet asks containerd for normalized names only, and returns its tag.
+func parseRef(ref string) (string, error) {
+	bad := func(why string) (string, error) {
+		return "", fmt.Errorf("image: reference %q: %s", ref, why)
+	}
+	if strings.Contains(ref, "@") {
+		return bad("digest references are not supported; give a tag")
+	}
+	slash, colon := strings.Index(ref, "/"), strings.LastIndex(ref, ":")
+	if slash <= 0 || !domainRe.MatchString(ref[:slash]) {
+		return bad(`not fully qualified: start with a registry domain, e.g. "docker.io/local/name:tag"`)
+	}
+	if colon < strings.LastIndex(ref, "/") {
+		return bad("no tag")
+	}
+	domain, repo, tag := ref[:slash], ref[slash+1:colon], ref[colon+1:]
+	if !tagRe.MatchString(tag) {
+		return bad("invalid tag")
+	}
+	comps := strings.Split(repo, "/")
+	for _, c := range comps {
+		if !compRe.MatchString(c) {
+			return bad(fmt.Sprintf("invalid path component %q", c))
+		}
+	}
+	if domain == "docker.io" && len(comps) == 1 {
+		// Docker Hub's official images live under library/: the kubelet
+		// asks for "docker.io/library/x:t" and would never find "docker.io/x:t".
+		return bad(`use "docker.io/library/` + repo + `:` + tag + `"`)
+	}
+	return tag, nil
+}

@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+#
+# kube-ipam image: every binary in /kube-ipam/bin.
+#
+#   docker build -t <registry>/kube-ipam:<tag> --build-arg VERSION=<tag> .
+#
+# One image serves both deploy/ workloads:
+#   - the kube-ipam-node DaemonSet runs /kube-ipam/bin/kube-ipam-install (the
+#     default entrypoint), which copies kube-ipam and kube-multus (also as
+#     multus-cni) onto the node. It needs root for the node's /opt/cni/bin and
+#     /etc/cni/net.d: the DaemonSet sets runAsUser: 0 in its securityContext;
+#     the image itself stays non-root (USER 65532 of the distroless base);
+#   - the kube-ipam-controller Deployment runs /kube-ipam/bin/kube-ipam-controller
+#     as that non-root user. kube-ipamctl is there for `kubectl exec`.
+#
+# The plugins are static (CGO_ENABLED=0), so they run on any node whatever
+# its libc. Multi-arch: docker buildx build --platform linux/amd64,linux/arm64
+# (cross-compiled on the build platform, no emulation).
+#
+# Bases are pinned by tag; for reproducible builds also pin their digests
+# (docker buildx imagetools inspect <image>) as <image>@sha256:<digest>.
+
+FROM --platform=$BUILDPLATFORM golang:1.26.8-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY cmd/ cmd/
+COPY internal/ internal/
+ARG TARGETOS=linux
+ARG TARGETARCH
+ARG VERSION=dev
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
+    go build -trimpath -ldflags "-s -w -X kubeipam/internal/version.Version=${VERSION}" \
+      -o /out/ ./cmd/kube-ipam ./cmd/kube-multus ./cmd/kube-ipamctl ./cmd/kube-ipam-controller ./cmd/kube-ipam-install
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/ /kube-ipam/bin/
+ENV PATH=/kube-ipam/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+USER 65532:65532
+ENTRYPOINT ["/kube-ipam/bin/kube-ipam-install"]

@@ -1,0 +1,50 @@
+// Command kube-ipam-install is the node installer of kube-ipam, run by the
+// DaemonSet of deploy/daemonset.yaml: it copies the plugins into the node's
+// CNI bin dir, writes their kubeconfig and etcd TLS files, and installs the
+// validated network config, then keeps them up to date. See
+// deploy/README.md and package internal/install.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"kubeipam/internal/install"
+	"kubeipam/internal/version"
+)
+
+func main() {
+	o := install.Defaults()
+	fs := install.FlagSet(&o)
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == pflag.ErrHelp {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println("kube-ipam-install", version.Version)
+		return
+	}
+	if err := o.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "kube-ipam-install:", err)
+		os.Exit(2)
+	}
+	o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	o.Log.Info("kube-ipam-install starting", "version", version.Version)
+	// SIGTERM (pod deletion, DaemonSet upgrade) ends the loop with exit 0
+	// and removes nothing: see package install.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := install.Run(ctx, o); err != nil {
+		o.Log.Error("kube-ipam-install failed: the network config on the node was not changed by this pass, and nothing was removed", "err", err)
+		os.Exit(1)
+	}
+}

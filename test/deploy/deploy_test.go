@@ -1,0 +1,475 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"kubeipam/internal/install"
+	"kubeipam/internal/pod"
+	"kubeipam/internal/testenv"
+	"kubeipam/internal/tier"
+)
+
+// kube is a real control plane and its real kubectl.
+type kube struct {
+	*testenv.Kube
+	kubectl, cacheDir string
+}
+
+// run runs kubectl against the test's API server; the discovery cache goes
+// to a temp dir, never to $HOME.
+func (k *kube) run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, k.kubectl, append([]string{"--kubeconfig", k.Kubeconfig, "--cache-dir", k.cacheDir}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (k *kube) must(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := k.run(t, args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func startKube(t *testing.T) *kube {
+	t.Helper()
+	kubectl := testenv.KubeBinary(t, "kubectl")
+	return &kube{Kube: testenv.StartKube(t, testenv.KubeOptions{}), kubectl: kubectl, cacheDir: t.TempDir()}
+}
+
+// certManagerCRDs stands in for cert-manager's CRDs, so that
+// webhook/certificate.yaml is dry-run like the rest: names, namespace and
+// metadata are checked by the API server; the spec is cert-manager's to
+// validate (its own schema is not vendored here).
+const certManagerCRDs = `
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: issuers.cert-manager.io
+spec:
+  group: cert-manager.io
+  scope: Namespaced
+  names: {plural: issuers, singular: issuer, kind: Issuer, listKind: IssuerList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: certificates.cert-manager.io
+spec:
+  group: cert-manager.io
+  scope: Namespaced
+  names: {plural: certificates, singular: certificate, kind: Certificate, listKind: CertificateList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+`
+
+// TestManifestsAgainstAPIServer dry-runs every YAML file under deploy/ with
+// the real kubectl against a real kube-apiserver v1.37.2 (server-side apply:
+// schema, defaulting, validation and admission, including Pod Security on the
+// namespace), then applies the RBAC for real and checks what each
+// ServiceAccount may do, and that the installer's kubeconfig really works
+// with exactly that.
+func TestManifestsAgainstAPIServer(t *testing.T) {
+	k := startKube(t)
+	dir := deployDir(t)
+	// Namespaced dry-runs need the namespace to exist.
+	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "namespace.yaml"))
+	crds := filepath.Join(t.TempDir(), "cert-manager-crds.yaml")
+	if err := os.WriteFile(crds, []byte(certManagerCRDs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k.must(t, "apply", "--server-side", "-f", crds)
+	k.must(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/issuers.cert-manager.io", "crd/certificates.cert-manager.io")
+
+	t.Run("dry-run", func(t *testing.T) {
+		for _, rel := range manifests(t) {
+			t.Run(rel, func(t *testing.T) {
+				p := filepath.Join(dir, rel)
+				args := []string{"apply", "--server-side", "--dry-run=server", "--field-manager=kube-ipam-test"}
+				if rel == "kustomization.yaml" {
+					args = append(args, "-k", dir)
+				} else {
+					args = append(args, "-f", p)
+				}
+				out, err := k.run(t, args...)
+				if err != nil {
+					t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+				n := strings.Count(out, "(server dry run)")
+				if want := expectedObjects(t, rel); n != want {
+					t.Errorf("kubectl dry-ran %d objects, want %d:\n%s", n, want, out)
+				}
+			})
+		}
+	})
+
+	// The pods the DaemonSet and the Deployment would create pass pod
+	// admission in namespace kube-ipam: Pod Security (hostNetwork, hostPath,
+	// root need the namespace's "privileged" level) and the Priority
+	// admission of system-node-critical outside kube-system.
+	t.Run("pod templates admitted", func(t *testing.T) {
+		var ds appsv1.DaemonSet
+		decode(t, filepath.Join(dir, "daemonset.yaml"), "DaemonSet", "kube-ipam-node", &ds)
+		var dep appsv1.Deployment
+		decode(t, filepath.Join(dir, "controller.yaml"), "Deployment", "kube-ipam-controller", &dep)
+		for name, tmpl := range map[string]corev1.PodTemplateSpec{"kube-ipam-node-x": ds.Spec.Template, "kube-ipam-controller-x": dep.Spec.Template} {
+			p := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
+			p.Name, p.Namespace = name, "kube-ipam"
+			got, err := k.Client.CoreV1().Pods("kube-ipam").Create(t.Context(), p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			if err != nil {
+				t.Errorf("pod of %s: %v", name, err)
+				continue
+			}
+			if got.Spec.Priority == nil {
+				t.Errorf("pod of %s: no priority resolved", name)
+			}
+		}
+	})
+
+	// RBAC for real, then ask the authorizer.
+	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "rbac.yaml"))
+	t.Run("can-i", func(t *testing.T) {
+		const plugin, ctrl = "system:serviceaccount:kube-ipam:kube-ipam-plugin", "system:serviceaccount:kube-ipam:kube-ipam-controller"
+		for _, c := range []struct {
+			as   string
+			args []string
+			want bool
+		}{
+			{plugin, []string{"get", "pods", "-n", "default"}, true},
+			{plugin, []string{"get", "pods", "-n", "db"}, true},
+			{plugin, []string{"list", "pods", "-n", "default"}, false},
+			{plugin, []string{"watch", "pods", "--all-namespaces"}, false},
+			{plugin, []string{"update", "pods", "-n", "default"}, false},
+			{plugin, []string{"get", "secrets", "-n", "kube-ipam"}, false},
+			{plugin, []string{"get", "secrets", "-n", "default"}, false},
+			{plugin, []string{"get", "statefulsets.apps", "-n", "default"}, false},
+			{plugin, []string{"get", "nodes"}, false},
+			{ctrl, []string{"list", "pods", "--all-namespaces"}, true},
+			{ctrl, []string{"watch", "pods", "--all-namespaces"}, true},
+			{ctrl, []string{"get", "pods", "-n", "default"}, true},
+			{ctrl, []string{"delete", "pods", "-n", "default"}, false},
+			{ctrl, []string{"get", "statefulsets.apps", "-n", "default"}, true},
+			{ctrl, []string{"list", "statefulsets.apps", "-n", "default"}, false},
+			{ctrl, []string{"create", "leases.coordination.k8s.io", "-n", "kube-ipam"}, true},
+			{ctrl, []string{"get", "leases.coordination.k8s.io/kube-ipam-controller", "-n", "kube-ipam"}, true},
+			{ctrl, []string{"update", "leases.coordination.k8s.io/kube-ipam-controller", "-n", "kube-ipam"}, true},
+			{ctrl, []string{"update", "leases.coordination.k8s.io/kube-controller-manager", "-n", "kube-ipam"}, false},
+			{ctrl, []string{"create", "leases.coordination.k8s.io", "-n", "kube-system"}, false},
+			{ctrl, []string{"get", "secrets", "-n", "kube-ipam"}, false},
+			{ctrl, []string{"create", "events", "-n", "kube-ipam"}, false},
+		} {
+			out, err := k.run(t, append([]string{"auth", "can-i", "--as=" + c.as}, c.args...)...)
+			// The answer is the last line (kubectl may warn before it).
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			answer := strings.TrimSpace(lines[len(lines)-1])
+			if answer != "yes" && answer != "no" {
+				t.Fatalf("kubectl auth can-i %v as %s: %v\n%s", c.args, c.as, err, out)
+			}
+			if got := answer == "yes"; got != c.want {
+				t.Errorf("%s can %v: %v, want %v", c.as, c.args, got, c.want)
+			}
+		}
+	})
+
+	// The installer turns the kube-ipam-plugin ServiceAccount's token into
+	// the node's kubeconfig; the plugins' own pod readers then get a pod
+	// through it, and nothing more.
+	t.Run("installer kubeconfig", func(t *testing.T) {
+		ctx := t.Context()
+		tr, err := k.Client.CoreV1().ServiceAccounts("kube-ipam").CreateToken(ctx, "kube-ipam-plugin",
+			&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: new(int64(600))}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = k.Client.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "database-1-0", Labels: map[string]string{"app": "database-1"},
+				Annotations: map[string]string{"kube-ipam.ip": "10.188.0.218"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "docker.io/library/busybox:1.36"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kubeconfig := runInstaller(t, k, tr.Status.Token)
+
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		pc, err := pod.NewClient(kubeconfig, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := pc.Get(ctx, "default", "database-1-0")
+		if err != nil {
+			t.Fatalf("kube-ipam's pod read through the installed kubeconfig: %v", err)
+		}
+		if info.Annotations["kube-ipam.ip"] != "10.188.0.218" {
+			t.Errorf("pod info %+v", info)
+		}
+		labels, err := tier.ReadLabels(ctx, kubeconfig, "default", "database-1-0", 10*time.Second)
+		if err != nil || labels["app"] != "database-1" {
+			t.Errorf("kube-multus's label read: %v %v", labels, err)
+		}
+		rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("list pods with the node kubeconfig: %v, want Forbidden", err)
+		}
+		if _, err := cs.CoreV1().Secrets("kube-ipam").Get(ctx, "kube-ipam-etcd", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("get secret with the node kubeconfig: %v, want Forbidden", err)
+		}
+	})
+
+	// Last, since it leaves a ValidatingWebhookConfiguration behind that
+	// would send the annotated examples' dry-runs to a webhook that does not
+	// run here.
+	t.Run("gen-certs.sh", func(t *testing.T) { genCerts(t, k, dir) })
+}
+
+// expectedObjects counts the objects kubectl should report for a file.
+func expectedObjects(t *testing.T, rel string) int {
+	t.Helper()
+	if rel != "kustomization.yaml" {
+		return len(docs(t, filepath.Join(deployDir(t), rel)))
+	}
+	var n int
+	var k struct {
+		Resources []string `json:"resources"`
+	}
+	b, _ := os.ReadFile(filepath.Join(deployDir(t), rel))
+	if err := yaml.Unmarshal(b, &k); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range k.Resources {
+		n += len(docs(t, filepath.Join(deployDir(t), r)))
+	}
+	return n
+}
+
+// runInstaller runs the real installer once, as the DaemonSet would, with
+// the given service-account token and the test API server's CA, into a
+// fake node; it returns the kubeconfig path.
+func runInstaller(t *testing.T, k *kube, token string) string {
+	t.Helper()
+	root := t.TempDir()
+	host := filepath.Join(root, "host")
+	write := func(p string, b []byte, mode os.FileMode) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca := servingCA(t, k)
+	key, conf := networkConfig(t)
+	o, _ := installerOptions(t)
+	rehome := func(p string) string { return filepath.Join(host, strings.TrimPrefix(p, o.HostRoot)) }
+	o.BinDir, o.ConfDir, o.Kubeconfig, o.EtcdCertDir, o.HostRoot = rehome(o.BinDir), rehome(o.ConfDir), rehome(o.Kubeconfig), rehome(o.EtcdCertDir), host
+	o.BinSourceDir = filepath.Join(root, "image")
+	for _, b := range o.Binaries {
+		write(filepath.Join(o.BinSourceDir, b), []byte("#!/bin/sh\n"), 0o755)
+	}
+	o.ConfigSource = filepath.Join(root, "configmap", key)
+	write(o.ConfigSource, conf, 0o644)
+	o.TokenFile, o.CAFile = filepath.Join(root, "sa", "token"), filepath.Join(root, "sa", "ca.crt")
+	write(o.TokenFile, []byte(token), 0o644)
+	write(o.CAFile, ca, 0o644)
+	o.EtcdCertSource = filepath.Join(root, "secret")
+	etcdCA, etcdCert, etcdKey := etcdPKI(t)
+	write(filepath.Join(o.EtcdCertSource, install.EtcdCAFile), etcdCA, 0o600)
+	write(filepath.Join(o.EtcdCertSource, install.EtcdCertFile), etcdCert, 0o600)
+	write(filepath.Join(o.EtcdCertSource, install.EtcdKeyFile), etcdKey, 0o600)
+	o.KubeServer = k.Server
+	o.Once = true
+	if err := install.Run(t.Context(), o); err != nil {
+		t.Fatalf("installer: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(o.ConfDir, key)); err != nil || !bytes.Equal(b, conf) {
+		t.Fatalf("installed config: %v", err)
+	}
+	return o.Kubeconfig
+}
+
+// servingCA returns the certificates of the API server's self-signed
+// serving chain (kube-apiserver --cert-dir writes the serving certificate
+// followed by its CA).
+func servingCA(t *testing.T, k *kube) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(k.Dir, "certs", "apiserver.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for rest := b; ; {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if c, err := x509.ParseCertificate(blk.Bytes); err == nil && c.IsCA {
+			out = append(out, pem.EncodeToMemory(blk)...)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no CA certificate in %s", filepath.Join(k.Dir, "certs", "apiserver.crt"))
+	}
+	return out
+}
+
+// genCerts runs deploy/webhook/gen-certs.sh against the API server with the
+// real kubectl and openssl: the Secret the controller mounts, then the
+// caBundle once the webhook configuration exists.
+func genCerts(t *testing.T, k *kube, dir string) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed")
+	}
+	script := filepath.Join(dir, "webhook", "gen-certs.sh")
+	home := t.TempDir()
+	run := func(env ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "sh", script)
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(k.kubectl)+":"+os.Getenv("PATH"), "KUBECONFIG="+k.Kubeconfig, "HOME="+home)
+		cmd.Env = append(cmd.Env, env...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("gen-certs.sh %v: %v\n%s", env, err, out)
+		}
+		return string(out)
+	}
+	ctx := t.Context()
+	secret := func() *corev1.Secret {
+		t.Helper()
+		s, err := k.Client.CoreV1().Secrets("kube-ipam").Get(ctx, "kube-ipam-webhook-tls", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Type != corev1.SecretTypeTLS {
+			t.Errorf("Secret type %q", s.Type)
+		}
+		return s
+	}
+	out := run()
+	if !strings.Contains(out, "does not exist yet") {
+		t.Errorf("gen-certs.sh before the webhook configuration:\n%s", out)
+	}
+	s := secret()
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(s.Data["ca.crt"]) {
+		t.Fatal("Secret has no ca.crt")
+	}
+	blk, _ := pem.Decode(s.Data["tls.crt"])
+	if blk == nil {
+		t.Fatal("Secret has no tls.crt")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{DNSName: "kube-ipam-webhook.kube-ipam.svc", Roots: roots}); err != nil {
+		t.Errorf("serving certificate: %v", err)
+	}
+
+	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "webhook", "validatingwebhookconfiguration.yaml"))
+	t.Cleanup(func() {
+		_ = k.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(context.Background(), "kube-ipam", metav1.DeleteOptions{})
+	})
+	caBundle := func() []byte {
+		t.Helper()
+		w, err := k.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "kube-ipam", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w.Webhooks[0].ClientConfig.CABundle
+	}
+	run("PATCH_ONLY=1")
+	if got := caBundle(); !bytes.Equal(got, s.Data["ca.crt"]) {
+		t.Errorf("PATCH_ONLY: caBundle %q, want the Secret's ca.crt", got)
+	}
+	// A renewal with the configuration in place patches it directly.
+	if out := run(); !strings.Contains(out, "caBundle of ValidatingWebhookConfiguration kube-ipam set") {
+		t.Errorf("renewal:\n%s", out)
+	}
+	if s2 := secret(); !bytes.Equal(caBundle(), s2.Data["ca.crt"]) || bytes.Equal(s2.Data["ca.crt"], s.Data["ca.crt"]) {
+		t.Error("renewal did not replace the CA in both the Secret and the caBundle")
+	}
+}
+
+// etcdPKI makes a CA and a client certificate and key signed by it, as the
+// kube-ipam-etcd Secret holds them.
+func etcdPKI(t *testing.T) (caPEM, certPEM, keyPEM []byte) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "etcd-ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-ipam"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caTmpl, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
+}

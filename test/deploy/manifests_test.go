@@ -1,0 +1,601 @@
+// Package deploy checks deploy/: every manifest against a real
+// kube-apiserver (deploy_test.go), and, without one, that the manifests agree
+// with each other and with the code (this file): the installer's and the
+// controller's flags, the paths the network config names, the webhook wiring,
+// and the seed examples.
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io"
+	"maps"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	admissionregv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"kubeipam/internal/install"
+	"kubeipam/internal/testenv"
+)
+
+func deployDir(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(testenv.ModuleRoot(t), "deploy")
+}
+
+// doc is one YAML document of a manifest file.
+type doc struct {
+	file string
+	kind string
+	name string
+	raw  []byte
+}
+
+// docs splits a manifest file into its documents.
+func docs(t *testing.T, file string) []doc {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
+	var out []doc
+	for {
+		raw, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		var u unstructured.Unstructured
+		if err := yaml.Unmarshal(raw, &u.Object); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		out = append(out, doc{file: file, kind: u.GetKind(), name: u.GetName(), raw: raw})
+	}
+	return out
+}
+
+// decode strictly decodes the one document of kind/name in file into obj.
+func decode(t *testing.T, file, kind, name string, obj any) {
+	t.Helper()
+	for _, d := range docs(t, file) {
+		if d.kind == kind && d.name == name {
+			if err := yaml.UnmarshalStrict(d.raw, obj); err != nil {
+				t.Fatalf("%s: %s %s: %v", file, kind, name, err)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s has no %s %s", file, kind, name)
+}
+
+// manifests lists the YAML files under deploy/ (relative paths), sorted.
+func manifests(t *testing.T) []string {
+	t.Helper()
+	root := deployDir(t)
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && (strings.HasSuffix(p, ".yaml") || strings.HasSuffix(p, ".yml")) {
+			rel, _ := filepath.Rel(root, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	if len(out) < 10 {
+		t.Fatalf("only %d manifests under %s: %q", len(out), root, out)
+	}
+	return out
+}
+
+// TestExamplesDB checks the corrected seed db.yaml: exactly the two
+// StatefulSets of the seed (its broken first object gone) with their
+// annotations, each with the headless Service its serviceName names.
+func TestExamplesDB(t *testing.T) {
+	file := filepath.Join(deployDir(t), "examples", "db.yaml")
+	ds := docs(t, file)
+	var kinds []string
+	for _, d := range ds {
+		kinds = append(kinds, d.kind+"/"+d.name)
+	}
+	want := []string{"Service/database-1", "StatefulSet/database-1", "Service/database-2", "StatefulSet/database-2"}
+	if !slices.Equal(kinds, want) {
+		t.Fatalf("db.yaml objects %q, want %q", kinds, want)
+	}
+	for i, ip := range []string{"10.188.0.218", "10.188.0.219"} {
+		name := "database-" + strconv.Itoa(i+1)
+		var sts appsv1.StatefulSet
+		decode(t, file, "StatefulSet", name, &sts)
+		tmpl := sts.Spec.Template
+		wantAnn := map[string]string{"kube-ipam.ip": ip, "kube-ipam.netmask": "255.255.0.0", "kube-ipam.gateway": "10.188.0.1"}
+		if !maps.Equal(tmpl.Annotations, wantAnn) {
+			t.Errorf("%s annotations %v, want %v", name, tmpl.Annotations, wantAnn)
+		}
+		if sts.Spec.ServiceName != name || sts.Spec.Selector.MatchLabels["app"] != name || tmpl.Labels["app"] != name {
+			t.Errorf("%s: serviceName %q, selector %v, labels %v", name, sts.Spec.ServiceName, sts.Spec.Selector.MatchLabels, tmpl.Labels)
+		}
+		if g := tmpl.Spec.TerminationGracePeriodSeconds; g == nil || *g != 10 {
+			t.Errorf("%s terminationGracePeriodSeconds %v", name, g)
+		}
+		c := tmpl.Spec.Containers
+		if len(c) != 1 || c[0].Name != name+"c" || c[0].Image != "docker.io/library/busybox:1.36" ||
+			!slices.Equal(c[0].Command, []string{"sleep", "infinity"}) {
+			t.Errorf("%s containers %+v", name, c)
+		}
+		var svc corev1.Service
+		decode(t, file, "Service", name, &svc)
+		if svc.Spec.ClusterIP != corev1.ClusterIPNone || svc.Spec.Selector["app"] != name {
+			t.Errorf("Service %s is not headless for app=%s: %+v", name, name, svc.Spec)
+		}
+	}
+}
+
+func TestExamplesWeb(t *testing.T) {
+	dir := filepath.Join(deployDir(t), "examples")
+	var dep appsv1.Deployment
+	decode(t, filepath.Join(dir, "web.yaml"), "Deployment", "web", &dep)
+	c := dep.Spec.Template.Spec.Containers
+	if len(c) != 1 || c[0].Image != "docker.io/library/nginx:1.27" || c[0].ImagePullPolicy != corev1.PullIfNotPresent ||
+		len(c[0].Ports) != 1 || c[0].Ports[0].ContainerPort != 80 || *dep.Spec.Replicas != 2 {
+		t.Errorf("web Deployment %+v", dep.Spec)
+	}
+	var svc corev1.Service
+	decode(t, filepath.Join(dir, "web-svc.yaml"), "Service", "web-svc", &svc)
+	if svc.Spec.Type != corev1.ServiceTypeNodePort || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Protocol != corev1.ProtocolTCP ||
+		svc.Spec.Ports[0].Port != 80 || svc.Spec.Selector["app"] != "web" {
+		t.Errorf("web-svc %+v", svc.Spec)
+	}
+	var ing networkingv1.Ingress
+	decode(t, filepath.Join(dir, "web-ingress.yaml"), "Ingress", "web-ingress", &ing)
+	if b := ing.Spec.DefaultBackend; b == nil || b.Service.Name != "web-svc" || b.Service.Port.Number != 80 {
+		t.Errorf("web-ingress backend %+v", ing.Spec.DefaultBackend)
+	}
+	// Every example says what was corrected versus the seed.
+	for _, f := range []string{"db.yaml", "web.yaml", "web-svc.yaml", "web-ingress.yaml"} {
+		b, _ := os.ReadFile(filepath.Join(dir, f))
+		if !bytes.HasPrefix(b, []byte("# The seed guide's "+f)) {
+			t.Errorf("examples/%s does not start with the comment on what changed versus the seed", f)
+		}
+	}
+}
+
+// networkConfig returns the ConfigMap's 00-multus.conf.
+func networkConfig(t *testing.T) (string, []byte) {
+	t.Helper()
+	var cm corev1.ConfigMap
+	decode(t, filepath.Join(deployDir(t), "configmap.yaml"), "ConfigMap", "kube-ipam-config", &cm)
+	if len(cm.Data) != 1 {
+		t.Fatalf("ConfigMap keys %v, want one", cm.Data)
+	}
+	for k, v := range cm.Data {
+		return k, []byte(v)
+	}
+	panic("unreachable")
+}
+
+// installerOptions parses the DaemonSet's args with the installer's own
+// flags.
+func installerOptions(t *testing.T) (install.Options, *appsv1.DaemonSet) {
+	t.Helper()
+	var ds appsv1.DaemonSet
+	decode(t, filepath.Join(deployDir(t), "daemonset.yaml"), "DaemonSet", "kube-ipam-node", &ds)
+	c := ds.Spec.Template.Spec.Containers
+	if len(c) != 1 || !slices.Equal(c[0].Command, []string{"/kube-ipam/bin/kube-ipam-install"}) {
+		t.Fatalf("DaemonSet containers %+v", c)
+	}
+	o := install.Defaults()
+	if err := install.FlagSet(&o).Parse(c[0].Args); err != nil {
+		t.Fatalf("DaemonSet args %q: %v", c[0].Args, err)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatalf("DaemonSet args %q: %v", c[0].Args, err)
+	}
+	return o, &ds
+}
+
+// mountFor returns the volume mounted at the directory holding p.
+func mountFor(t *testing.T, spec corev1.PodSpec, container int, p string) (corev1.VolumeMount, corev1.Volume) {
+	t.Helper()
+	var best corev1.VolumeMount
+	for _, m := range spec.Containers[container].VolumeMounts {
+		if (p == m.MountPath || strings.HasPrefix(p, strings.TrimSuffix(m.MountPath, "/")+"/")) && len(m.MountPath) > len(best.MountPath) {
+			best = m
+		}
+	}
+	if best.Name == "" {
+		t.Fatalf("no volume mounted over %s", p)
+	}
+	for _, v := range spec.Volumes {
+		if v.Name == best.Name {
+			return best, v
+		}
+	}
+	t.Fatalf("volume %s not defined", best.Name)
+	panic("unreachable")
+}
+
+// TestNetworkConfigAndInstaller: the shipped config passes the installer's
+// validation (kube-multus and kube-ipam parsers), names exactly the files the
+// DaemonSet's installer writes, and the DaemonSet mounts what the installer
+// reads and writes.
+func TestNetworkConfigAndInstaller(t *testing.T) {
+	key, conf := networkConfig(t)
+	if key != "00-multus.conf" {
+		t.Errorf("ConfigMap key %q, want 00-multus.conf", key)
+	}
+	checked, err := install.CheckConfig(conf, key)
+	if err != nil {
+		t.Fatalf("shipped network config: %v", err)
+	}
+	if len(checked.Networks) != 1 || checked.Networks[0].Name != "k8snet2" || checked.Meta == nil || len(checked.Meta.Delegates) != 2 {
+		t.Fatalf("shipped network config: %+v", checked)
+	}
+	o, ds := installerOptions(t)
+	spec := ds.Spec.Template.Spec
+	nodePath := func(p string) string {
+		rel, err := filepath.Rel(o.HostRoot, p)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			t.Fatalf("%s is not under --host-root %s", p, o.HostRoot)
+		}
+		return "/" + rel
+	}
+	written := map[string]bool{nodePath(o.Kubeconfig): true}
+	for _, f := range []string{install.EtcdCAFile, install.EtcdCertFile, install.EtcdKeyFile} {
+		written[path.Join(nodePath(o.EtcdCertDir), f)] = true
+	}
+	for _, f := range checked.Files {
+		if !written[f.Path] {
+			t.Errorf("the config's %s = %s is not a file the installer writes (%v)", f.Key, f.Path, written)
+		}
+	}
+	if filepath.Base(o.ConfigSource) != key || o.ConfigName != "" {
+		t.Errorf("--config %s does not install the ConfigMap key %s", o.ConfigSource, key)
+	}
+	// Host mounts: bin and conf dirs are the node's /opt/cni/bin and
+	// /etc/cni/net.d, and the kubeconfig and etcd files go under the conf dir.
+	for p, hostPath := range map[string]string{o.BinDir: "/opt/cni/bin", o.ConfDir: "/etc/cni/net.d", o.Kubeconfig: "/etc/cni/net.d", o.EtcdCertDir: "/etc/cni/net.d"} {
+		m, v := mountFor(t, spec, 0, p)
+		if v.HostPath == nil || v.HostPath.Path != hostPath || m.ReadOnly || nodePath(m.MountPath) != hostPath {
+			t.Errorf("%s: mounted from %+v at %s (read-only %v), want hostPath %s", p, v.VolumeSource, m.MountPath, m.ReadOnly, hostPath)
+		}
+	}
+	if _, v := mountFor(t, spec, 0, o.ConfigSource); v.ConfigMap == nil || v.ConfigMap.Name != "kube-ipam-config" {
+		t.Errorf("--config %s is not from ConfigMap kube-ipam-config: %+v", o.ConfigSource, v.VolumeSource)
+	} else if m, _ := mountFor(t, spec, 0, o.ConfigSource); m.SubPath != "" {
+		t.Error("the ConfigMap is mounted with subPath: kubelet would never update it")
+	}
+	if _, v := mountFor(t, spec, 0, o.EtcdCertSource); v.Secret == nil || v.Secret.SecretName != "kube-ipam-etcd" {
+		t.Errorf("--etcd-cert-source %s is not from Secret kube-ipam-etcd: %+v", o.EtcdCertSource, v.VolumeSource)
+	}
+	if o.MultusAlias != "multus-cni" || !slices.Equal(o.Binaries, []string{"kube-ipam", "kube-multus"}) {
+		t.Errorf("binaries %q alias %q", o.Binaries, o.MultusAlias)
+	}
+	// The pod: host network, every taint tolerated, node-critical, the
+	// plugin's ServiceAccount, root without capabilities, read-only root.
+	sc := spec.Containers[0].SecurityContext
+	if !spec.HostNetwork || spec.PriorityClassName != "system-node-critical" || spec.ServiceAccountName != "kube-ipam-plugin" ||
+		len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != corev1.TolerationOpExists || spec.Tolerations[0].Key != "" ||
+		spec.SecurityContext.RunAsUser == nil || *spec.SecurityContext.RunAsUser != 0 ||
+		sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.Capabilities == nil ||
+		!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0 ||
+		sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || spec.Containers[0].Resources.Limits.Memory().IsZero() {
+		t.Errorf("DaemonSet pod spec: %+v", spec)
+	}
+}
+
+// TestTierPolicyComment: the commented tier policy of configmap.yaml, added
+// to delegates[1] as the comment says, is a valid config.
+func TestTierPolicyComment(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(deployDir(t), "configmap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i, j := strings.Index(s, "# BEGIN tier policy\n"), strings.Index(s, "# END tier policy\n")
+	if i < 0 || j < i {
+		t.Fatal("configmap.yaml has no BEGIN/END tier policy block")
+	}
+	var snippet strings.Builder
+	for _, line := range strings.Split(s[i+len("# BEGIN tier policy\n"):j], "\n") {
+		snippet.WriteString(strings.TrimPrefix(line, "#") + "\n")
+	}
+	key, conf := networkConfig(t)
+	var m map[string]any
+	if err := json.Unmarshal(conf, &m); err != nil {
+		t.Fatal(err)
+	}
+	var ext map[string]any
+	if err := json.Unmarshal([]byte("{"+snippet.String()+"}"), &ext); err != nil {
+		t.Fatalf("tier policy block is not JSON: %v\n%s", err, snippet.String())
+	}
+	m["delegates"].([]any)[1].(map[string]any)["kubeMultus"] = ext["kubeMultus"]
+	withPolicy, _ := json.Marshal(m)
+	c, err := install.CheckConfig(withPolicy, key)
+	if err != nil {
+		t.Fatalf("config with the commented tier policy: %v", err)
+	}
+	if d := c.Meta.Delegates[1]; d.Ext.Attach == nil || len(d.Ext.Ingress) != 1 {
+		t.Errorf("tier policy not parsed: %+v", d.Ext)
+	}
+}
+
+// controllerFlags returns the flag names kube-ipam-controller defines, read
+// from its source (fs.XxxVar(&v, "name", ...) and fs.Xxx("name", ...)).
+func controllerFlags(t *testing.T) map[string]bool {
+	t.Helper()
+	file := filepath.Join(testenv.ModuleRoot(t), "cmd", "kube-ipam-controller", "main.go")
+	f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := map[string]bool{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		call, ok := n.(*ast.CallExpr)
+		if !ok {
+			return true
+		}
+		sel, ok := call.Fun.(*ast.SelectorExpr)
+		if !ok || fmtIdent(sel.X) != "fs" {
+			return true
+		}
+		for _, a := range call.Args[:min(2, len(call.Args))] {
+			if lit, ok := a.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+				name, _ := strconv.Unquote(lit.Value)
+				flags[name] = true
+				break
+			}
+		}
+		return true
+	})
+	if !flags["config"] || !flags["webhook-addr"] {
+		t.Fatalf("could not read the controller's flags: %v", flags)
+	}
+	return flags
+}
+
+func fmtIdent(e ast.Expr) string {
+	if id, ok := e.(*ast.Ident); ok {
+		return id.Name
+	}
+	return ""
+}
+
+// TestControllerManifest: the Deployment's args are real controller flags,
+// its paths are mounted from the right objects, and the metrics and webhook
+// Services, the PDB and the webhook configuration all point at it.
+func TestControllerManifest(t *testing.T) {
+	dir := deployDir(t)
+	var dep appsv1.Deployment
+	decode(t, filepath.Join(dir, "controller.yaml"), "Deployment", "kube-ipam-controller", &dep)
+	spec := dep.Spec.Template.Spec
+	c := spec.Containers[0]
+	if !slices.Equal(c.Command, []string{"/kube-ipam/bin/kube-ipam-controller"}) {
+		t.Errorf("command %q", c.Command)
+	}
+	known := controllerFlags(t)
+	args := map[string]string{}
+	for _, a := range c.Args {
+		name, val, ok := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if !strings.HasPrefix(a, "--") || !ok {
+			t.Errorf("arg %q: want --flag=value", a)
+			continue
+		}
+		if !known[name] {
+			t.Errorf("arg %q: kube-ipam-controller has no flag --%s", a, name)
+		}
+		args[name] = val
+	}
+	if *dep.Spec.Replicas != 2 || args["leader-elect"] != "true" || args["leader-elect-namespace"] != "kube-ipam" ||
+		args["leader-elect-name"] != "kube-ipam-controller" || args["metrics-addr"] != ":9548" || args["webhook-addr"] != ":8443" {
+		t.Errorf("replicas %d, args %v", *dep.Spec.Replicas, args)
+	}
+	if a := spec.Affinity; a == nil || a.PodAntiAffinity == nil || spec.ServiceAccountName != "kube-ipam-controller" {
+		t.Errorf("anti-affinity %+v, serviceAccountName %q", spec.Affinity, spec.ServiceAccountName)
+	}
+	if c.ReadinessProbe == nil || c.LivenessProbe == nil {
+		t.Error("probes missing")
+	}
+	// The config, and the etcd files it names at their node paths.
+	key, conf := networkConfig(t)
+	if _, v := mountFor(t, spec, 0, args["config"]); v.ConfigMap == nil || v.ConfigMap.Name != "kube-ipam-config" || filepath.Base(args["config"]) != key {
+		t.Errorf("--config %s: %+v", args["config"], v.VolumeSource)
+	}
+	checked, err := install.CheckConfig(conf, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range checked.Networks {
+		for _, p := range []string{n.Etcd.CertFile, n.Etcd.KeyFile, n.Etcd.CAFile} {
+			if m, v := mountFor(t, spec, 0, p); v.Secret == nil || v.Secret.SecretName != "kube-ipam-etcd" || filepath.Join(m.MountPath, filepath.Base(p)) != p {
+				t.Errorf("etcd file %s is not mounted from Secret kube-ipam-etcd: %+v", p, v.VolumeSource)
+			}
+		}
+	}
+	var webhookSecret string
+	for _, f := range []string{"webhook-cert", "webhook-key"} {
+		_, v := mountFor(t, spec, 0, args[f])
+		if v.Secret == nil {
+			t.Fatalf("--%s %s is not from a Secret", f, args[f])
+		}
+		webhookSecret = v.Secret.SecretName
+	}
+	ports := map[string]int32{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if ports["metrics"] != 9548 || ports["webhook"] != 8443 {
+		t.Errorf("container ports %v", ports)
+	}
+	podLabels := dep.Spec.Template.Labels
+	selects := func(sel map[string]string) bool {
+		for k, v := range sel {
+			if podLabels[k] != v {
+				return false
+			}
+		}
+		return len(sel) > 0
+	}
+	var metrics corev1.Service
+	decode(t, filepath.Join(dir, "controller.yaml"), "Service", "kube-ipam-controller-metrics", &metrics)
+	if !selects(metrics.Spec.Selector) || metrics.Spec.Ports[0].TargetPort.String() != "metrics" {
+		t.Errorf("metrics Service %+v", metrics.Spec)
+	}
+	var pdb policyv1.PodDisruptionBudget
+	decode(t, filepath.Join(dir, "controller.yaml"), "PodDisruptionBudget", "kube-ipam-controller", &pdb)
+	if !selects(pdb.Spec.Selector.MatchLabels) || pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
+		t.Errorf("PDB %+v", pdb.Spec)
+	}
+
+	// The webhook: configuration → Service → these pods' webhook port, and
+	// the certificate made for that Service into the Secret mounted here.
+	var svc corev1.Service
+	decode(t, filepath.Join(dir, "webhook", "service.yaml"), "Service", "kube-ipam-webhook", &svc)
+	if svc.Namespace != dep.Namespace || !selects(svc.Spec.Selector) || svc.Spec.Ports[0].TargetPort.String() != "webhook" {
+		t.Errorf("webhook Service %s/%s %+v", svc.Namespace, svc.Name, svc.Spec)
+	}
+	var vwc admissionregv1.ValidatingWebhookConfiguration
+	decode(t, filepath.Join(dir, "webhook", "validatingwebhookconfiguration.yaml"), "ValidatingWebhookConfiguration", "kube-ipam", &vwc)
+	ref := vwc.Webhooks[0].ClientConfig.Service
+	if ref == nil || ref.Name != svc.Name || ref.Namespace != svc.Namespace || *ref.Port != svc.Spec.Ports[0].Port || *ref.Path != "/validate" {
+		t.Errorf("webhook clientConfig %+v, Service %s/%s", ref, svc.Namespace, svc.Name)
+	}
+	if !slices.Contains(vwc.Webhooks[0].NamespaceSelector.MatchExpressions[0].Values, dep.Namespace) {
+		t.Errorf("the webhook does not exclude its own namespace %s", dep.Namespace)
+	}
+	var cert unstructured.Unstructured
+	decode(t, filepath.Join(dir, "webhook", "certificate.yaml"), "Certificate", "kube-ipam-webhook", &cert.Object)
+	dns, _, _ := unstructured.NestedStringSlice(cert.Object, "spec", "dnsNames")
+	secretName, _, _ := unstructured.NestedString(cert.Object, "spec", "secretName")
+	if cert.GetNamespace() != svc.Namespace || !slices.Contains(dns, svc.Name+"."+svc.Namespace+".svc") || secretName != webhookSecret {
+		t.Errorf("Certificate %s/%s dnsNames %q secret %q; Service %s/%s, mounted Secret %q", cert.GetNamespace(), cert.GetName(), dns, secretName, svc.Namespace, svc.Name, webhookSecret)
+	}
+	if inj := vwc.Annotations["cert-manager.io/inject-ca-from"]; inj != cert.GetNamespace()+"/"+cert.GetName() {
+		t.Errorf("inject-ca-from %q", inj)
+	}
+	gen, _ := os.ReadFile(filepath.Join(dir, "webhook", "gen-certs.sh"))
+	for _, want := range []string{"NAMESPACE=${NAMESPACE:-" + svc.Namespace + "}", "SERVICE=${SERVICE:-" + svc.Name + "}", "SECRET=${SECRET:-" + webhookSecret + "}"} {
+		if !bytes.Contains(gen, []byte(want)) {
+			t.Errorf("gen-certs.sh lacks %q", want)
+		}
+	}
+}
+
+// TestRBACLeastPrivilege: the plugin's ClusterRole is exactly get pods, the
+// controller's exactly what internal/controller calls.
+func TestRBACLeastPrivilege(t *testing.T) {
+	file := filepath.Join(deployDir(t), "rbac.yaml")
+	rules := func(kind, name string) []rbacv1.PolicyRule {
+		if kind == "ClusterRole" {
+			var r rbacv1.ClusterRole
+			decode(t, file, kind, name, &r)
+			return r.Rules
+		}
+		var r rbacv1.Role
+		decode(t, file, kind, name, &r)
+		if r.Namespace != "kube-ipam" {
+			t.Errorf("Role %s in namespace %q", name, r.Namespace)
+		}
+		return r.Rules
+	}
+	for _, c := range []struct {
+		kind, name string
+		want       []rbacv1.PolicyRule
+	}{
+		{"ClusterRole", "kube-ipam-plugin", []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}},
+		{"ClusterRole", "kube-ipam-controller", []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"apps"}, Resources: []string{"statefulsets"}, Verbs: []string{"get"}},
+		}},
+		{"Role", "kube-ipam-controller-leader-election", []rbacv1.PolicyRule{
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{"kube-ipam-controller"}, Verbs: []string{"get", "update"}},
+		}},
+	} {
+		got := rules(c.kind, c.name)
+		gj, _ := json.Marshal(got)
+		wj, _ := json.Marshal(c.want)
+		if !bytes.Equal(gj, wj) {
+			t.Errorf("%s %s rules\n got %s\nwant %s", c.kind, c.name, gj, wj)
+		}
+	}
+	var crb rbacv1.ClusterRoleBinding
+	decode(t, file, "ClusterRoleBinding", "kube-ipam-plugin", &crb)
+	if crb.RoleRef.Name != "kube-ipam-plugin" || len(crb.Subjects) != 1 || crb.Subjects[0].Name != "kube-ipam-plugin" || crb.Subjects[0].Namespace != "kube-ipam" {
+		t.Errorf("plugin binding %+v", crb)
+	}
+	// Only the documented kinds, nothing bound to a built-in role.
+	for _, d := range docs(t, file) {
+		if !slices.Contains([]string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}, d.kind) {
+			t.Errorf("unexpected %s %s in rbac.yaml", d.kind, d.name)
+		}
+		if strings.HasSuffix(d.kind, "Binding") {
+			var b rbacv1.RoleBinding
+			if err := yaml.Unmarshal(d.raw, &b); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(b.RoleRef.Name, "kube-ipam-") {
+				t.Errorf("%s %s binds %s", d.kind, d.name, b.RoleRef.Name)
+			}
+		}
+	}
+}
+
+// TestKustomizationListsTheInstall: every install manifest and nothing else.
+func TestKustomizationListsTheInstall(t *testing.T) {
+	var k struct {
+		Resources []string `json:"resources"`
+	}
+	b, err := os.ReadFile(filepath.Join(deployDir(t), "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &k); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, m := range manifests(t) {
+		switch {
+		case m == "kustomization.yaml", strings.HasPrefix(m, "examples/"), strings.Contains(m, ".example."),
+			// Applied in their own steps (deploy/README.md): the webhook
+			// configuration once the controller is Ready, the certificate
+			// only with cert-manager.
+			m == "webhook/validatingwebhookconfiguration.yaml", m == "webhook/certificate.yaml":
+		default:
+			want = append(want, m)
+		}
+	}
+	got := slices.Sorted(slices.Values(k.Resources))
+	if !slices.Equal(got, want) {
+		t.Errorf("kustomization resources %q, want %q", got, want)
+	}
+}

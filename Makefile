@@ -8,7 +8,7 @@ BINARIES := kube-ipam kube-multus kube-ipamctl kube-ipam-controller kube-ipam-in
 # The lab's own commands (not installed on nodes).
 LAB_BINARIES := kube-ipam-lab kube-ipam-lab-pause
 
-.PHONY: all build test unit bench vet fmt-check clean testbin deps lab lab-down
+.PHONY: all build test unit bench vet fmt-check clean testbin labbin deps lab lab-down
 
 all: build
 
@@ -31,6 +31,12 @@ fmt-check:
 testbin:
 	@hack/testbin.sh >/dev/null
 
+# flanneld and the flannel CNI plugin for the lab's cluster network, built
+# from the Go module proxy into a cache outside the repository (about 2
+# minutes the first time).
+labbin:
+	@hack/labbin.sh >/dev/null
+
 # Debian packages the tests and the lab need (as root; skipped when present).
 deps:
 	@hack/deps.sh
@@ -39,7 +45,7 @@ deps:
 # kubelet nodes (containerd + runc, each in its own network namespace), our
 # CNI chain, the seed's manifests, then the seed's verification with PASS/FAIL.
 # LAB_KEEP=1 keeps it running; `make lab-down` removes it. See docs/lab.md.
-lab: deps build testbin
+lab: deps build testbin labbin
 	$(BIN)/kube-ipam-lab up
 
 lab-down:
@@ -49,7 +55,7 @@ lab-down:
 # Every test: unit, integration against a real etcd and a real control plane,
 # network-namespace tests (root; they skip with a message otherwise, and fail
 # when CI is set).
-test: build vet fmt-check testbin
+test: build vet fmt-check testbin labbin
 	KUBE_IPAM_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m ./...
 
 # Pure-logic tests only (no etcd, no root).

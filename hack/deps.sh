@@ -6,6 +6,7 @@ packages=(
 	etcd-server etcd-client containernetworking-plugins iproute2 nftables iputils-ping
 	make git ca-certificates jq util-linux
 	containerd runc busybox-static conntrack # the lab's nodes and images
+	gcc libc6-dev                            # flanneld (cgo), hack/labbin.sh
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -47,6 +47,9 @@ func (l *Lab) installCNI(context.Context) error {
 			return err
 		}
 	}
+	if err := copyFile(filepath.Join(l.opts.LabBin, "flannel"), filepath.Join(dst, "flannel")); err != nil {
+		return err
+	}
 	for _, n := range l.state.Nodes {
 		conf, err := l.NodeConf(n)
 		if err != nil {
@@ -64,10 +67,10 @@ func (l *Lab) installCNI(context.Context) error {
 }
 
 // NodeConf is the seed's 10-multus.conf for node n with only the site's
-// values replaced (docs/lab.md lists them): the flannel delegate becomes the
-// bridge plugin flannel would have delegated to, with the seed's own
-// delegate settings and this node's pod range; etcd and kubeconfig paths
-// point at the lab's; and the tier policy is added to the database network.
+// values replaced (docs/lab.md lists them): the flannel delegate gets this
+// node's subnet file and data dir (every node shares one filesystem); etcd
+// and kubeconfig paths point at the lab's; and the tier policy is added to
+// the database network.
 func (l *Lab) NodeConf(n Node) ([]byte, error) {
 	var conf map[string]any
 	if err := json.Unmarshal(seed.MultusConf, &conf); err != nil {
@@ -88,17 +91,8 @@ func (l *Lab) NodeConf(n Node) ([]byte, error) {
 	if flannel["type"] != "flannel" || mv["type"] != "macvlan" {
 		return nil, fmt.Errorf("the seed's delegates are %v and %v, want flannel and macvlan", flannel["type"], mv["type"])
 	}
-	bridge := map[string]any{"name": flannel["name"], "type": "bridge", "masterplugin": flannel["masterplugin"],
-		"hairpinMode": true, "ipam": map[string]any{
-			"type": "host-local", "ranges": []any{[]any{map[string]any{"subnet": n.PodCIDR}}},
-			"dataDir": filepath.Join(n.Dir, "host-local"),
-		}}
-	if d, ok := flannel["delegate"].(map[string]any); ok {
-		for k, v := range d { // isDefaultGateway, bridge "docker0", mtu 1400
-			bridge[k] = v
-		}
-	}
-	ds[0] = bridge
+	flannel["subnetFile"] = n.subnetFile()
+	flannel["dataDir"] = filepath.Join(n.Dir, "flannel", "data")
 	ipam, _ := mv["ipam"].(map[string]any)
 	if ipam == nil {
 		return nil, fmt.Errorf("the seed's macvlan delegate has no ipam")

@@ -44,6 +44,7 @@ func (l *Lab) writePKI(context.Context) error {
 		{base: "scheduler", cn: "system:kube-scheduler", client: true},
 		{base: "kube-proxy", cn: "system:kube-proxy", client: true},
 		{base: "plugin", cn: PluginUser, client: true},
+		{base: "flannel", cn: "flannel", client: true},
 	}
 	for _, s := range specs {
 		if err := ca.issue(s); err != nil {
@@ -69,7 +70,7 @@ func (l *Lab) writePKI(context.Context) error {
 	for _, kc := range []struct{ file, base string }{
 		{l.opts.Kubeconfig(), "admin"}, {l.pki("controller-manager.kubeconfig"), "controller-manager"},
 		{l.pki("scheduler.kubeconfig"), "scheduler"}, {l.pki("kube-proxy.kubeconfig"), "kube-proxy"},
-		{l.pki("plugin.kubeconfig"), "plugin"},
+		{l.pki("plugin.kubeconfig"), "plugin"}, {l.pki("flannel.kubeconfig"), "flannel"},
 	} {
 		if err := writeKubeconfig(kc.file, l.apiURL(), l.pki("ca.crt"), l.pki(kc.base)); err != nil {
 			return err
@@ -214,6 +215,7 @@ func (l *Lab) controlPlane(ctx context.Context) error {
 		"--controllers=*", "--use-service-account-credentials=true",
 		"--service-account-private-key-file", l.pki("sa.key"), "--root-ca-file", l.pki("ca.crt"),
 		"--cluster-signing-cert-file", l.pki("ca.crt"), "--cluster-signing-key-file", l.pki("ca.key"),
+		"--allocate-node-cidrs=true", "--cluster-cidr", ClusterCIDR, "--node-cidr-mask-size=24",
 		"--leader-elect=false", "--secure-port=0", "--v=1"); err != nil {
 		return err
 	}
@@ -230,13 +232,15 @@ func (l *Lab) controlPlane(ctx context.Context) error {
 	// The plugins' identity: get pods, nothing else.
 	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kube-ipam-lab-plugin"},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}}
-	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kube-ipam-lab-plugin"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects: []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: PluginUser}}}
-	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := grant(ctx, cs, role, PluginUser); err != nil {
 		return err
 	}
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	// flanneld's kube subnet manager: the nodes' podCIDR and its annotations.
+	if err := grant(ctx, cs, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kube-ipam-lab-flannel"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch", "patch"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+		}}, "flannel"); err != nil {
 		return err
 	}
 	// Pods must wait for their service account (KCM creates "default").
@@ -247,6 +251,20 @@ func (l *Lab) controlPlane(ctx context.Context) error {
 		}
 		return true, "", nil
 	})
+}
+
+// grant creates role and binds it to user.
+func grant(ctx context.Context, cs kubernetes.Interface, role *rbacv1.ClusterRole, user string) error {
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects: []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}}}
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
 }
 
 // client is an admin clientset.

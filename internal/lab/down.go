@@ -38,7 +38,7 @@ func (l *Lab) Down(ctx context.Context) error {
 	for i := len(st.Nodes) - 1; i >= 0; i-- {
 		n := st.Nodes[i]
 		l.logf("stopping %s ...", n.Name)
-		for _, d := range []string{"kube-proxy", "kubelet"} {
+		for _, d := range []string{"flanneld", "kube-proxy", "kubelet"} {
 			if p := l.procNamed(n.Name + "-" + d); p != nil {
 				l.stop(*p, 10*time.Second)
 			}

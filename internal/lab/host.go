@@ -73,6 +73,9 @@ func (l *Lab) preflight() error {
 	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"} {
 		need(filepath.Join(o.KubeBin, b), "hack/testbin.sh")
 	}
+	for _, b := range []string{"flanneld", "flannel"} {
+		need(filepath.Join(o.LabBin, b), "hack/labbin.sh")
+	}
 	for _, b := range []string{"bridge", "host-local", "macvlan", "loopback", "portmap"} {
 		need(filepath.Join(o.CNIBin, b), "apt-get install containernetworking-plugins")
 	}
@@ -92,8 +95,7 @@ func (l *Lab) bridge() string { return l.opts.Name + "0" }
 
 // network lays out the underlay: a bridge in the root namespace with the
 // host's address, and per node a namespace whose eth0 (a veth) is on it.
-// Each node routes the other nodes' pod ranges via their underlay address,
-// the job flannel's host-gw backend would do.
+// The pod networks between nodes are flannel's (vxlan over eth0).
 func (l *Lab) network(ctx context.Context) error {
 	o := l.opts
 	br, bits := l.bridge(), o.Underlay.Bits()
@@ -121,7 +123,7 @@ func (l *Lab) network(ctx context.Context) error {
 		ip = ip.Next()
 		n := Node{
 			Name: fmt.Sprintf("node%d", i), NetNS: fmt.Sprintf("%s-node%d", o.Name, i), IP: ip,
-			PodCIDR: fmt.Sprintf("10.244.%d.0/24", i), Dir: filepath.Join(o.Dir, fmt.Sprintf("node%d", i)),
+			Dir: filepath.Join(o.Dir, fmt.Sprintf("node%d", i)),
 			Cgroup: fmt.Sprintf("/%s-node%d", o.Name, i),
 		}
 		l.state.Nodes = append(l.state.Nodes, n)
@@ -149,16 +151,6 @@ func (l *Lab) network(ctx context.Context) error {
 		}
 		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
 			return err
-		}
-	}
-	for _, n := range l.state.Nodes {
-		for _, m := range l.state.Nodes {
-			if m.Name == n.Name {
-				continue
-			}
-			if _, err := run(ctx, "ip", "-n", n.NetNS, "route", "add", m.PodCIDR, "via", m.IP.String()); err != nil {
-				return err
-			}
 		}
 	}
 	return nil

@@ -43,6 +43,8 @@ type Options struct {
 	KubeBin string `json:"kubeBin"`
 	// CNIBin has the reference plugins (Debian: /usr/lib/cni).
 	CNIBin string `json:"cniBin"`
+	// LabBin has flanneld and the flannel CNI plugin (hack/labbin.sh).
+	LabBin string `json:"labBin"`
 	// Examples is deploy/examples: db.yaml, web.yaml, web-svc.yaml,
 	// web-ingress.yaml, applied as they are.
 	Examples string `json:"examples"`
@@ -55,7 +57,7 @@ func DefaultOptions(repo string) Options {
 	return Options{
 		Dir: "/var/tmp/kube-ipam-lab", Name: "kilab", Nodes: 3,
 		Underlay: netip.MustParsePrefix("172.30.0.0/24"), APIPort: 16443,
-		RepoBin: filepath.Join(repo, "bin"), KubeBin: KubeBinDir(), CNIBin: "/usr/lib/cni",
+		RepoBin: filepath.Join(repo, "bin"), KubeBin: KubeBinDir(), CNIBin: "/usr/lib/cni", LabBin: LabBinDir(),
 		Examples: filepath.Join(repo, "deploy", "examples"),
 	}
 }
@@ -75,6 +77,23 @@ func KubeBinDir() string {
 	}
 	return filepath.Join(cache, "kube-ipam", "testbin-k8s"+strings.TrimPrefix(KubeVersion, "v"))
 }
+
+// LabBinDir is where hack/labbin.sh puts flanneld and the flannel CNI
+// plugin: $KUBE_IPAM_LABBIN, else the user cache directory.
+func LabBinDir() string {
+	if dir := os.Getenv("KUBE_IPAM_LABBIN"); dir != "" {
+		return dir
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = filepath.Join(os.TempDir(), ".cache")
+	}
+	return filepath.Join(cache, "kube-ipam", "labbin")
+}
+
+// ClusterCIDR is the cluster network (the seed's flannel Network); the
+// controller-manager gives each node a /24 of it, which flannel uses.
+const ClusterCIDR = "10.244.0.0/16"
 
 // Lab is a running (or partly started) lab.
 type Lab struct {
@@ -101,7 +120,6 @@ type Node struct {
 	Name    string     `json:"name"`    // Kubernetes node name: node1 …
 	NetNS   string     `json:"netns"`   // <Name>-node<i>
 	IP      netip.Addr `json:"ip"`      // its eth0 on the underlay
-	PodCIDR string     `json:"podCIDR"` // cluster network on this node
 	Dir     string     `json:"dir"`
 	Cgroup  string     `json:"cgroup"` // cgroupRoot, /<Name>-node<i>
 }

@@ -107,6 +107,11 @@ conntrack:
 `, l.pki("kube-proxy.kubeconfig"), n.Name, addrPort(n.IP, 10256))
 }
 
+func (n Node) subnetFile() string { return filepath.Join(n.Dir, "flannel", "subnet.env") }
+
+// NetConf is flannel's network config: the seed's, as it set it in etcd.
+const NetConf = `{"Network": "` + ClusterCIDR + `", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}`
+
 func (l *Lab) startNodes(ctx context.Context) error {
 	for _, n := range l.state.Nodes {
 		if err := l.startNode(ctx, n); err != nil {
@@ -116,6 +121,45 @@ func (l *Lab) startNodes(ctx context.Context) error {
 	cs, err := l.client()
 	if err != nil {
 		return err
+	}
+	// flanneld needs its Node and the podCIDR the controller-manager gives it.
+	if err := poll(ctx, 2*time.Minute, "nodes registered with a podCIDR", func() (bool, string, error) {
+		for _, n := range l.state.Nodes {
+			node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			if node.Spec.PodCIDR == "" {
+				return false, n.Name + " has no podCIDR yet", nil
+			}
+		}
+		return true, "", nil
+	}); err != nil {
+		return err
+	}
+	netConf := filepath.Join(l.opts.Dir, "flannel-net-conf.json")
+	if err := os.WriteFile(netConf, []byte(NetConf), 0o644); err != nil {
+		return err
+	}
+	for _, n := range l.state.Nodes {
+		if err := os.MkdirAll(filepath.Join(n.Dir, "flannel"), 0o755); err != nil {
+			return err
+		}
+		p, err := l.startDaemon(n.Name+"-flanneld", n.NetNS, []string{"NODE_NAME=" + n.Name},
+			filepath.Join(l.opts.LabBin, "flanneld"), "--kube-subnet-mgr", "--kubeconfig-file", l.pki("flannel.kubeconfig"),
+			"--iface", "eth0", "--ip-masq", "--subnet-file", n.subnetFile(), "--net-config-path", netConf)
+		if err != nil {
+			return err
+		}
+		if err := poll(ctx, time.Minute, n.Name+" flannel subnet", func() (bool, string, error) {
+			if !l.alive(*p) {
+				return false, "", fmt.Errorf("flanneld exited:\n%s", tail(p.Log, 15))
+			}
+			_, err := os.Stat(n.subnetFile())
+			return err == nil, fmt.Sprint(err), nil
+		}); err != nil {
+			return err
+		}
 	}
 	return poll(ctx, 2*time.Minute, "nodes Ready", func() (bool, string, error) {
 		for _, n := range l.state.Nodes {

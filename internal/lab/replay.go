@@ -138,6 +138,11 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	r.check("outsider has no net1 (kube-multus attach selector)", strings.Contains(out1, "eth0") && !strings.Contains(out1, "net1"),
 		"its interfaces: %s", strings.TrimSpace(out1))
 	r.ping("outsider", DB2IP, false)
+	if ip, node := r.webAcross(cs, "outsider"); ip != "" {
+		fmt.Fprintf(out, "(outsider is still on the cluster network: it reaches a web pod on %s through flannel's vxlan)\n", node)
+		o, err := r.kubectl("exec", "outsider", "--", "wget", "-qO-", "http://"+ip)
+		r.check("outsider reaches a web pod on another node over eth0 (flannel)", err == nil && strings.Contains(o, "Welcome"), "%v", err)
+	}
 
 	r.section("Tier security: the database pods' net1 policy")
 	fmt.Fprintln(out, "(kube-multus put an nftables table into each database pod: net1 accepts ping and tcp/3306 from 10.188.0.0/16 and drops the rest;")
@@ -192,6 +197,26 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 		err == nil && now != nil && len(holders) == 1 && holders[0].PodUID == now.UID && holders[0].Node == now.Spec.NodeName,
 		"%v: %s", err, strings.TrimSpace(string(b)))
 	return r.results, nil
+}
+
+// webAcross returns the eth0 IP and node of a web pod on another node than
+// pod's, or of any web pod if they share one.
+func (r *replay) webAcross(cs kubernetes.Interface, pod string) (string, string) {
+	p, err := cs.CoreV1().Pods("default").Get(r.ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return "", ""
+	}
+	webs, err := cs.CoreV1().Pods("default").List(r.ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil || len(webs.Items) == 0 {
+		return "", ""
+	}
+	best := webs.Items[0]
+	for _, w := range webs.Items {
+		if w.Spec.NodeName != p.Spec.NodeName && w.Status.PodIP != "" {
+			best = w
+		}
+	}
+	return best.Status.PodIP, best.Spec.NodeName
 }
 
 var inet = regexp.MustCompile(`inet (\S+) .* (\S+)$`)

@@ -42,6 +42,11 @@ func TestLabReplaysTheSeed(t *testing.T) {
 	for _, b := range []string{"kubelet", "kube-proxy", "kubectl", "kube-apiserver"} {
 		testenv.KubeBinary(t, b)
 	}
+	for _, b := range []string{"flanneld", "flannel"} {
+		if _, err := os.Stat(filepath.Join(lab.LabBinDir(), b)); err != nil {
+			testenv.Missing(t, "%s not built (%v): run hack/labbin.sh", b, err)
+		}
+	}
 	root := testenv.ModuleRoot(t)
 	bin := filepath.Dir(testenv.Binary(t, "kube-ipam"))
 	for _, b := range []string{"kube-multus", "kube-ipamctl", "kube-ipam-lab-pause"} {
@@ -111,7 +116,7 @@ func TestLabReplaysTheSeed(t *testing.T) {
 	// The replay must have covered the seed's sections, not stopped early.
 	for _, want := range []string{"database-2-0 net1 is 10.188.0.219/16", "database-1-0 net1 is 10.188.0.218/16",
 		"pings 10.188.0.219", "database-2-0 pings 10.188.0.218", "outsider has no net1", "database-2-0 moved to another node",
-		"curl the NodePort", "dropped by the tier policy", "registered to the new database-2-0"} {
+		"curl the NodePort", "dropped by the tier policy", "over eth0 (flannel)", "registered to the new database-2-0"} {
 		if !strings.Contains(sum.String(), want) {
 			t.Errorf("the replay has no check %q:\n%s", want, sum.String())
 		}

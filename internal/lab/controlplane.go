@@ -112,7 +112,7 @@ func (l *Lab) startEtcds(ctx context.Context) error {
 	}
 	k8sClient := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
 	k8sPeer := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	p, err := l.startDaemon("etcd-kubernetes", "", nil, "etcd", "--name", "kubernetes",
+	p, err := l.startDaemon("etcd-kubernetes", nil, nil, "etcd", "--name", "kubernetes",
 		"--data-dir", filepath.Join(l.opts.Dir, "etcd-kubernetes"),
 		"--listen-client-urls", k8sClient, "--advertise-client-urls", k8sClient,
 		"--listen-peer-urls", k8sPeer, "--initial-advertise-peer-urls", k8sPeer,
@@ -125,7 +125,7 @@ func (l *Lab) startEtcds(ctx context.Context) error {
 		return err
 	}
 	ipamPeer := fmt.Sprintf("http://127.0.0.1:%d", ports[2])
-	p, err = l.startDaemon("etcd-kube-ipam", "", nil, "etcd", "--name", "kube-ipam",
+	p, err = l.startDaemon("etcd-kube-ipam", nil, nil, "etcd", "--name", "kube-ipam",
 		"--data-dir", filepath.Join(l.opts.Dir, "etcd-kube-ipam"),
 		"--listen-client-urls", l.opts.EtcdURL(), "--advertise-client-urls", l.opts.EtcdURL(),
 		"--listen-peer-urls", ipamPeer, "--initial-advertise-peer-urls", ipamPeer,
@@ -181,7 +181,7 @@ func (l *Lab) kube(name string) string { return filepath.Join(l.opts.KubeBin, na
 
 func (l *Lab) controlPlane(ctx context.Context) error {
 	host := l.opts.HostIP().String()
-	api, err := l.startDaemon("kube-apiserver", "", nil, l.kube("kube-apiserver"),
+	api, err := l.startDaemon("kube-apiserver", nil, nil, l.kube("kube-apiserver"),
 		"--bind-address", host, "--secure-port", strconv.Itoa(l.opts.APIPort), "--advertise-address", host,
 		"--etcd-servers", l.etcdKube,
 		"--client-ca-file", l.pki("ca.crt"),
@@ -210,7 +210,7 @@ func (l *Lab) controlPlane(ctx context.Context) error {
 		return err
 	}
 	kcm := l.pki("controller-manager.kubeconfig")
-	if _, err := l.startDaemon("kube-controller-manager", "", nil, l.kube("kube-controller-manager"),
+	if _, err := l.startDaemon("kube-controller-manager", nil, nil, l.kube("kube-controller-manager"),
 		"--kubeconfig", kcm, "--authentication-kubeconfig", kcm, "--authorization-kubeconfig", kcm,
 		"--controllers=*", "--use-service-account-credentials=true",
 		"--service-account-private-key-file", l.pki("sa.key"), "--root-ca-file", l.pki("ca.crt"),
@@ -220,7 +220,7 @@ func (l *Lab) controlPlane(ctx context.Context) error {
 		return err
 	}
 	sch := l.pki("scheduler.kubeconfig")
-	if _, err := l.startDaemon("kube-scheduler", "", nil, l.kube("kube-scheduler"),
+	if _, err := l.startDaemon("kube-scheduler", nil, nil, l.kube("kube-scheduler"),
 		"--kubeconfig", sch, "--authentication-kubeconfig", sch, "--authorization-kubeconfig", sch,
 		"--leader-elect=false", "--secure-port=0", "--v=1"); err != nil {
 		return err

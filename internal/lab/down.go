@@ -34,6 +34,7 @@ func (l *Lab) Down(ctx context.Context) error {
 	if st.APIUp && api != nil && l.alive(*api) {
 		l.logf("deleting workloads and pods through the API (every CNI DEL runs) ...")
 		fail(l.DeleteWorkloads(ctx))
+		fail(l.deleteAll(ctx, "kube-ipam"))
 	}
 	for i := len(st.Nodes) - 1; i >= 0; i-- {
 		n := st.Nodes[i]
@@ -119,22 +120,25 @@ func (l *Lab) procNamed(name string) *Proc {
 	return nil
 }
 
-// DeleteWorkloads deletes every workload and pod through the API and waits
-// until the pods are gone, i.e. until every CNI DEL has run.
-func (l *Lab) DeleteWorkloads(ctx context.Context) error {
-	kc := []string{l.kube("kubectl"), "--kubeconfig", l.opts.Kubeconfig()}
-	if _, err := run(ctx, append(kc, "delete", "deploy,sts,ds,rs,job", "--all", "-A", "--wait=false")...); err != nil {
+// DeleteWorkloads deletes the workloads and pods of the default namespace
+// (the seed's) through the API and waits until the pods are gone, i.e.
+// until every CNI DEL has run. kube-ipam itself keeps running.
+func (l *Lab) DeleteWorkloads(ctx context.Context) error { return l.deleteAll(ctx, "default") }
+
+func (l *Lab) deleteAll(ctx context.Context, ns string) error {
+	kc := []string{l.kube("kubectl"), "--kubeconfig", l.opts.Kubeconfig(), "-n", ns}
+	if _, err := run(ctx, append(kc, "delete", "deploy,sts,ds,rs,job", "--all", "--wait=false")...); err != nil {
 		l.logf("  %v", err)
 	}
-	if _, err := run(ctx, append(kc, "delete", "pods", "--all", "-A", "--grace-period=1", "--timeout=90s")...); err != nil {
+	if _, err := run(ctx, append(kc, "delete", "pods", "--all", "--grace-period=1", "--timeout=90s")...); err != nil {
 		l.logf("  %v", err)
 	}
 	cs, err := l.client()
 	if err != nil {
 		return err
 	}
-	return poll(ctx, 90*time.Second, "pods deleted", func() (bool, string, error) {
-		pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	return poll(ctx, 90*time.Second, "pods in "+ns+" deleted", func() (bool, string, error) {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err.Error(), nil
 		}

@@ -18,9 +18,71 @@ var hostSysctls = []string{
 }
 
 // Host directories kubelet and containerd may create outside the lab dir.
+// Children before parents: Down removes them in this order.
 var hostDirs = []string{
 	"/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/opt/containerd",
-	"/run/containerd", "/var/lib/cni", "/var/lib/cni/results", "/run/netns",
+	"/run/containerd", "/var/lib/cni/results", "/var/lib/cni", "/run/netns",
+	"/opt/cni/bin", "/opt/cni", "/etc/cni/net.d", "/etc/cni", "/run/flannel",
+}
+
+// NodeDirs are the directories a real node has to itself and the lab's
+// nodes, sharing one filesystem, would otherwise share: inside each node's
+// mount namespace they are bind mounts of <node dir>/fs/<name>. So the
+// installer DaemonSet's hostPath volumes, the CNI defaults (/opt/cni/bin,
+// /etc/cni/net.d, /var/lib/cni), flannel's /run/flannel/subnet.env and the
+// plugins' logs in /var/log are
+// per node, as on separate machines, and one config serves every node.
+var NodeDirs = []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/cni", "/run/flannel", "/var/log"}
+
+// FS is where node n's private copy of a NodeDirs entry lives.
+func (n Node) FS(dir string) string {
+	return filepath.Join(n.Dir, "fs", strings.ReplaceAll(strings.Trim(dir, "/"), "/", "-"))
+}
+
+// nodeNamespaces gives every node a mount namespace with its NodeDirs and a
+// UTS namespace whose hostname is the node's name (kube-ipam records the
+// node by hostname, as on a real node). Both are pinned by bind mounts under
+// <Dir>/ns, a private mount, so they outlive the commands that made them.
+func (l *Lab) nodeNamespaces(ctx context.Context) error {
+	nsDir := filepath.Join(l.opts.Dir, "ns")
+	if err := os.MkdirAll(nsDir, 0o755); err != nil {
+		return err
+	}
+	for _, c := range [][]string{{"mount", "--bind", nsDir, nsDir}, {"mount", "--make-private", nsDir}} {
+		if _, err := run(ctx, c...); err != nil {
+			return err
+		}
+	}
+	for _, d := range NodeDirs {
+		if err := os.MkdirAll(d, 0o755); err != nil { // the mount points
+			return err
+		}
+	}
+	for _, n := range l.state.Nodes {
+		for _, f := range []string{n.mntNS(), n.utsNS()} {
+			if err := os.WriteFile(f, nil, 0o644); err != nil {
+				return err
+			}
+		}
+		// slave: mounts the host makes later still reach the node; the
+		// node's own (pod volumes, sandbox namespaces) stay in it.
+		if _, err := run(ctx, "unshare", "--mount="+n.mntNS(), "--uts="+n.utsNS(), "--propagation", "slave", "true"); err != nil {
+			return err
+		}
+		cmds := [][]string{{"hostname", n.Name}}
+		for _, d := range NodeDirs {
+			if err := os.MkdirAll(n.FS(d), 0o755); err != nil {
+				return err
+			}
+			cmds = append(cmds, []string{"mount", "--bind", n.FS(d), d})
+		}
+		for _, c := range cmds {
+			if _, err := run(ctx, append([]string{"nsenter", "--mount=" + n.mntNS(), "--uts=" + n.utsNS(), "--"}, c...)...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func recordHost() host {
@@ -67,8 +129,11 @@ func (l *Lab) preflight() error {
 		}
 	}
 	need("/bin/busybox", "apt-get install busybox-static")
-	for _, b := range []string{"kube-ipam", "kube-multus", "kube-ipamctl", "kube-ipam-lab-pause"} {
+	for _, b := range append([]string{"kube-ipam-lab-pause"}, ImageBinaries...) {
 		need(filepath.Join(o.RepoBin, b), "make build")
+	}
+	for _, f := range []string{"namespace.yaml", "rbac.yaml", "configmap.yaml", "daemonset.yaml", "controller.yaml"} {
+		need(filepath.Join(o.Deploy, f), "deploy/ of this repository")
 	}
 	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"} {
 		need(filepath.Join(o.KubeBin, b), "hack/testbin.sh")

@@ -69,7 +69,23 @@ func (l *Lab) images(ctx context.Context) error {
 		return err
 	}
 	web := image.Config{Entrypoint: []string{"httpd", "-f", "-v", "-p", "80", "-h", "/www"}}
-	return image.WriteFile(filepath.Join(dir, "web.tar"), WebImage, bb, web)
+	if err := image.WriteFile(filepath.Join(dir, "web.tar"), WebImage, bb, web); err != nil {
+		return err
+	}
+	// The Dockerfile's image: every binary in /kube-ipam/bin, on PATH.
+	var files []image.File
+	for _, b := range ImageBinaries {
+		f, err := image.Static(filepath.Join(l.opts.RepoBin, b), b)
+		if err != nil {
+			return err
+		}
+		f[0].Path = "/kube-ipam/bin/" + b
+		files = append(files, f...)
+	}
+	return image.WriteFile(filepath.Join(dir, "kube-ipam.tar"), ImageRef, files, image.Config{
+		Entrypoint: []string{"/kube-ipam/bin/kube-ipam-install"},
+		Env:        []string{"PATH=/kube-ipam/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+	})
 }
 
 // normalize expands a short reference the way the CRI does.

@@ -48,6 +48,9 @@ type Options struct {
 	// Examples is deploy/examples: db.yaml, web.yaml, web-svc.yaml,
 	// web-ingress.yaml, applied as they are.
 	Examples string `json:"examples"`
+	// Deploy is deploy/: the installer DaemonSet, the controller, RBAC and
+	// the network ConfigMap run in the lab from a locally built image.
+	Deploy string `json:"deploy"`
 	// Out receives progress and the replay; nil discards.
 	Out io.Writer `json:"-"`
 }
@@ -58,7 +61,7 @@ func DefaultOptions(repo string) Options {
 		Dir: "/var/tmp/kube-ipam-lab", Name: "kilab", Nodes: 3,
 		Underlay: netip.MustParsePrefix("172.30.0.0/24"), APIPort: 16443,
 		RepoBin: filepath.Join(repo, "bin"), KubeBin: KubeBinDir(), CNIBin: "/usr/lib/cni", LabBin: LabBinDir(),
-		Examples: filepath.Join(repo, "deploy", "examples"),
+		Examples: filepath.Join(repo, "deploy", "examples"), Deploy: filepath.Join(repo, "deploy"),
 	}
 }
 
@@ -126,6 +129,18 @@ type Node struct {
 
 func (n Node) sock() string { return filepath.Join(n.Dir, "containerd", "containerd.sock") }
 
+// Namespace files of a node: network (named, in /run/netns), mount and UTS
+// (bind mounts under the lab dir).
+func (n Node) mntNS() string { return filepath.Join(filepath.Dir(n.Dir), "ns", n.Name+".mnt") }
+func (n Node) utsNS() string { return filepath.Join(filepath.Dir(n.Dir), "ns", n.Name+".uts") }
+
+// enter prefixes argv to run it inside the node: its network, mount and UTS
+// namespaces. nsenter execs without forking, so a recorded PID is the
+// command's.
+func (n Node) enter(argv ...string) []string {
+	return append([]string{"nsenter", "--net=/var/run/netns/" + n.NetNS, "--mount=" + n.mntNS(), "--uts=" + n.utsNS(), "--"}, argv...)
+}
+
 // host is what the lab finds on the machine before it changes anything.
 type host struct {
 	Sysctls    map[string]string `json:"sysctls"`
@@ -144,9 +159,6 @@ func (o Options) HostIP() netip.Addr { return o.Underlay.Addr().Next() }
 // Kubeconfig is the admin kubeconfig of a lab.
 func (o Options) Kubeconfig() string { return filepath.Join(o.Dir, "admin.kubeconfig") }
 
-// MultusConf is node 1's kube-multus config (every node's differs only in
-// the cluster network's pod range); kube-ipamctl reads the same file.
-func (o Options) MultusConf() string { return filepath.Join(o.Dir, "node1", "net.d", "10-multus.conf") }
 
 func (o Options) validate() error {
 	switch {
@@ -218,11 +230,13 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 	}{
 		{"certificates", l.writePKI},
 		{"underlay network and node namespaces", l.network},
+		{"node filesystems (mount and UTS namespaces)", l.nodeNamespaces},
 		{"etcd for Kubernetes and a dedicated etcd for kube-ipam", l.startEtcds},
 		{"control plane", l.controlPlane},
 		{"images (pause, busybox stand-ins)", l.images},
-		{"CNI chain", l.installCNI},
-		{"nodes (containerd, kubelet, kube-proxy)", l.startNodes},
+		{"CNI reference plugins and flannel's plugin on every node (the seed's section 2.1)", l.installCNI},
+		{"nodes (containerd, kubelet, kube-proxy, flanneld)", l.startNodes},
+		{"kube-ipam from deploy/ (installer DaemonSet, controller)", l.deployKubeIPAM},
 	}
 	for _, s := range steps {
 		t0 := time.Now()

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -37,6 +38,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Dir, "dir", o.Dir, "lab directory (state, PKI, logs)")
 	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "number of kubelet nodes")
 	fs.StringVar(&o.Examples, "examples", o.Examples, "directory of the manifests to apply (db.yaml, web.yaml, web-svc.yaml, web-ingress.yaml)")
+	fs.StringVar(&o.Deploy, "deploy", o.Deploy, "directory of the install manifests (namespace, rbac, configmap, daemonset, controller)")
 	fs.StringVar(&o.Name, "name", o.Name, "prefix of host-visible names: bridge <name>0, netns <name>-node<i>")
 	fs.Func("underlay", "node network; .1 is this host, .11... the nodes (default "+o.Underlay.String()+")", func(v string) error {
 		p, err := netip.ParsePrefix(v)
@@ -102,11 +104,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 The lab is up (LAB_KEEP). Use it with:
   export KUBECONFIG=%s
   %s get pod -o wide
-  %s --config %s networks
-  ip netns exec %s-node1 ip address      # a node's network namespace
+  kubectl %s
+  nsenter --net=/run/netns/%s-node1 --mount=%s/ns/node1.mnt ls /etc/cni/net.d   # inside node1
 Logs: %s
 Take it down with: make lab-down
-`, o.Kubeconfig(), filepath.Join(o.KubeBin, "kubectl"), filepath.Join(o.RepoBin, "kube-ipamctl"), o.MultusConf(), o.Name, filepath.Join(o.Dir, "logs"))
+`, o.Kubeconfig(), filepath.Join(o.KubeBin, "kubectl"), strings.Join(IPAMCtl("networks"), " "), o.Name, o.Dir, filepath.Join(o.Dir, "logs"))
 		if failed > 0 {
 			return 1
 		}

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 )
 
 // SandboxImage is the pause image containerd's CRI uses for every pod.
@@ -43,12 +44,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+  # The defaults, /opt/cni/bin and /etc/cni/net.d: the node's own (NodeDirs).
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %q
-    conf_dir = %q
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
     max_conf_num = 1
-`, filepath.Join(c, "root"), filepath.Join(c, "state"), n.sock(), n.sock()+".ttrpc", SandboxImage,
-		l.cniBinDir(), filepath.Join(n.Dir, "net.d"))
+`, filepath.Join(c, "root"), filepath.Join(c, "state"), n.sock(), n.sock()+".ttrpc", SandboxImage)
 }
 
 func (l *Lab) kubeletConfig(n Node) string {
@@ -107,7 +108,7 @@ conntrack:
 `, l.pki("kube-proxy.kubeconfig"), n.Name, addrPort(n.IP, 10256))
 }
 
-func (n Node) subnetFile() string { return filepath.Join(n.Dir, "flannel", "subnet.env") }
+func (n Node) subnetFile() string { return filepath.Join(n.FS("/run/flannel"), "subnet.env") }
 
 // NetConf is flannel's network config: the seed's, as it set it in etcd.
 const NetConf = `{"Network": "` + ClusterCIDR + `", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}`
@@ -142,12 +143,9 @@ func (l *Lab) startNodes(ctx context.Context) error {
 		return err
 	}
 	for _, n := range l.state.Nodes {
-		if err := os.MkdirAll(filepath.Join(n.Dir, "flannel"), 0o755); err != nil {
-			return err
-		}
-		p, err := l.startDaemon(n.Name+"-flanneld", n.NetNS, []string{"NODE_NAME=" + n.Name},
+		p, err := l.startDaemon(n.Name+"-flanneld", &n, []string{"NODE_NAME=" + n.Name},
 			filepath.Join(l.opts.LabBin, "flanneld"), "--kube-subnet-mgr", "--kubeconfig-file", l.pki("flannel.kubeconfig"),
-			"--iface", "eth0", "--ip-masq", "--subnet-file", n.subnetFile(), "--net-config-path", netConf)
+			"--iface", "eth0", "--ip-masq", "--net-config-path", netConf)
 		if err != nil {
 			return err
 		}
@@ -161,7 +159,13 @@ func (l *Lab) startNodes(ctx context.Context) error {
 			return err
 		}
 	}
-	return poll(ctx, 2*time.Minute, "nodes Ready", func() (bool, string, error) {
+	return nil
+}
+
+// waitNodesReady waits until every node is Ready: kubelet reports the
+// runtime network ready once a CNI config is installed.
+func (l *Lab) waitNodesReady(ctx context.Context, cs kubernetes.Interface) error {
+	return poll(ctx, 3*time.Minute, "nodes Ready", func() (bool, string, error) {
 		for _, n := range l.state.Nodes {
 			node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 			if err != nil {
@@ -204,7 +208,7 @@ func (l *Lab) startNode(ctx context.Context, n Node) error {
 			return err
 		}
 	}
-	ctrd, err := l.startDaemon(n.Name+"-containerd", n.NetNS, nil, "containerd", "--config", filepath.Join(n.Dir, "containerd.toml"))
+	ctrd, err := l.startDaemon(n.Name+"-containerd", &n, nil, "containerd", "--config", filepath.Join(n.Dir, "containerd.toml"))
 	if err != nil {
 		return err
 	}
@@ -222,13 +226,13 @@ func (l *Lab) startNode(ctx context.Context, n Node) error {
 			return err
 		}
 	}
-	if _, err := l.startDaemon(n.Name+"-kubelet", n.NetNS, nil, l.kube("kubelet"),
+	if _, err := l.startDaemon(n.Name+"-kubelet", &n, nil, l.kube("kubelet"),
 		"--config", filepath.Join(n.Dir, "kubelet.yaml"), "--kubeconfig", l.pki(n.Name+".kubeconfig"),
 		"--hostname-override", n.Name, "--node-ip", n.IP.String(),
 		"--root-dir", filepath.Join(n.Dir, "kubelet"), "--cert-dir", filepath.Join(n.Dir, "kubelet", "pki"), "--v=1"); err != nil {
 		return err
 	}
-	_, err = l.startDaemon(n.Name+"-kube-proxy", n.NetNS, nil, l.kube("kube-proxy"),
+	_, err = l.startDaemon(n.Name+"-kube-proxy", &n, nil, l.kube("kube-proxy"),
 		"--config", filepath.Join(n.Dir, "kube-proxy.yaml"))
 	return err
 }

@@ -26,12 +26,11 @@ type Proc struct {
 
 // startDaemon starts argv with its output in <Dir>/logs/<name>.log, in its
 // own session (a Ctrl-C in the terminal reaches the lab, which then stops
-// the daemons in order, instead of every daemon at once). netns, when set,
-// runs it in that named network namespace through nsenter, which execs
-// without forking so the recorded PID is the daemon's.
-func (l *Lab) startDaemon(name, netns string, env []string, argv ...string) (*Proc, error) {
-	if netns != "" {
-		argv = append([]string{"nsenter", "--net=/var/run/netns/" + netns, "--"}, argv...)
+// the daemons in order, instead of every daemon at once). With a node, it
+// runs in the node's namespaces (nodeArgv).
+func (l *Lab) startDaemon(name string, n *Node, env []string, argv ...string) (*Proc, error) {
+	if n != nil {
+		argv = n.enter(argv...)
 	}
 	logPath := filepath.Join(l.opts.Dir, "logs", name+".log")
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -177,18 +176,15 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	r.net1("database-2-0", DB2IP)
 	r.ping(web, DB2IP, true)
 
-	r.section("The registry: who holds 10.188.0.219")
-	ipamctl := filepath.Join(l.opts.RepoBin, "kube-ipamctl")
-	args := []string{"--config", l.opts.MultusConf(), "--kubeconfig", l.opts.Kubeconfig(), "who-has", DB2IP}
-	fmt.Fprintf(out, "# kube-ipamctl %s\n", strings.Join(args, " "))
-	b, err := exec.CommandContext(ctx, ipamctl, args...).CombinedOutput()
-	fmt.Fprint(out, indent(string(b)))
+	r.section("The registry: who holds 10.188.0.219 (kube-ipamctl in a controller pod, as deploy/README.md shows)")
+	o, err = r.kubectl(IPAMCtl("who-has", DB2IP)...)
 	var holders []struct {
 		Pod, Kind, Node string
 		PodUID          types.UID
 	}
+	b := []byte(o)
 	if err == nil {
-		b, err = exec.CommandContext(ctx, ipamctl, append(args, "-o", "json")...).Output()
+		b, err = l.IPAMCtl(ctx, "who-has", DB2IP, "-o", "json")
 		if err == nil {
 			err = json.Unmarshal(b, &holders)
 		}
@@ -197,6 +193,25 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 		err == nil && now != nil && len(holders) == 1 && holders[0].PodUID == now.UID && holders[0].Node == now.Spec.NodeName,
 		"%v: %s", err, strings.TrimSpace(string(b)))
 	return r.results, nil
+}
+
+// IPAMCtl is the kubectl command line that runs kube-ipamctl args in a
+// controller pod, with the network config the controller reads.
+func IPAMCtl(args ...string) []string {
+	return append([]string{"-n", "kube-ipam", "exec", "deploy/kube-ipam-controller", "--",
+		"kube-ipamctl", "--config", "/etc/kube-ipam/config/" + ConfigKey}, args...)
+}
+
+// IPAMCtl runs kube-ipamctl in a controller pod and returns its stdout.
+func (l *Lab) IPAMCtl(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, l.kube("kubectl"), append([]string{"--kubeconfig", l.opts.Kubeconfig()}, IPAMCtl(args...)...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("kube-ipamctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
 }
 
 // webAcross returns the eth0 IP and node of a web pod on another node than

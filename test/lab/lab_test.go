@@ -49,7 +49,7 @@ func TestLabReplaysTheSeed(t *testing.T) {
 	}
 	root := testenv.ModuleRoot(t)
 	bin := filepath.Dir(testenv.Binary(t, "kube-ipam"))
-	for _, b := range []string{"kube-multus", "kube-ipamctl", "kube-ipam-lab-pause"} {
+	for _, b := range append([]string{"kube-ipam-lab-pause"}, lab.ImageBinaries...) {
 		if p := testenv.Binary(t, b); filepath.Dir(p) != bin {
 			t.Fatalf("%s and kube-ipam are in different directories", b)
 		}
@@ -98,8 +98,7 @@ func TestLabReplaysTheSeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	ipamctl := func(args ...string) (string, error) {
-		args = append([]string{"--config", l.Options().MultusConf(), "--kubeconfig", l.Options().Kubeconfig()}, args...)
-		b, err := exec.CommandContext(ctx, filepath.Join(bin, "kube-ipamctl"), args...).CombinedOutput()
+		b, err := l.IPAMCtl(ctx, args...)
 		return string(b), err
 	}
 	out, err := ipamctl("list", "-o", "json")

@@ -188,7 +188,7 @@ func (l *Lab) network(ctx context.Context) error {
 		ip = ip.Next()
 		n := Node{
 			Name: fmt.Sprintf("node%d", i), NetNS: fmt.Sprintf("%s-node%d", o.Name, i), IP: ip,
-			Dir: filepath.Join(o.Dir, fmt.Sprintf("node%d", i)),
+			Dir:    filepath.Join(o.Dir, fmt.Sprintf("node%d", i)),
 			Cgroup: fmt.Sprintf("/%s-node%d", o.Name, i),
 		}
 		l.state.Nodes = append(l.state.Nodes, n)

@@ -120,11 +120,11 @@ type state struct {
 
 // Node is one kubelet node.
 type Node struct {
-	Name    string     `json:"name"`    // Kubernetes node name: node1 …
-	NetNS   string     `json:"netns"`   // <Name>-node<i>
-	IP      netip.Addr `json:"ip"`      // its eth0 on the underlay
-	Dir     string     `json:"dir"`
-	Cgroup  string     `json:"cgroup"` // cgroupRoot, /<Name>-node<i>
+	Name   string     `json:"name"`  // Kubernetes node name: node1 …
+	NetNS  string     `json:"netns"` // <Name>-node<i>
+	IP     netip.Addr `json:"ip"`    // its eth0 on the underlay
+	Dir    string     `json:"dir"`
+	Cgroup string     `json:"cgroup"` // cgroupRoot, /<Name>-node<i>
 }
 
 func (n Node) sock() string { return filepath.Join(n.Dir, "containerd", "containerd.sock") }
@@ -158,7 +158,6 @@ func (o Options) HostIP() netip.Addr { return o.Underlay.Addr().Next() }
 
 // Kubeconfig is the admin kubeconfig of a lab.
 func (o Options) Kubeconfig() string { return filepath.Join(o.Dir, "admin.kubeconfig") }
-
 
 func (o Options) validate() error {
 	switch {

@@ -76,7 +76,6 @@ func (l *Lab) Down(ctx context.Context) error {
 			fail(err)
 		}
 	}
-	fail(removeOrphanNetNS(st.Host.NetNS))
 	if st.Host.Bridge {
 		if _, err := os.Stat("/sys/class/net/" + l.bridge()); err == nil {
 			_, err := run(ctx, "ip", "link", "del", l.bridge())
@@ -88,14 +87,16 @@ func (l *Lab) Down(ctx context.Context) error {
 			fail(os.WriteFile("/proc/sys/"+s, []byte(v), 0o644))
 		}
 	}
-	// Host directories kubelet and containerd created: removed whole when
-	// no other kubelet or containerd runs here, else only if empty.
+	// Host directories the lab, kubelet and containerd created: kubelet's
+	// removed whole when no other kubelet or containerd runs here, the
+	// others (mount points of the nodes' own directories) when empty. Pod
+	// network namespaces lived in the nodes' mount namespaces, gone now.
 	others := runtimesRunning()
 	for _, d := range hostDirs {
 		if st.Host.Dirs[d] {
 			continue
 		}
-		if len(others) == 0 {
+		if len(others) == 0 && slices.Contains(kubeletDirs, d) {
 			fail(os.RemoveAll(d))
 		} else {
 			removeEmptyTree(d)
@@ -198,36 +199,6 @@ func unmountUnder(dir string) error {
 	for _, m := range mountsUnder(dir) {
 		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
 			errs = append(errs, fmt.Errorf("umount %s: %w", m, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// removeOrphanNetNS removes pod namespaces (/run/netns/cni-*) that were not
-// there before the lab and that no process uses: a pod whose sandbox was
-// removed without CNI DEL. Namespaces in use (another lab's pods) stay.
-func removeOrphanNetNS(before []string) error {
-	used := map[uint64]bool{}
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		var st syscall.Stat_t
-		if syscall.Stat(filepath.Join("/proc", p.Name(), "ns", "net"), &st) == nil {
-			used[st.Ino] = true
-		}
-	}
-	var errs []error
-	for _, name := range names("/run/netns") {
-		if !strings.HasPrefix(name, "cni-") || slices.Contains(before, name) {
-			continue
-		}
-		p := filepath.Join("/run/netns", name)
-		var st syscall.Stat_t
-		if syscall.Stat(p, &st) != nil || used[st.Ino] {
-			continue
-		}
-		_ = syscall.Unmount(p, syscall.MNT_DETACH)
-		if err := os.Remove(p); err != nil {
-			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -21,9 +21,14 @@ var hostSysctls = []string{
 // Children before parents: Down removes them in this order.
 var hostDirs = []string{
 	"/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/opt/containerd",
-	"/run/containerd", "/var/lib/cni/results", "/var/lib/cni", "/run/netns",
+	"/run/containerd", "/var/lib/cni/results", "/var/lib/cni",
 	"/opt/cni/bin", "/opt/cni", "/etc/cni/net.d", "/etc/cni", "/run/flannel",
 }
+
+// kubeletDirs may be removed with their contents (kubelet's sockets and
+// checkpoints) when no other kubelet or containerd runs; every other host
+// directory only when empty.
+var kubeletDirs = []string{"/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/opt/containerd", "/run/containerd"}
 
 // NodeDirs are the directories a real node has to itself and the lab's
 // nodes, sharing one filesystem, would otherwise share: inside each node's
@@ -96,8 +101,6 @@ func recordHost() host {
 		_, err := os.Stat(d)
 		h.Dirs[d] = err == nil
 	}
-	h.NetNS = names("/run/netns")
-	h.CNIResults = names("/var/lib/cni/results")
 	return h
 }
 

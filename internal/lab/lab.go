@@ -143,11 +143,9 @@ func (n Node) enter(argv ...string) []string {
 
 // host is what the lab finds on the machine before it changes anything.
 type host struct {
-	Sysctls    map[string]string `json:"sysctls"`
-	NetNS      []string          `json:"netns"`
-	CNIResults []string          `json:"cniResults"`
-	Dirs       map[string]bool   `json:"dirs"`
-	Bridge     bool              `json:"bridge"` // the lab created the underlay bridge
+	Sysctls map[string]string `json:"sysctls"`
+	Dirs    map[string]bool   `json:"dirs"`
+	Bridge  bool              `json:"bridge"` // the lab created the underlay bridge
 }
 
 func (o Options) statePath() string { return filepath.Join(o.Dir, "lab.json") }

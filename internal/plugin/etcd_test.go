@@ -172,6 +172,31 @@ func (v *env) expectCode(verb, cid, ifname, cniArgs string, conf []byte, code ui
 	}
 }
 
+// expectCodeWithin is expectCode for a call that must end within d (a
+// generous deadline: exceeding it means a bound is missing, not slowness).
+func (v *env) expectCodeWithin(d time.Duration, verb, cid, ifname, cniArgs string, conf []byte, code uint, msgPart string) {
+	v.t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, e := v.call(verb, cid, ifname, cniArgs, conf)
+		switch {
+		case e == nil:
+			v.t.Errorf("%s %s/%s succeeded, want code %d", verb, cid, ifname, code)
+		case e.Code != code || !strings.Contains(e.Msg, msgPart):
+			v.t.Errorf("%s %s/%s: got code %d %q, want code %d containing %q", verb, cid, ifname, e.Code, e.Msg, code, msgPart)
+		}
+	}()
+	select {
+	case <-done:
+		if v.t.Failed() {
+			v.t.FailNow()
+		}
+	case <-time.After(d):
+		v.t.Fatalf("%s %s/%s has not returned after %v", verb, cid, ifname, d)
+	}
+}
+
 func (v *env) del(cid, ifname string, conf []byte) {
 	v.t.Helper()
 	if _, e := v.call("DEL", cid, ifname, "", conf); e != nil {
@@ -489,9 +514,19 @@ func TestStatusAndEtcdDown(t *testing.T) {
 	v.add("c1", "net1", "", small)
 	v.expectCode("STATUS", "", "", "", small, types.ErrPluginNotAvailable, "no free address")
 	v.etcd.Stop(t)
-	v.expectCode("STATUS", "", "", "", conf, types.ErrPluginNotAvailable, "etcd")
-	v.expectCode("ADD", "c2", "net1", "", conf, types.ErrTryAgainLater, "etcd unreachable")
-	v.expectCode("DEL", "c1", "net1", "", conf, types.ErrTryAgainLater, "etcd unreachable")
+	// A down etcd fails a call after the dial timeout (DialTimeout), not
+	// after ipam.timeout: with a 60s timeout the ADD must still end well
+	// within the 20s that expectCodeWithin allows.
+	long := v.conf(map[string]any{"timeout": "60s"})
+	endpoint := v.etcd.Endpoints[0]
+	v.expectCodeWithin(20*time.Second, "ADD", "c2", "net1", "", long, types.ErrTryAgainLater, endpoint+" unreachable: no connection within 5s")
+	// A timeout shorter than the dial timeout bounds the wait instead, less
+	// the time kept for probing the endpoints; every verb waits the same way
+	// (STATUS reports 50, the others 11).
+	v.expectCodeWithin(20*time.Second, "STATUS", "", "", "", conf, types.ErrPluginNotAvailable, endpoint+" unreachable: no connection within 1.")
+	v.expectCodeWithin(20*time.Second, "DEL", "c1", "net1", "", conf, types.ErrTryAgainLater, "connection refused")
+	v.expectCodeWithin(20*time.Second, "CHECK", "c1", "net1", "", conf, types.ErrTryAgainLater, "unreachable")
+	v.expectCodeWithin(20*time.Second, "GC", "", "", "", conf, types.ErrTryAgainLater, "unreachable")
 	v.etcd.Restart(t)
 	v.del("c1", "net1", conf)
 	if v.record("10.188.0.10") != nil {

@@ -105,13 +105,27 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	return c, nil
 }
 
+// DialTimeout bounds how long a call waits for a connection to etcd before
+// it fails with code 11 ("unreachable"); a shorter ipam.timeout wins.
+const DialTimeout = 5 * time.Second
+
+// connect opens the etcd client and waits (at most DialTimeout) until it is
+// connected, so that an unreachable etcd fails the call in seconds rather
+// than after the whole ipam.timeout. On a reachable etcd the wait is the
+// connection set-up the first request would do anyway.
 func (c *call) connect() error {
-	cli, err := store.Connect(c.net.Etcd, min(c.net.Timeout, 5*time.Second))
+	dial := min(c.net.Timeout, DialTimeout)
+	cli, err := store.Connect(c.net.Etcd, dial)
 	if err != nil {
 		return err
 	}
 	c.cli = cli
 	c.st = store.New(cli, c.net.Etcd.Prefix, c.net.Name)
+	start := time.Now()
+	if err := store.WaitReady(c.ctx, cli, c.net.Etcd, dial); err != nil {
+		return err
+	}
+	c.log.Debug("etcd connected", "endpoints", fmt.Sprint(c.net.Etcd.Endpoints), "ms", time.Since(start).Milliseconds())
 	return nil
 }
 
@@ -453,6 +467,9 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		return err
 	}
 	if err := c.connect(); err != nil {
+		if store.IsUnavailable(err) {
+			return c.end(types.NewError(types.ErrPluginNotAvailable, err.Error(), ""))
+		}
 		return c.end(err)
 	}
 	if err := c.st.Ping(c.ctx); err != nil {
@@ -481,6 +498,7 @@ func toCNI(err error) *types.Error {
 		lk   *pod.LookupError
 		tr   *pod.TransientError
 		ann  *pod.AnnotationError
+		unr  *store.UnreachableError
 	)
 	switch {
 	case errors.As(err, &te):
@@ -501,6 +519,8 @@ func toCNI(err error) *types.Error {
 		return types.NewError(CodePodLookup, err.Error(), "")
 	case errors.As(err, &ann):
 		return types.NewError(CodeAnnotation, err.Error(), "")
+	case errors.As(err, &unr):
+		return types.NewError(types.ErrTryAgainLater, err.Error()+"; try again later", "")
 	case store.IsUnavailable(err):
 		return types.NewError(types.ErrTryAgainLater, "etcd unreachable, try again later: "+err.Error(), "")
 	}

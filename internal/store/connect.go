@@ -2,16 +2,21 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"kubeipam/internal/config"
@@ -22,14 +27,18 @@ type ConfigError struct{ Msg string }
 
 func (e *ConfigError) Error() string { return e.Msg }
 
-// Connect opens an etcd client for the network's etcdConfig and waits up to
-// dialTimeout for a connection to one endpoint, so that an unreachable etcd
-// fails a call in seconds (code 11) rather than after its whole timeout.
+// Connect opens an etcd client for the network's etcdConfig. It does not
+// wait for a connection: etcd client v3.7 creates its connection with
+// grpc.NewClient, which never blocks, so neither grpc.WithBlock nor
+// DialTimeout bounds connection establishment (etcd-io/etcd#21832). A
+// request to an unreachable etcd then waits until its own context ends,
+// which is why callers that must fail fast (the CNI plugin) follow Connect
+// with WaitReady. dialTimeout still bounds what clientv3 uses it for
+// (authentication, version checks).
 func Connect(e config.Etcd, dialTimeout time.Duration) (*clientv3.Client, error) {
 	cfg := clientv3.Config{
 		Endpoints:   e.Endpoints,
 		DialTimeout: dialTimeout,
-		DialOptions: []grpc.DialOption{grpc.WithBlock()},
 		Logger:      zap.NewNop(),
 	}
 	if e.TLS() {
@@ -57,10 +66,141 @@ func Connect(e config.Etcd, dialTimeout time.Duration) (*clientv3.Client, error)
 	return cli, nil
 }
 
+// UnreachableError says that no endpoint of an etcd cluster could be
+// connected to within the dial timeout.
+type UnreachableError struct {
+	Endpoints []string
+	Wait      time.Duration
+	// Reasons holds, per endpoint, why a direct connection attempt made
+	// after the wait failed (best effort, for the log and the CNI message).
+	Reasons []string
+}
+
+func (e *UnreachableError) Error() string {
+	msg := fmt.Sprintf("etcd %s unreachable: no connection within %v", strings.Join(e.Endpoints, ","), e.Wait)
+	if len(e.Reasons) > 0 {
+		msg += " (" + strings.Join(e.Reasons, "; ") + ")"
+	}
+	return msg
+}
+
+// WaitReady waits until cli has a connection to one of its endpoints: at
+// most dialTimeout, and when ctx has a deadline, short of it by the time the
+// probe below needs (up to a second, at most a quarter of what is left). A
+// client that is already connected returns at once, and on a healthy etcd
+// the wait is the connection set-up that the first request would wait for
+// anyway: no request is sent. When nothing connects in time it returns an
+// *UnreachableError naming the endpoints and, after a short direct probe of
+// each, why they failed (without the probe if ctx's deadline has passed);
+// when ctx is canceled it returns ctx's error.
+func WaitReady(ctx context.Context, cli *clientv3.Client, e config.Etcd, dialTimeout time.Duration) error {
+	conn := cli.ActiveConnection()
+	if conn.GetState() == connectivity.Ready {
+		return nil
+	}
+	// Keep time for the probe within ctx's deadline: up to a second, at
+	// most a quarter of what is left.
+	wait, probeTime := dialTimeout, time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		probeTime = min(probeTime, left/4)
+		wait = min(wait, left-probeTime)
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for {
+		st := conn.GetState()
+		switch st {
+		case connectivity.Ready:
+			return nil
+		case connectivity.Idle:
+			conn.Connect()
+		case connectivity.Shutdown:
+			return fmt.Errorf("etcd client for %v is closed", e.Endpoints)
+		}
+		if !conn.WaitForStateChange(wctx, st) {
+			break
+		}
+	}
+	if conn.GetState() == connectivity.Ready {
+		return nil
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return fmt.Errorf("waiting for a connection to etcd %v: %w", e.Endpoints, ctx.Err())
+	}
+	ue := &UnreachableError{Endpoints: e.Endpoints, Wait: wait.Round(100 * time.Millisecond)}
+	if ctx.Err() == nil && probeTime > 0 {
+		// A short direct probe of each endpoint says why (refused, timed
+		// out, TLS).
+		ue.Reasons = probe(e, probeTime)
+	}
+	return ue
+}
+
+// probe tries a TCP (and for https a TLS) connection to every endpoint in
+// parallel, each bounded by timeout, and describes the outcome.
+func probe(e config.Etcd, timeout time.Duration) []string {
+	out := make([]string, len(e.Endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range e.Endpoints {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = probeOne(e, ep, timeout)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func probeOne(e config.Etcd, ep string, timeout time.Duration) string {
+	u, err := url.Parse(ep)
+	if err != nil || u.Host == "" {
+		return fmt.Sprintf("%s: not a URL", ep)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Sprintf("%s: TCP connect timed out", u.Host)
+		}
+		return fmt.Sprintf("%s: %v", u.Host, unwrapOp(err))
+	}
+	defer c.Close()
+	if strings.EqualFold(u.Scheme, "https") {
+		cfg, err := transport.TLSInfo{CertFile: e.CertFile, KeyFile: e.KeyFile, TrustedCAFile: e.CAFile}.ClientConfig()
+		if err != nil {
+			return fmt.Sprintf("%s: TLS files unusable: %v", u.Host, err)
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		tc := tls.Client(c, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return fmt.Sprintf("%s: TLS handshake failed: %v", u.Host, err)
+		}
+	}
+	return fmt.Sprintf("%s: accepts connections but no gRPC connection was established (is this an etcd client URL?)", u.Host)
+}
+
+// unwrapOp drops net.OpError's "dial tcp host:port:" prefix, which the
+// caller already prints.
+func unwrapOp(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}
+
 // IsUnavailable reports whether err means etcd could not be reached in time
 // (worth retrying later) rather than a refusal.
 func IsUnavailable(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+	var ue *UnreachableError
+	if errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return true
 	}
 	code := status.Code(err)

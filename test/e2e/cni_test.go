@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -193,6 +194,46 @@ func TestBinaryErrorsAreCNIJSON(t *testing.T) {
 	ver, err := run(bin, "VERSION", "", "", []byte(`{"cniVersion":"1.1.0"}`))
 	if err != nil || !strings.Contains(string(ver), `"0.1.0"`) || !strings.Contains(string(ver), `"1.1.0"`) {
 		t.Fatalf("VERSION: %s %v", ver, err)
+	}
+}
+
+// TestBinaryEtcdDownFailsFast: with etcd down, ADD and DEL answer code 11
+// naming the endpoint as unreachable after the 5s dial timeout, not after
+// ipam.timeout (60s here). The 20s deadline on the process is the guard: a
+// missing dial bound shows up as a killed plugin, not as a timing check.
+func TestBinaryEtcdDownFailsFast(t *testing.T) {
+	bin := testenv.Binary(t, "kube-ipam")
+	e := testenv.StartEtcd(t)
+	conf := netConf(t, e, "down", map[string]any{"subnet": "10.72.0.0/16", "timeout": "60s"})
+	if out, err := run(bin, "ADD", "c0", "net1", conf); err != nil {
+		t.Fatalf("ADD with etcd up: %v %s", err, out)
+	}
+	e.Stop(t)
+	for _, verb := range []string{"ADD", "DEL"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, bin)
+		cmd.Env = []string{"CNI_COMMAND=" + verb, "CNI_CONTAINERID=c1", "CNI_NETNS=/var/run/netns/e2e",
+			"CNI_NETNS_OVERRIDE=1", "CNI_IFNAME=net1", "CNI_PATH=/opt/cni/bin"}
+		cmd.Stdin = bytes.NewReader(conf)
+		start := time.Now()
+		out, err := cmd.Output()
+		took := time.Since(start)
+		expired := ctx.Err() != nil
+		cancel()
+		if expired {
+			t.Fatalf("%s with etcd down still running after 20s (ipam.timeout 60s): the dial timeout is not applied", verb)
+		}
+		var res struct {
+			Code uint   `json:"code"`
+			Msg  string `json:"msg"`
+		}
+		if err == nil || json.Unmarshal(out, &res) != nil {
+			t.Fatalf("%s with etcd down: %v %q", verb, err, out)
+		}
+		if res.Code != 11 || !strings.Contains(res.Msg, e.Endpoints[0]+" unreachable") || !strings.Contains(res.Msg, "connection refused") {
+			t.Fatalf("%s with etcd down: code %d %q, want 11 naming %s unreachable (connection refused)", verb, res.Code, res.Msg, e.Endpoints[0])
+		}
+		t.Logf("%s: code 11 after %v: %s", verb, took.Round(time.Millisecond), res.Msg)
 	}
 }
 

@@ -269,16 +269,18 @@ func TestFailingSecondDelegateRollsBack(t *testing.T) {
 // TestEtcdDownIsTryAgain: kube-ipam's code 11 (etcd unreachable) reaches
 // the runtime as 11, not multus's flattened 999, and eth0 is rolled back.
 func TestEtcdDownIsTryAgain(t *testing.T) {
-	// kube-ipam waits up to its timeout (30s) for etcd, on ADD and on the
-	// rollback's DEL; a short one keeps the test fast.
+	// kube-ipam gives up on an unreachable etcd after its 5s dial timeout,
+	// on ADD and on the rollback's DEL, however long ipam.timeout is. With
+	// 60s (newPod's own deadline) a missing dial bound fails the test by
+	// that deadline instead of returning code 11.
 	c := newCluster(t, 1, func(conf map[string]any) {
-		conf["delegates"].([]any)[1].(map[string]any)["ipam"].(map[string]any)["timeout"] = "3s"
+		conf["delegates"].([]any)[1].(map[string]any)["ipam"].(map[string]any)["timeout"] = "60s"
 	})
 	nd := c.nodes[0]
 	c.etcd.Stop(t)
 	p, err := c.newPod(nd, "default", "web-0", "")
-	if cniCode(err) != 11 {
-		t.Fatalf("want code 11, got %d: %v", cniCode(err), err)
+	if cniCode(err) != 11 || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("want code 11 (unreachable), got %d: %v", cniCode(err), err)
 	}
 	if _, err := p.addrs("eth0"); err == nil {
 		t.Error("eth0 left after a failed ADD")

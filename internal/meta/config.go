@@ -125,7 +125,7 @@ func Parse(data []byte) (*Conf, error) {
 		c.LogLevel = "error"
 	}
 	if _, ok := levels[strings.ToLower(c.LogLevel)]; !ok {
-		return nil, configErr("logLevel %q: want debug, verbose, error or panic", c.LogLevel)
+		return nil, configErr("logLevel %q: want debug, verbose, info, warn, warning, error or panic", c.LogLevel)
 	}
 	for i, raw := range c.RawDelegates {
 		d, err := parseDelegate(i, raw, c.CNIVersion)

@@ -29,12 +29,14 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	"kubeipam/internal/install"
 	"kubeipam/internal/testenv"
+	"kubeipam/internal/tier"
 )
 
 func deployDir(t *testing.T) string {
@@ -344,9 +346,68 @@ func TestTierPolicyComment(t *testing.T) {
 	if err != nil {
 		t.Fatalf("config with the commented tier policy: %v", err)
 	}
-	if d := c.Meta.Delegates[1]; d.Ext.Attach == nil || len(d.Ext.Ingress) != 1 {
-		t.Errorf("tier policy not parsed: %+v", d.Ext)
+	d := c.Meta.Delegates[1]
+	if d.Ext.Attach == nil || len(d.Ext.Ingress) != 1 {
+		t.Fatalf("tier policy not parsed: %+v", d.Ext)
 	}
+	// It fits deploy/examples: every example pod gets net1, the databases
+	// are protected (MySQL and ping from the web range and each other), the
+	// web pods are not.
+	dir := filepath.Join(deployDir(t), "examples")
+	var web appsv1.Deployment
+	decode(t, filepath.Join(dir, "web.yaml"), "Deployment", "web", &web)
+	pods := map[string]tier.Pod{"web": examplePod(web.ObjectMeta, web.Spec.Template.ObjectMeta)}
+	for _, name := range []string{"database-1", "database-2"} {
+		var sts appsv1.StatefulSet
+		decode(t, filepath.Join(dir, "db.yaml"), "StatefulSet", name, &sts)
+		pods[name] = examplePod(sts.ObjectMeta, sts.Spec.Template.ObjectMeta)
+	}
+	webRange, _ := tier.ParseSource("10.188.0.10-10.188.0.200")
+	for name, p := range pods {
+		if ok, err := d.Ext.Attach.Matches(p); !ok || err != nil {
+			t.Errorf("example %s (%s, labels %v) does not get net1: %v", name, p.Namespace, p.Labels, err)
+		}
+		rules, err := d.Ext.PolicyFor(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "web" {
+			if len(rules) != 0 {
+				t.Errorf("example web is protected: %+v", rules)
+			}
+			continue
+		}
+		if len(rules) != 1 || !rules[0].ICMP || len(rules[0].Ports) != 1 || rules[0].Ports[0] != (tier.Port{Protocol: "tcp", Port: 3306}) {
+			t.Fatalf("example %s: policy %+v, want tcp 3306 and icmp", name, rules)
+		}
+		for _, want := range []tier.Source{webRange, mustSource(t, "10.188.0.218"), mustSource(t, "10.188.0.219")} {
+			if !slices.ContainsFunc(rules[0].From, func(f string) bool {
+				src := mustSource(t, f)
+				return src.First.Compare(want.First) <= 0 && want.Last.Compare(src.Last) <= 0
+			}) {
+				t.Errorf("example %s: policy sources %v do not admit %v", name, rules[0].From, want)
+			}
+		}
+	}
+}
+
+// examplePod is the pod a workload of deploy/examples creates: its namespace
+// (default when unset) and its template's labels.
+func examplePod(obj, tmpl metav1.ObjectMeta) tier.Pod {
+	ns := obj.Namespace
+	if ns == "" {
+		ns = "default"
+	}
+	return tier.Pod{Namespace: ns, Name: obj.Name + "-0", Labels: tmpl.Labels}
+}
+
+func mustSource(t *testing.T, s string) tier.Source {
+	t.Helper()
+	src, err := tier.ParseSource(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src
 }
 
 // controllerFlags returns the flag names kube-ipam-controller defines, read

@@ -353,7 +353,7 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	defer cancel()
 	if err == nil && !cmd.noNetworks {
 		var closeAll func()
-		nets, closeAll, err = a.open(&g)
+		nets, closeAll, err = a.open(ctx, &g)
 		if closeAll != nil {
 			defer closeAll()
 		}
@@ -388,7 +388,7 @@ func cmdFlags(cmd *command, g *globals) *pflag.FlagSet {
 
 // open parses the config and connects one etcd client per distinct etcd
 // config; closeAll closes them.
-func (a *App) open(g *globals) ([]*Network, func(), error) {
+func (a *App) open(ctx context.Context, g *globals) ([]*Network, func(), error) {
 	path := g.config
 	if path == "" {
 		path = os.Getenv("KUBE_IPAMCTL_CONFIG")
@@ -420,6 +420,13 @@ func (a *App) open(g *globals) ([]*Network, func(), error) {
 		cli, ok := clients[id]
 		if !ok {
 			cli, err = a.Connect(cfg.Etcd, min(g.timeout, 5*time.Second))
+			if err == nil {
+				// Fail in seconds, naming the reason, rather than after
+				// --timeout on the first read (the client never blocks).
+				if err = store.WaitReady(ctx, cli, cfg.Etcd, min(g.timeout, 5*time.Second)); err != nil {
+					_ = cli.Close()
+				}
+			}
 			if err != nil {
 				return nil, closeAll, &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: etcd %s: %v", cfg.Name, strings.Join(cfg.Etcd.Endpoints, ","), err)}
 			}

@@ -499,3 +499,25 @@ func TestTLSConfig(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
 	}
 }
+
+// An unreachable etcd is reported in seconds with its reason, not after
+// --timeout: the test's own 20 s deadline catches a regression.
+func TestEtcdUnreachable(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "net.conf")
+	body := `{"cniVersion": "0.3.1", "name": "down", "type": "macvlan",
+	  "ipam": {"type": "kube-ipam", "subnet": "10.7.0.0/29", "etcdConfig": {"etcdURL": "http://127.0.0.1:1"}}}`
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	app := &App{Out: &out, Err: &errb, Now: func() time.Time { return now }}
+	code := app.Run(ctx, []string{"networks", "--config", conf, "--timeout", "60s"})
+	if ctx.Err() != nil {
+		t.Fatalf("kube-ipamctl waited for its --timeout on an unreachable etcd (stderr %q)", errb.String())
+	}
+	if code != 3 || !strings.Contains(errb.String(), "unreachable") || !strings.Contains(errb.String(), "127.0.0.1:1") {
+		t.Fatalf("exit %d, stderr %q; want 3 and the unreachable endpoint", code, errb.String())
+	}
+}

@@ -71,27 +71,24 @@ const KubeVersion = "v1.37.2"
 // KubeBinDir is where hack/testbin.sh puts the Kubernetes binaries:
 // $KUBE_IPAM_TESTBIN, else the user cache directory.
 func KubeBinDir() string {
-	if dir := os.Getenv("KUBE_IPAM_TESTBIN"); dir != "" {
-		return dir
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = filepath.Join(os.TempDir(), ".cache")
-	}
-	return filepath.Join(cache, "kube-ipam", "testbin-k8s"+strings.TrimPrefix(KubeVersion, "v"))
+	return cacheDir("KUBE_IPAM_TESTBIN", "testbin-k8s"+strings.TrimPrefix(KubeVersion, "v"))
 }
 
 // LabBinDir is where hack/labbin.sh puts flanneld and the flannel CNI
 // plugin: $KUBE_IPAM_LABBIN, else the user cache directory.
-func LabBinDir() string {
-	if dir := os.Getenv("KUBE_IPAM_LABBIN"); dir != "" {
+func LabBinDir() string { return cacheDir("KUBE_IPAM_LABBIN", "labbin") }
+
+// cacheDir is $env, else <user cache dir>/kube-ipam/<name>, as the hack/
+// scripts compute it.
+func cacheDir(env, name string) string {
+	if dir := os.Getenv(env); dir != "" {
 		return dir
 	}
 	cache, err := os.UserCacheDir()
 	if err != nil {
 		cache = filepath.Join(os.TempDir(), ".cache")
 	}
-	return filepath.Join(cache, "kube-ipam", "labbin")
+	return filepath.Join(cache, "kube-ipam", name)
 }
 
 // ClusterCIDR is the cluster network (the seed's flannel Network); the

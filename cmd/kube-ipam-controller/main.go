@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"kubeipam/internal/cli"
+	"kubeipam/internal/config"
 	"kubeipam/internal/controller"
 	"kubeipam/internal/webhook"
 )
@@ -74,7 +74,7 @@ type webhookFlags struct {
 }
 
 func serveWebhook(configFile string, f webhookFlags, log *slog.Logger) (func(), error) {
-	networks, err := cli.LoadNetworks(configFile)
+	networks, err := config.LoadNetworks(configFile)
 	if err != nil {
 		return nil, err
 	}

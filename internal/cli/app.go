@@ -399,7 +399,7 @@ func (a *App) open(ctx context.Context, g *globals) ([]*Network, func(), error) 
 			return nil, nil, &ExitError{Code: 3, Msg: err.Error()}
 		}
 	}
-	cfgs, err := LoadNetworks(path)
+	cfgs, err := config.LoadNetworks(path)
 	if err != nil {
 		return nil, nil, &ExitError{Code: 3, Msg: err.Error()}
 	}

@@ -82,7 +82,7 @@ func newFixture(t *testing.T) *fixture {
 	if err := os.WriteFile(f.conf, fmt.Appendf(nil, confTmpl, e.ClientURL, prefix), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	nets, err := LoadNetworks(f.conf)
+	nets, err := config.LoadNetworks(f.conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,23 +210,6 @@ func golden(t *testing.T, name, got string) {
 	}
 	if got != string(want) {
 		t.Errorf("%s differs from %s (run with -update to accept):\n--- got\n%s--- want\n%s", name, path, got, want)
-	}
-}
-
-func TestConfigForms(t *testing.T) {
-	nets, err := ParseNetworks(fmt.Appendf(nil, confTmpl, "http://127.0.0.1:1", prefix), "multus")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(nets) != 2 || nets[0].Name != "k8snet2" || nets[1].Name != "k8snet3" || nets[1].CNIVersion != "1.0.0" || nets[0].CNIVersion != "0.3.1" {
-		t.Fatalf("got %d networks: %+v", len(nets), nets)
-	}
-	seed, err := LoadNetworks("../config/testdata/seed-macvlan.json")
-	if err != nil || len(seed) != 1 || seed[0].Name != "k8snet2" {
-		t.Fatalf("seed config: %v %+v", err, seed)
-	}
-	if _, err := ParseNetworks([]byte(`{"name":"x","type":"bridge","ipam":{"type":"host-local"}}`), "x"); err == nil {
-		t.Fatal("a config without kube-ipam was accepted")
 	}
 }
 

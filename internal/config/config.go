@@ -6,6 +6,9 @@
 // subnet/rangeStart/rangeEnd/gateway keys), host-local style "ranges", and the
 // keys this project adds (fixedStart/fixedEnd, releaseCooldown, ...). Parsing
 // does no I/O: files named by the config are only checked where they are used.
+// LoadNetworks reads a whole network config file (single, conflist or multus
+// meta config) and parses every kube-ipam network in it; it is the one loader
+// of kube-ipamctl, kube-ipam-controller, its webhook and kube-ipam-install.
 package config
 
 import (

@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/util/workqueue"
 
-	"kubeipam/internal/cli"
+	"kubeipam/internal/config"
 	"kubeipam/internal/store"
 )
 
@@ -46,7 +46,7 @@ func Run(ctx context.Context, c Config) error {
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	cfgs, err := cli.LoadNetworks(c.ConfigFile)
+	cfgs, err := config.LoadNetworks(c.ConfigFile)
 	if err != nil {
 		return err
 	}
@@ -181,6 +181,9 @@ func runLoop(ctx context.Context, c Config, nets []*Network, kube kubernetes.Int
 					return
 				}
 				res, err := r.Pass(ctx, n)
+				if err != nil && ctx.Err() != nil {
+					return // shutting down (or lost the lease) mid-pass
+				}
 				if err != nil {
 					c.Log.Error("reconcile pass failed", "network", key, "err", err)
 					q.AddRateLimited(key)

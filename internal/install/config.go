@@ -9,7 +9,6 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
-	"kubeipam/internal/cli"
 	"kubeipam/internal/config"
 	"kubeipam/internal/meta"
 )
@@ -43,7 +42,7 @@ type ReferencedFile struct{ Key, Path string }
 // libcni (what the container runtime does with the file), kube-multus's
 // meta config parser (internal/meta.Parse, with the kubeMultus tier
 // policy), and kube-ipam's own parser for every kube-ipam network
-// (internal/config.Parse, through cli.ParseNetworks, which hands each
+// (internal/config.Parse, through config.ParseNetworks, which hands each
 // delegate and conflist plugin its inherited name and cniVersion as
 // kube-multus and libcni do). name is the file name the config is installed
 // under: its extension decides how the runtime reads it.
@@ -97,7 +96,7 @@ func CheckConfig(data []byte, name string) (*CheckedConfig, error) {
 			c.Files = append(c.Files, ReferencedFile{"kubeconfig", m.Kubeconfig})
 		}
 	}
-	nets, err := cli.ParseNetworks(data, name)
+	nets, err := config.ParseNetworks(data, name)
 	if err != nil {
 		return nil, fmt.Errorf("kube-ipam would refuse it: %v", err)
 	}

@@ -53,7 +53,7 @@ type Handler struct {
 }
 
 // NewHandler returns a handler validating against networks (as loaded by
-// cli.LoadNetworks). lookup may be nil: collisions are then not checked.
+// config.LoadNetworks). lookup may be nil: collisions are then not checked.
 // now defaults to time.Now.
 func NewHandler(networks []*config.Network, lookup StoreLookup, now func() time.Time) *Handler {
 	if now == nil {

@@ -20,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
-	"kubeipam/internal/cli"
 	"kubeipam/internal/config"
 	"kubeipam/internal/store"
 	"kubeipam/internal/testenv"
@@ -36,7 +35,7 @@ func networks(t *testing.T, endpoint string) []*config.Network {
 	    "rangeEnd": "10.10.0.200", "gateway": "10.10.0.1", "fixedStart": "10.10.1.0", "fixedEnd": "10.10.1.255"}},
 	  {"cniVersion": "0.3.1", "name": "net-b", "type": "macvlan", "ipam": {"type": "kube-ipam",
 	    "etcdConfig": {"etcdURL": %[1]q}, "subnet": "10.20.0.0/24", "gateway": "10.20.0.1"}}]}`, endpoint)
-	nets, err := cli.ParseNetworks([]byte(conf), "test")
+	nets, err := config.ParseNetworks([]byte(conf), "test")
 	if err != nil {
 		t.Fatal(err)
 	}

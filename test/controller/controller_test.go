@@ -28,7 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"kubeipam/internal/cli"
+	"kubeipam/internal/config"
 	"kubeipam/internal/store"
 	"kubeipam/internal/testenv"
 )
@@ -65,7 +65,7 @@ func newCluster(t *testing.T, nodes ...string) *cluster {
 	c.conf, _ = json.Marshal(map[string]any{"cniVersion": "0.3.1", "name": "k8snet2", "type": "macvlan", "master": "eth0", "ipam": ipam})
 	c.confF = filepath.Join(t.TempDir(), "10-kube-ipam.conf")
 	must(t, os.WriteFile(c.confF, c.conf, 0o644))
-	nets, err := cli.LoadNetworks(c.confF)
+	nets, err := config.LoadNetworks(c.confF)
 	must(t, err)
 	c.network = nets[0].Name
 	c.st = store.New(c.etcd.Client(t), nets[0].Etcd.Prefix, nets[0].Name)

@@ -29,7 +29,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"kubeipam/internal/cli"
+	"kubeipam/internal/config"
 	"kubeipam/internal/store"
 	"kubeipam/internal/testenv"
 	"kubeipam/internal/webhook"
@@ -103,7 +103,7 @@ func denied(t *testing.T, err error, want ...string) {
 func TestWebhookBehindAPIServer(t *testing.T) {
 	k := testenv.StartKube(t, testenv.KubeOptions{})
 	e := testenv.StartEtcd(t) // kube-ipam's own etcd
-	nets, err := cli.ParseNetworks([]byte(fmt.Sprintf(`{"cniVersion": "0.3.1", "name": "k8snet", "type": "macvlan",
+	nets, err := config.ParseNetworks([]byte(fmt.Sprintf(`{"cniVersion": "0.3.1", "name": "k8snet", "type": "macvlan",
 	  "ipam": {"type": "kube-ipam", "etcdConfig": {"etcdURL": %q}, "subnet": "10.10.0.0/16",
 	           "rangeStart": "10.10.0.10", "rangeEnd": "10.10.0.200", "gateway": "10.10.0.1"}}`, e.Endpoints[0])), "test")
 	if err != nil {

@@ -1,0 +1,96 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// IPAMType is the ipam "type" of a kube-ipam network.
+const IPAMType = "kube-ipam"
+
+// LoadNetworks reads a CNI network config file — a single plugin config, a
+// conflist, or a multus meta config whose delegates are either — and returns
+// every kube-ipam network it describes, in file order. A network that
+// appears twice (same etcd endpoints, prefix and name) is returned once.
+func LoadNetworks(path string) ([]*Network, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseNetworks(data, path)
+}
+
+// ParseNetworks is LoadNetworks on bytes; where names the source in errors.
+// Each network is parsed by Parse with the name and cniVersion it inherits
+// from its conflist or meta config, as libcni and multus hand them down.
+func ParseNetworks(data []byte, where string) ([]*Network, error) {
+	var root map[string]any
+	if err := json.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s is not a JSON object: %v", where, err)
+	}
+	var found []map[string]any
+	collect(root, "", "", &found)
+	if len(found) == 0 {
+		return nil, fmt.Errorf("%s has no plugin with \"ipam\": {\"type\": %q} (looked at the config itself, \"plugins\" and multus \"delegates\")", where, IPAMType)
+	}
+	var out []*Network
+	seen := map[string]bool{}
+	for _, obj := range found {
+		b, _ := json.Marshal(obj)
+		n, err := Parse(b)
+		if err != nil {
+			name, _ := obj["name"].(string)
+			return nil, fmt.Errorf("%s: network %q: %v", where, name, err)
+		}
+		id := strings.Join(n.Etcd.Endpoints, ",") + "|" + n.Etcd.Prefix + "|" + n.Name
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// collect walks obj the way runtimes and multus hand configs down: a conflist
+// gives each plugin its name and cniVersion, a multus delegate without a
+// cniVersion inherits the meta config's.
+func collect(obj map[string]any, name, version string, out *[]map[string]any) {
+	if v, ok := obj["cniVersion"].(string); ok && v != "" {
+		version = v
+	}
+	if n, ok := obj["name"].(string); ok && n != "" {
+		name = n
+	}
+	if ipam, ok := obj["ipam"].(map[string]any); ok {
+		if t, _ := ipam["type"].(string); t == IPAMType {
+			c := make(map[string]any, len(obj)+2)
+			for k, v := range obj {
+				c[k] = v
+			}
+			if _, ok := c["name"].(string); !ok && name != "" {
+				c["name"] = name
+			}
+			if _, ok := c["cniVersion"].(string); !ok && version != "" {
+				c["cniVersion"] = version
+			}
+			*out = append(*out, c)
+		}
+	}
+	for _, key := range []string{"plugins", "delegates"} {
+		list, _ := obj[key].([]any)
+		for _, item := range list {
+			if m, ok := item.(map[string]any); ok {
+				// A plugin of a conflist takes the list's name; a delegate
+				// has its own name (multus requires one).
+				inherit := name
+				if key == "delegates" {
+					inherit = ""
+				}
+				collect(m, inherit, version, out)
+			}
+		}
+	}
+}

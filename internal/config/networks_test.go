@@ -1,0 +1,50 @@
+package config_test
+
+import (
+	"strings"
+	"testing"
+
+	"kubeipam/internal/config"
+)
+
+// A multus meta config: the master is not kube-ipam, k8snet2 is a single
+// plugin delegate inheriting the meta config's cniVersion, k8snet3 a
+// conflist delegate whose plugin takes the list's name and cniVersion.
+const multusConf = `{
+  "cniVersion": "0.3.1", "name": "multus-cni-network", "type": "multus-cni",
+  "delegates": [
+    {"cniVersion": "0.3.1", "name": "k8s-pod-network", "type": "flannel", "delegate": {"isDefaultGateway": true}},
+    {"name": "k8snet2", "type": "macvlan", "master": "eth0",
+     "ipam": {"type": "kube-ipam", "etcdConfig": {"etcdURL": "http://127.0.0.1:1"}, "subnet": "10.188.0.0/24"}},
+    {"cniVersion": "1.0.0", "name": "k8snet3", "plugins": [
+      {"type": "bridge", "bridge": "br3",
+       "ipam": {"type": "kube-ipam", "etcdConfig": {"etcdURL": "http://127.0.0.1:1"},
+                "ranges": [[{"subnet": "10.189.0.0/28"}], [{"subnet": "fd00:189::/120"}]]}}]},
+    {"name": "k8snet2", "type": "macvlan", "master": "eth0",
+     "ipam": {"type": "kube-ipam", "etcdConfig": {"etcdURL": "http://127.0.0.1:1"}, "subnet": "10.188.0.0/24"}}
+  ]
+}`
+
+func TestConfigForms(t *testing.T) {
+	nets, err := config.ParseNetworks([]byte(multusConf), "multus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The repeated k8snet2 delegate (same etcd, prefix and name) is returned once.
+	if len(nets) != 2 || nets[0].Name != "k8snet2" || nets[1].Name != "k8snet3" || nets[1].CNIVersion != "1.0.0" || nets[0].CNIVersion != "0.3.1" {
+		t.Fatalf("got %d networks: %+v", len(nets), nets)
+	}
+	seed, err := config.LoadNetworks("testdata/seed-macvlan.json")
+	if err != nil || len(seed) != 1 || seed[0].Name != "k8snet2" {
+		t.Fatalf("seed config: %v %+v", err, seed)
+	}
+	if _, err := config.ParseNetworks([]byte(`{"name":"x","type":"bridge","ipam":{"type":"host-local"}}`), "x"); err == nil || !strings.Contains(err.Error(), `"kube-ipam"`) {
+		t.Fatalf("a config without kube-ipam: %v", err)
+	}
+	if _, err := config.ParseNetworks([]byte(`{"name":"x","type":"bridge","ipam":{"type":"kube-ipam"}}`), "f.conf"); err == nil || !strings.Contains(err.Error(), `f.conf: network "x"`) {
+		t.Fatalf("an invalid kube-ipam network: %v", err)
+	}
+	if _, err := config.LoadNetworks("testdata/does-not-exist.conf"); err == nil {
+		t.Fatal("a missing file was loaded")
+	}
+}

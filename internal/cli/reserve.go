@@ -5,17 +5,15 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"kubeipam/internal/allocator"
 	"kubeipam/internal/config"
+	"kubeipam/internal/controller"
 	"kubeipam/internal/store"
 )
 
@@ -144,84 +142,6 @@ type GCReport struct {
 	Released   []GCCandidate `json:"released"`
 }
 
-// GC runs the controller's garbage collection once over every network,
-// with grace 0; with dryRun it only lists what it would free.
-func GC(ctx context.Context, w, errw io.Writer, nets []*Network, kube func(string, time.Duration) (kubernetes.Interface, error),
-	timeout time.Duration, dryRun bool, now time.Time, format string) error {
-	rep := GCReport{DryRun: dryRun, Candidates: []GCCandidate{}, Released: []GCCandidate{}}
-	clients := map[string]kubernetes.Interface{}
-	for _, n := range nets {
-		kc, ok := clients[n.KubeConfig]
-		if !ok {
-			var err error
-			if kc, err = kube(n.KubeConfig, timeout); err != nil {
-				return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: Kubernetes API not configured: %v", n.Cfg.Name, err)}
-			}
-			clients[n.KubeConfig] = kc
-		}
-		progress := func(done, total int) {
-			if done%1000 == 0 {
-				fmt.Fprintf(errw, "gc: %d/%d allocations checked\n", done, total)
-			}
-			if done == total {
-				rep.Checked += total
-			}
-		}
-		cands, rel, err := gcPass(ctx, n, kc, now, dryRun, progress)
-		rep.Candidates = append(rep.Candidates, cands...)
-		rep.Released = append(rep.Released, rel...)
-		if err != nil {
-			return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: %v (released so far: %d)", n.Cfg.Name, err, len(rep.Released))}
-		}
-	}
-	if format != FormatTable {
-		return emit(w, format, rep, nil, nil)
-	}
-	if len(rep.Candidates) == 0 {
-		fmt.Fprintf(w, "No leaked allocations in %d network(s), %d allocation(s) checked.\n", len(nets), rep.Checked)
-		return nil
-	}
-	freed := map[string]bool{}
-	for _, c := range rep.Released {
-		freed[candKey(c)] = true
-	}
-	var rows [][]string
-	for _, c := range rep.Candidates {
-		owner := c.Namespace + "/" + c.Pod
-		if c.Kind == "sticky" {
-			owner = fmt.Sprintf("%s/%s ordinal %d", c.Namespace, c.StatefulSet, ordinal(c))
-		}
-		action := "would free"
-		if !dryRun {
-			action = "left alone (changed meanwhile)"
-			if freed[candKey(c)] {
-				action = "freed"
-			}
-		}
-		rows = append(rows, []string{c.Network, c.Kind, owner, store.ShortID(c.ContainerID), c.IfName, c.Node, strings.Join(c.IPs, ","), action})
-	}
-	if err := table(w, []string{"NETWORK", "KIND", "OWNER", "CONTAINER", "IFNAME", "NODE", "IPS", "ACTION"}, rows); err != nil {
-		return err
-	}
-	if dryRun {
-		fmt.Fprintf(w, "Dry run: %d leaked allocation(s) would be freed; nothing was changed.\n", len(rep.Candidates))
-	} else {
-		fmt.Fprintf(w, "Freed %d of %d leaked allocation(s).\n", len(rep.Released), len(rep.Candidates))
-	}
-	return nil
-}
-
-func candKey(c GCCandidate) string {
-	return fmt.Sprintf("%s|%s|%s|%s|%s|%s|%d", c.Network, c.Kind, c.ContainerID, c.IfName, c.Namespace, c.StatefulSet, ordinal(c))
-}
-
-func ordinal(c GCCandidate) int {
-	if c.Ordinal == nil {
-		return -1
-	}
-	return *c.Ordinal
-}
-
 // GCCandidate is one allocation gc found leaked.
 type GCCandidate struct {
 	Network string `json:"network"`
@@ -238,166 +158,87 @@ type GCCandidate struct {
 	IPs         []string `json:"ips"`
 }
 
-type owner int
+func gcCandidate(c controller.Candidate) GCCandidate {
+	g := GCCandidate{Network: c.Network, Kind: c.Kind, Namespace: c.Namespace, Pod: c.Pod, StatefulSet: c.StatefulSet,
+		ContainerID: c.ContainerID, IfName: c.IfName, Node: c.Node, IPs: c.IPs}
+	if c.Kind == controller.KindSticky {
+		o := c.Ordinal
+		g.Ordinal = &o
+	}
+	return g
+}
 
-const (
-	ownerAlive owner = iota
-	ownerIsGone
-	ownerUnknown // API error: never free
-)
-
-// gcPass applies kube-ipam-controller's GC rules (internal/controller
-// Reconciler.Pass) once to one network, with grace 0: two observations
-// cannot span separate runs. The controller package imports this one, so
-// the rules are restated here rather than shared:
-//   - an attachment without a pod (e.g. a reservation) is never touched;
-//   - a pod is gone only when a live GET says NotFound or shows another UID;
-//     any other API error keeps the allocation;
-//   - an attachment whose records are StatefulSet ordinals still wanted
-//     (StatefulSet of that UID exists, ordinal < replicas) is kept;
-//   - a sticky record is freed when its StatefulSet is gone (or another
-//     UID) or scaled below its ordinal;
-//   - every release is store.ReleaseAttachment / ReleaseSticky, one etcd
-//     transaction guarded by the revisions read.
-func gcPass(ctx context.Context, n *Network, kube kubernetes.Interface, now time.Time, dryRun bool, progress func(done, total int)) (candidates, released []GCCandidate, err error) {
-	s, err := read(ctx, n)
-	if err != nil {
-		return nil, nil, err
-	}
-	stickies, err := n.Store.Stickies(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	policy := allocator.ReusePolicy(n.Cfg)
-	name := n.Cfg.Name
-	pods := map[string]owner{}
-	stss := map[string]*appsv1.StatefulSet{}
-	stsErr := map[string]bool{}
-	podOwner := func(ns, pname, uid string) owner {
-		key := ns + "/" + pname + "/" + uid
-		if st, ok := pods[key]; ok {
-			return st
+// GC runs kube-ipam-controller's garbage collection once over every network
+// (controller.Reconciler.RunOnce: the controller's rules, released on this
+// pass); with dryRun it only lists what it would free. Pods are looked up
+// by a live GET through the network's kubeconfig.
+func GC(ctx context.Context, w, errw io.Writer, nets []*Network, kube func(string, time.Duration) (kubernetes.Interface, error),
+	timeout time.Duration, dryRun bool, now time.Time, format string) error {
+	rep := GCReport{DryRun: dryRun, Candidates: []GCCandidate{}, Released: []GCCandidate{}}
+	var actions []string
+	clients := map[string]kubernetes.Interface{}
+	opts := controller.OnceOptions{DryRun: dryRun, Progress: func(_ string, done, total int) {
+		if done%1000 == 0 {
+			fmt.Fprintf(errw, "gc: %d/%d allocations checked\n", done, total)
 		}
-		p, err := kube.CoreV1().Pods(ns).Get(ctx, pname, metav1.GetOptions{})
-		st := ownerAlive
-		switch {
-		case apierrors.IsNotFound(err):
-			st = ownerIsGone
-		case err != nil:
-			st = ownerUnknown
-		case uid != "" && string(p.UID) != uid:
-			st = ownerIsGone
+	}}
+	for _, n := range nets {
+		kc, ok := clients[n.KubeConfig]
+		if !ok {
+			var err error
+			if kc, err = kube(n.KubeConfig, timeout); err != nil {
+				return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: Kubernetes API not configured: %v", n.Cfg.Name, err)}
+			}
+			clients[n.KubeConfig] = kc
 		}
-		pods[key] = st
-		return st
-	}
-	stsOwner := func(ns, sname, uid string, ordinal int) owner {
-		key := ns + "/" + sname
-		sts, ok := stss[key]
-		if !ok && !stsErr[key] {
-			got, err := kube.AppsV1().StatefulSets(ns).Get(ctx, sname, metav1.GetOptions{})
-			switch {
-			case apierrors.IsNotFound(err):
-				stss[key] = nil
-			case err != nil:
-				stsErr[key] = true
-			default:
-				stss[key] = got
-				sts = got
+		r := controller.NewReconciler([]*controller.Network{controller.NewNetwork(n.Cfg, n.Store.Client())}, kc, nil, nil,
+			controller.Options{Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler)})
+		results, err := r.RunOnce(ctx, opts)
+		for _, res := range results {
+			rep.Checked += res.Checked
+			for _, c := range res.Leaked {
+				g := gcCandidate(c)
+				rep.Candidates = append(rep.Candidates, g)
+				action := "would free"
+				switch {
+				case c.Released:
+					action = "freed"
+					g.IPs = addrStrings(c.Freed)
+					rep.Released = append(rep.Released, g)
+				case !dryRun:
+					action = "left alone (changed meanwhile)"
+				}
+				actions = append(actions, action)
 			}
 		}
-		if stsErr[key] {
-			return ownerUnknown
-		}
-		if sts == nil || string(sts.UID) != uid {
-			return ownerIsGone
-		}
-		replicas := 1
-		if sts.Spec.Replicas != nil {
-			replicas = int(*sts.Spec.Replicas)
-		}
-		if ordinal >= replicas {
-			return ownerIsGone
-		}
-		return ownerAlive
-	}
-	total := len(s.atts) + len(stickies)
-	done := 0
-	tick := func() {
-		done++
-		if progress != nil {
-			progress(done, total)
-		}
-	}
-	for _, ae := range s.atts {
-		if err := ctx.Err(); err != nil {
-			return candidates, released, err
-		}
-		tick()
-		att := ae.Att
-		if att.PodName == "" {
-			continue
-		}
-		if podOwner(att.PodNamespace, att.PodName, att.PodUID) != ownerIsGone {
-			continue
-		}
-		keep := false
-		for _, ipStr := range att.IPs {
-			a, err := netip.ParseAddr(ipStr)
-			if err != nil {
-				continue
-			}
-			e, ok := s.byIP[a]
-			if !ok || e.Rec.ContainerID != att.ContainerID || e.Rec.IfName != att.IfName || e.Rec.StatefulSetUID == "" {
-				continue
-			}
-			if stsOwner(e.Rec.PodNamespace, e.Rec.StatefulSet, e.Rec.StatefulSetUID, e.Rec.Ordinal) != ownerIsGone {
-				keep = true
-			}
-		}
-		if keep {
-			continue
-		}
-		c := GCCandidate{Network: name, Kind: "attachment", Namespace: att.PodNamespace, Pod: att.PodName, ContainerID: att.ContainerID,
-			IfName: att.IfName, Node: att.Node, IPs: append([]string{}, att.IPs...)}
-		candidates = append(candidates, c)
-		if dryRun {
-			continue
-		}
-		freed, ok, err := n.Store.ReleaseAttachment(ctx, att, now, policy)
 		if err != nil {
-			return candidates, released, fmt.Errorf("releasing container %s interface %s: %w", store.ShortID(att.ContainerID), att.IfName, err)
-		}
-		if ok {
-			c.IPs = addrStrings(freed)
-			released = append(released, c)
+			return &ExitError{Code: 3, Msg: fmt.Sprintf("%v (released so far: %d)", err, len(rep.Released))}
 		}
 	}
-	for _, e := range stickies {
-		if err := ctx.Err(); err != nil {
-			return candidates, released, err
-		}
-		tick()
-		if stsOwner(e.Namespace, e.StatefulSet, e.StatefulSetUID, e.Ordinal) != ownerIsGone {
-			continue
-		}
-		o := e.Ordinal
-		c := GCCandidate{Network: name, Kind: "sticky", Namespace: e.Namespace, StatefulSet: e.StatefulSet, Ordinal: &o, IfName: e.IfName,
-			IPs: append([]string{}, e.IPs...)}
-		candidates = append(candidates, c)
-		if dryRun {
-			continue
-		}
-		freed, ok, err := n.Store.ReleaseSticky(ctx, e, now, policy)
-		if err != nil {
-			return candidates, released, fmt.Errorf("releasing sticky %s/%s ordinal %d: %w", e.Namespace, e.StatefulSet, e.Ordinal, err)
-		}
-		if ok {
-			c.IPs = addrStrings(freed)
-			released = append(released, c)
-		}
+	if format != FormatTable {
+		return emit(w, format, rep, nil, nil)
 	}
-	return candidates, released, nil
+	if len(rep.Candidates) == 0 {
+		fmt.Fprintf(w, "No leaked allocations in %d network(s), %d allocation(s) checked.\n", len(nets), rep.Checked)
+		return nil
+	}
+	var rows [][]string
+	for i, c := range rep.Candidates {
+		owner := c.Namespace + "/" + c.Pod
+		if c.Kind == controller.KindSticky {
+			owner = fmt.Sprintf("%s/%s ordinal %d", c.Namespace, c.StatefulSet, *c.Ordinal)
+		}
+		rows = append(rows, []string{c.Network, c.Kind, owner, store.ShortID(c.ContainerID), c.IfName, c.Node, strings.Join(c.IPs, ","), actions[i]})
+	}
+	if err := table(w, []string{"NETWORK", "KIND", "OWNER", "CONTAINER", "IFNAME", "NODE", "IPS", "ACTION"}, rows); err != nil {
+		return err
+	}
+	if dryRun {
+		fmt.Fprintf(w, "Dry run: %d leaked allocation(s) would be freed; nothing was changed.\n", len(rep.Candidates))
+	} else {
+		fmt.Fprintf(w, "Freed %d of %d leaked allocation(s).\n", len(rep.Released), len(rep.Candidates))
+	}
+	return nil
 }
 
 func addrStrings(as []netip.Addr) []string {

@@ -166,3 +166,35 @@ func TestGCProgress(t *testing.T) {
 		t.Fatalf("no progress on stderr: %q", errs)
 	}
 }
+
+func TestGCSticky(t *testing.T) {
+	f := newFixture(t)
+	f.seed()
+	ctx := context.Background()
+	// StatefulSet db/cache is gone (not in the fake API), and so is its pod:
+	// gc frees the attachment and the sticky record of ordinal 0.
+	f.commit(alloc{network: "k8snet2", ns: "db", pod: "cache-0", uid: "uid-cache-0", cid: cid(6), ifname: "net1", node: "worker-2",
+		kind: store.KindSticky, ips: []string{"10.188.0.30"}, created: now.Add(-time.Hour), sts: "cache", ordinal: 0})
+	out, errs, code := f.run("gc", "--dry-run")
+	if code != 0 || !strings.Contains(out, "db/cache-0") || !strings.Contains(out, "db/cache ordinal 0") || !strings.Contains(out, "2 leaked allocation(s) would be freed") {
+		t.Fatalf("gc --dry-run: code %d, %q\n%s", code, errs, out)
+	}
+	// The seed's mysql-1 (ordinal 1 of replicas 2, pod alive) is kept.
+	if strings.Contains(out, "mysql") {
+		t.Fatalf("gc --dry-run lists a wanted ordinal:\n%s", out)
+	}
+	out, errs, code = f.run("gc", "-o", "json")
+	var rep GCReport
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil {
+		t.Fatalf("gc: code %d, %q\n%s", code, errs, out)
+	}
+	if len(rep.Released) != 2 || rep.Released[1].Kind != "sticky" || rep.Released[1].Ordinal == nil || *rep.Released[1].Ordinal != 0 || rep.Released[0].Ordinal != nil {
+		t.Fatalf("gc released %s", out)
+	}
+	if st, _ := f.store("k8snet2").State(ctx, netip.MustParseAddr("10.188.0.30")); st.Record != nil {
+		t.Fatalf("sticky address still held: %+v", st.Record)
+	}
+	if s, _ := f.store("k8snet2").Stickies(ctx); len(s) != 1 || s[0].StatefulSet != "mysql" {
+		t.Fatalf("stickies after gc: %+v", s)
+	}
+}

@@ -86,6 +86,7 @@ func NewReconciler(nets []*Network, kube kubernetes.Interface, pods corelisters.
 // Result summarises one pass over one network.
 type Result struct {
 	Attachments int
+	Checked     int // attachments and sticky records looked at
 	Candidates  int
 	Released    int // attachments released
 	FreedIPs    int
@@ -287,6 +288,40 @@ func (r *Reconciler) candidate(k string, now time.Time, live map[string]bool) bo
 
 // Pass reconciles one network once.
 func (r *Reconciler) Pass(ctx context.Context, n *Network) (Result, error) {
+	return r.pass(ctx, n, passMode{})
+}
+
+// passMode is how a pass treats the candidates it finds. The zero value is
+// the controller's: release a candidate only once it has been seen leaked,
+// with unchanged revisions, at least Grace ago.
+type passMode struct {
+	// once releases on first sight (RunOnce): one run cannot observe a
+	// candidate twice. The seen-since clock is neither read nor kept.
+	once bool
+	// dryRun decides and reports but releases nothing.
+	dryRun bool
+	// progress is called after each attachment and sticky record checked.
+	progress func(done, total int)
+	// report is called once per candidate, after its release (if any).
+	report func(Candidate)
+}
+
+// pass is the GC rules, applied once to one network:
+//   - an attachment without a pod (e.g. a kube-ipamctl reservation) is never
+//     touched;
+//   - a pod is gone only when it is not in the informer and a live GET says
+//     NotFound, or it has another UID (or, with ReleaseTerminatingOnNotReady,
+//     it has been Terminating on a NotReady node that long); any other API
+//     error keeps the allocation;
+//   - an attachment whose records are StatefulSet ordinals still wanted
+//     (StatefulSet of that UID exists, ordinal < replicas) is kept;
+//   - a sticky record is freed when its StatefulSet is gone (or has another
+//     UID) or is scaled below its ordinal;
+//   - a candidate is released once seen leaked on two passes at least Grace
+//     apart with unchanged revisions (m.once: on this pass);
+//   - every release is store.ReleaseAttachment / ReleaseSticky, one etcd
+//     transaction guarded by the revisions read.
+func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (Result, error) {
 	var res Result
 	start := time.Now()
 	snap, err := readSnapshot(ctx, n)
@@ -294,8 +329,13 @@ func (r *Reconciler) Pass(ctx context.Context, n *Network) (Result, error) {
 		return res, err
 	}
 	now := r.Opts.Now()
-	if r.Metrics != nil {
-		r.Metrics.observeSnapshot(n, snap, now)
+	// Metrics describe the controller's passes, not one-shot runs.
+	metrics := r.Metrics
+	if m.once {
+		metrics = nil
+	}
+	if metrics != nil {
+		metrics.observeSnapshot(n, snap, now)
 	}
 	name := n.Cfg.Name
 	live := map[string]bool{}
@@ -303,8 +343,28 @@ func (r *Reconciler) Pass(ctx context.Context, n *Network) (Result, error) {
 	stss := map[string]*appsv1.StatefulSet{}
 	stsErr := map[string]bool{}
 	res.Attachments = len(snap.atts)
+	total := len(snap.atts) + len(snap.sticky)
+	checked := func() error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("network %s: %w", name, err)
+		}
+		res.Checked++
+		if m.progress != nil {
+			m.progress(res.Checked, total)
+		}
+		return nil
+	}
+	due := func(k string) bool {
+		if m.once {
+			return true
+		}
+		return r.candidate(k, now, live)
+	}
 
 	for _, att := range snap.atts {
+		if err := checked(); err != nil {
+			return res, err
+		}
 		if att.PodName == "" {
 			continue // never touched: no owner to check
 		}
@@ -340,8 +400,11 @@ func (r *Reconciler) Pass(ctx context.Context, n *Network) (Result, error) {
 			continue
 		}
 		res.Candidates++
+		c := Candidate{Network: name, Kind: KindAttachment, Namespace: att.PodNamespace, Pod: att.PodName, ContainerID: att.ContainerID,
+			IfName: att.IfName, Node: att.Node, IPs: append([]string{}, att.IPs...)}
 		k := name + "|att|" + att.ContainerID + "|" + att.IfName + "|" + strings.Join(revs, ",")
-		if !r.candidate(k, now, live) {
+		if !due(k) || m.dryRun {
+			m.emit(c)
 			continue
 		}
 		if r.beforeRelease != nil {
@@ -349,12 +412,16 @@ func (r *Reconciler) Pass(ctx context.Context, n *Network) (Result, error) {
 		}
 		freed, ok, err := n.Store.ReleaseAttachment(ctx, att, now, n.Policy)
 		if err != nil {
-			return res, err
+			m.emit(c)
+			return res, fmt.Errorf("network %s: releasing container %s interface %s: %w", name, store.ShortID(att.ContainerID), att.IfName, err)
 		}
 		if !ok {
+			m.emit(c)
 			r.Opts.Log.Info("release lost a race; will re-check", "network", name, "container", store.ShortID(att.ContainerID))
 			continue
 		}
+		c.Released, c.Freed = true, freed
+		m.emit(c)
 		res.Released++
 		res.FreedIPs += len(freed)
 		r.Opts.Log.Info("released leaked allocation", "network", name, "pod", att.PodNamespace+"/"+att.PodName,
@@ -362,37 +429,54 @@ func (r *Reconciler) Pass(ctx context.Context, n *Network) (Result, error) {
 	}
 
 	for _, e := range snap.sticky {
+		if err := checked(); err != nil {
+			return res, err
+		}
 		if r.stsOwnerByUID(ctx, e, stss, stsErr) != ownerGone {
 			continue
 		}
 		res.Candidates++
+		c := Candidate{Network: name, Kind: KindSticky, Namespace: e.Namespace, StatefulSet: e.StatefulSet, Ordinal: e.Ordinal,
+			IfName: e.IfName, IPs: append([]string{}, e.IPs...)}
 		k := fmt.Sprintf("%s|sticky|%s|%d", name, e.Key, e.Rev)
-		if !r.candidate(k, now, live) {
+		if !due(k) || m.dryRun {
+			m.emit(c)
 			continue
 		}
 		freed, ok, err := n.Store.ReleaseSticky(ctx, e, now, n.Policy)
 		if err != nil {
-			return res, err
+			m.emit(c)
+			return res, fmt.Errorf("network %s: releasing sticky %s/%s ordinal %d: %w", name, e.Namespace, e.StatefulSet, e.Ordinal, err)
 		}
 		if ok {
+			c.Released, c.Freed = true, freed
 			res.Stickies++
 			res.FreedIPs += len(freed)
 			r.Opts.Log.Info("released sticky addresses", "network", name, "statefulSet", e.Namespace+"/"+e.StatefulSet, "ordinal", e.Ordinal, "ips", freed)
 		}
+		m.emit(c)
 	}
 
-	// Forget candidates of this network not seen this pass.
-	r.mu.Lock()
-	for k := range r.seen {
-		if strings.HasPrefix(k, name+"|") && !live[k] {
-			delete(r.seen, k)
+	if !m.once {
+		// Forget candidates of this network not seen this pass.
+		r.mu.Lock()
+		for k := range r.seen {
+			if strings.HasPrefix(k, name+"|") && !live[k] {
+				delete(r.seen, k)
+			}
 		}
+		r.mu.Unlock()
 	}
-	r.mu.Unlock()
-	if r.Metrics != nil {
-		r.Metrics.observePass(name, res, time.Since(start))
+	if metrics != nil {
+		metrics.observePass(name, res, time.Since(start))
 	}
 	return res, nil
+}
+
+func (m passMode) emit(c Candidate) {
+	if m.report != nil {
+		m.report(c)
+	}
 }
 
 func (r *Reconciler) stsOwnerByUID(ctx context.Context, e store.StickyEntry, cache map[string]*appsv1.StatefulSet, errs map[string]bool) ownerState {

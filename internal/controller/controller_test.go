@@ -3,10 +3,13 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -255,5 +258,128 @@ func TestStickyOfDeletedStatefulSet(t *testing.T) {
 	}
 	if s, _ := v.net.Store.Stickies(ctx); len(s) != 0 {
 		t.Fatalf("sticky left: %v", s)
+	}
+}
+
+// TestRunOnce: the one-shot pass (kube-ipamctl gc) applies the same owner
+// checks as Pass but releases on first sight; a dry run releases nothing;
+// neither touches the seen-since clock of Pass.
+func TestRunOnce(t *testing.T) {
+	replicas := int32(1)
+	sts := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "db", UID: "u-sts"}, Spec: appsv1.StatefulSetSpec{Replicas: &replicas}}
+	v := newEnv(t, pod("ns", "alive", "u-alive"), sts)
+	ctx := context.Background()
+	v.claim("c-alive", "10.9.0.10", "ns", "alive", "u-alive", false)
+	v.claim("c-gone", "10.9.0.11", "ns", "gone", "u-gone", false)
+	v.claim("c-noname", "10.9.0.13", "", "", "", false)
+	v.claim("c-err", "10.9.0.14", "err", "p", "u-err", false)
+	v.kube.PrependReactor("get", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() == "err" {
+			return true, nil, errors.New("apiserver unavailable")
+		}
+		return false, nil, nil
+	})
+	// Sticky ordinals 0 (wanted: replicas 1) and 1 (scaled down), pods gone.
+	for i, ip := range []string{"10.9.0.20", "10.9.0.21"} {
+		cid, name := fmt.Sprintf("c-db-%d", i), fmt.Sprintf("db-%d", i)
+		rec := store.Record{Network: "n1", IP: ip, Kind: store.KindSticky, IfName: "net1", ContainerID: cid,
+			PodNamespace: "ns", PodName: name, PodUID: "u-" + name, StatefulSet: "db", StatefulSetUID: "u-sts", Ordinal: i}
+		ok, err := v.net.Store.Commit(ctx, &store.Claim{
+			Attachment: store.Attachment{ContainerID: cid, IfName: "net1", PodNamespace: "ns", PodName: name, PodUID: "u-" + name},
+			Items:      []store.ClaimItem{{Record: rec, Mode: store.ClaimFresh}},
+			NewSticky:  &store.Sticky{Namespace: "ns", StatefulSet: "db", StatefulSetUID: "u-sts", Ordinal: i, IfName: "net1", IPs: []string{ip}},
+		})
+		if !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+	}
+	type seen struct {
+		kind, owner string
+		released    bool
+	}
+	summary := func(rs []OnceResult) []seen {
+		var out []seen
+		for _, r := range rs {
+			for _, c := range r.Leaked {
+				owner := c.Pod
+				if c.Kind == KindSticky {
+					owner = fmt.Sprintf("%s/%d", c.StatefulSet, c.Ordinal)
+				}
+				out = append(out, seen{c.Kind, owner, c.Released})
+			}
+		}
+		return out
+	}
+	var progress []int
+	o := OnceOptions{DryRun: true, Progress: func(network string, done, total int) {
+		if network != "n1" || total != 8 {
+			t.Errorf("progress %s %d/%d", network, done, total)
+		}
+		progress = append(progress, done)
+	}}
+	rs, err := v.r.RunOnce(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []seen{{KindAttachment, "db-1", false}, {KindAttachment, "gone", false}, {KindSticky, "db/1", false}}
+	if got := summary(rs); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("dry run: %v, want %v", got, want)
+	}
+	if len(progress) != 8 || progress[7] != 8 || rs[0].Checked != 8 || rs[0].Candidates != 3 || rs[0].Released != 0 {
+		t.Fatalf("dry run: progress %v, result %+v", progress, rs[0].Result)
+	}
+	for _, ip := range []string{"10.9.0.11", "10.9.0.21"} {
+		if v.holder(ip) == "" {
+			t.Fatalf("dry run freed %s", ip)
+		}
+	}
+
+	o.DryRun, o.Progress = false, nil
+	rs, err = v.r.RunOnce(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []seen{{KindAttachment, "db-1", true}, {KindAttachment, "gone", true}, {KindSticky, "db/1", true}}
+	if got := summary(rs); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("run: %v, want %v", got, want)
+	}
+	if r := rs[0].Result; r.Released != 2 || r.Stickies != 1 {
+		t.Fatalf("run: %+v", r)
+	}
+	if f := rs[0].Leaked[1].Freed; len(f) != 1 || f[0].String() != "10.9.0.11" {
+		t.Fatalf("freed %v", f)
+	}
+	for ip, want := range map[string]string{"10.9.0.10": "c-alive", "10.9.0.11": "", "10.9.0.13": "c-noname", "10.9.0.14": "c-err", "10.9.0.20": "c-db-0", "10.9.0.21": ""} {
+		if got := v.holder(ip); got != want {
+			t.Errorf("%s held by %q, want %q", ip, got, want)
+		}
+	}
+	if len(v.r.seen) != 0 {
+		t.Fatalf("RunOnce touched the grace clock: %v", v.r.seen)
+	}
+
+	// A candidate that changes between the decision and the release is
+	// left alone and reported so.
+	v.claim("c5", "10.9.0.30", "ns", "q", "u5", false)
+	v.r.beforeRelease = func(att *store.Attachment) {
+		if _, err := v.net.Store.Release(ctx, "c5", "net1", v.now, v.net.Policy); err != nil {
+			t.Fatal(err)
+		}
+		v.claim("c5", "10.9.0.31", "ns", "q", "u5", false)
+	}
+	rs, err = v.r.RunOnce(ctx, o)
+	v.r.beforeRelease = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := summary(rs); fmt.Sprint(got) != fmt.Sprint([]seen{{KindAttachment, "q", false}}) || v.holder("10.9.0.31") != "c5" {
+		t.Fatalf("changed meanwhile: %v, holder %q", got, v.holder("10.9.0.31"))
+	}
+
+	// A cancelled context stops the run with an error naming the network.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := v.r.RunOnce(cctx, o); err == nil || !strings.Contains(err.Error(), "network n1") {
+		t.Fatalf("cancelled: %v", err)
 	}
 }

@@ -94,6 +94,16 @@ func (v *env) pass() Result {
 	return res
 }
 
+// failPodGets makes every GET of a pod in namespace ns an API error.
+func (v *env) failPodGets(ns string) {
+	v.kube.PrependReactor("get", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() == ns {
+			return true, nil, errors.New("apiserver unavailable")
+		}
+		return false, nil, nil
+	})
+}
+
 func pod(ns, name, uid string) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid)}, Spec: corev1.PodSpec{NodeName: "node-1"}}
 }
@@ -108,12 +118,7 @@ func TestGraceAndOwnerChecks(t *testing.T) {
 	v.claim("c-reused", "10.9.0.12", "ns", "reused", "u-old", false)
 	v.claim("c-noname", "10.9.0.13", "", "", "", false)
 	v.claim("c-err", "10.9.0.14", "err", "p", "u-err", false)
-	v.kube.PrependReactor("get", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if a.GetNamespace() == "err" {
-			return true, nil, errors.New("apiserver unavailable")
-		}
-		return false, nil, nil
-	})
+	v.failPodGets("err")
 	if res := v.pass(); res.Candidates != 2 || res.Released != 0 {
 		t.Fatalf("first pass: %+v", res)
 	}
@@ -273,12 +278,7 @@ func TestRunOnce(t *testing.T) {
 	v.claim("c-gone", "10.9.0.11", "ns", "gone", "u-gone", false)
 	v.claim("c-noname", "10.9.0.13", "", "", "", false)
 	v.claim("c-err", "10.9.0.14", "err", "p", "u-err", false)
-	v.kube.PrependReactor("get", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		if a.GetNamespace() == "err" {
-			return true, nil, errors.New("apiserver unavailable")
-		}
-		return false, nil, nil
-	})
+	v.failPodGets("err")
 	// Sticky ordinals 0 (wanted: replicas 1) and 1 (scaled down), pods gone.
 	for i, ip := range []string{"10.9.0.20", "10.9.0.21"} {
 		cid, name := fmt.Sprintf("c-db-%d", i), fmt.Sprintf("db-%d", i)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -93,6 +94,15 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 		return nil, err
 	}
 
+	r.section("2. kube-ipam on every node (deploy/: installer DaemonSet and controller)")
+	r.kubectl("-n", "kube-ipam", "get", "daemonset,deployment")
+	ds, err := cs.AppsV1().DaemonSets("kube-ipam").Get(ctx, "kube-ipam-node", metav1.GetOptions{})
+	r.check(fmt.Sprintf("the installer runs on all %d nodes", len(l.state.Nodes)),
+		err == nil && int(ds.Status.NumberReady) == len(l.state.Nodes), "%v", dsStatus(ds, err))
+	o, err := r.kubectl(IPAMCtl("networks")...)
+	r.check("kube-ipamctl networks lists k8snet2 (10.188.0.0/16)", err == nil && strings.Contains(o, "k8snet2") &&
+		strings.Contains(o, "10.188.0.0/16"), "%v", err)
+
 	r.section("3. Create the pods (deploy/examples: the seed's manifests, corrected)")
 	for _, f := range []string{"db.yaml", "web.yaml", "web-svc.yaml", "web-ingress.yaml"} {
 		_, err := r.kubectl("apply", "-f", f)
@@ -146,7 +156,7 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	r.section("Tier security: the database pods' net1 policy")
 	fmt.Fprintln(out, "(kube-multus put an nftables table into each database pod: net1 accepts ping and tcp/3306 from 10.188.0.0/16 and drops the rest;")
 	fmt.Fprintln(out, " nothing listens on 3306 in the lab, so an allowed connection is refused by the pod, a dropped one times out)")
-	o, _ := r.kubectl("exec", web, "--", "nc", "-w", "2", DB2IP, "3306")
+	o, _ = r.kubectl("exec", web, "--", "nc", "-w", "2", DB2IP, "3306")
 	r.check("web to database-2 tcp/3306 reaches the pod (refused: nothing listens)", strings.Contains(o, "refused"), "nc said %q", strings.TrimSpace(o))
 	o, _ = r.kubectl("exec", web, "--", "nc", "-w", "2", DB2IP, "22")
 	r.check("web to database-2 tcp/22 is dropped by the tier policy (timed out)", strings.Contains(o, "timed out"), "nc said %q", strings.TrimSpace(o))
@@ -193,6 +203,13 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 		err == nil && now != nil && len(holders) == 1 && holders[0].PodUID == now.UID && holders[0].Node == now.Spec.NodeName,
 		"%v: %s", err, strings.TrimSpace(string(b)))
 	return r.results, nil
+}
+
+func dsStatus(ds *appsv1.DaemonSet, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("%d of %d installer pods ready", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled)
 }
 
 // IPAMCtl is the kubectl command line that runs kube-ipamctl args in a

@@ -227,7 +227,7 @@ func Up(ctx context.Context, opts Options) (*Lab, error) {
 		{"node filesystems (mount and UTS namespaces)", l.nodeNamespaces},
 		{"etcd for Kubernetes and a dedicated etcd for kube-ipam", l.startEtcds},
 		{"control plane", l.controlPlane},
-		{"images (pause, busybox stand-ins)", l.images},
+		{"images (pause, busybox stand-ins, kube-ipam:dev)", l.images},
 		{"CNI reference plugins and flannel's plugin on every node (the seed's section 2.1)", l.installCNI},
 		{"nodes (containerd, kubelet, kube-proxy, flanneld)", l.startNodes},
 		{"kube-ipam from deploy/ (installer DaemonSet, controller)", l.deployKubeIPAM},

@@ -87,19 +87,23 @@ func (l *Lab) Down(ctx context.Context) error {
 			fail(os.WriteFile("/proc/sys/"+s, []byte(v), 0o644))
 		}
 	}
-	// Host directories the lab, kubelet and containerd created: kubelet's
-	// removed whole when no other kubelet or containerd runs here, the
-	// others (mount points of the nodes' own directories) when empty. Pod
-	// network namespaces lived in the nodes' mount namespaces, gone now.
-	others := runtimesRunning()
-	for _, d := range hostDirs {
-		if st.Host.Dirs[d] {
-			continue
-		}
-		if len(others) == 0 && slices.Contains(kubeletDirs, d) {
-			fail(os.RemoveAll(d))
-		} else {
-			removeEmptyTree(d)
+	// Host directories the lab, kubelet and containerd created, only when no
+	// other kubelet or containerd (another lab's, say) runs here: the empty
+	// mount points of the node directories may be in use by another lab's
+	// node namespaces, and kubelet's sockets by another kubelet. Pod network
+	// namespaces lived in the nodes' mount namespaces, gone now.
+	if others := runtimesRunning(); len(others) > 0 {
+		l.logf("  other kubelets or containerds run here (pids %v): host directories kept", others)
+	} else {
+		for _, d := range hostDirs {
+			if st.Host.Dirs[d] {
+				continue
+			}
+			if slices.Contains(kubeletDirs, d) {
+				fail(os.RemoveAll(d))
+			} else {
+				removeEmptyTree(d)
+			}
 		}
 	}
 	left := l.leftovers()

@@ -102,13 +102,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if ctx.Err() == nil && *keep {
 		fmt.Fprintf(stdout, `
 The lab is up (LAB_KEEP). Use it with:
-  export KUBECONFIG=%s
-  %s get pod -o wide
-  kubectl %s
-  nsenter --net=/run/netns/%s-node1 --mount=%s/ns/node1.mnt ls /etc/cni/net.d   # inside node1
-Logs: %s
+  export KUBECONFIG=%[1]s PATH=%[2]s:$PATH
+  kubectl get pod -o wide
+  kubectl %[3]s
+  nsenter --net=/run/netns/%[4]s-node1 --mount=%[5]s/ns/node1.mnt --uts=%[5]s/ns/node1.uts bash   # a shell on node1
+Logs: %[6]s
 Take it down with: make lab-down
-`, o.Kubeconfig(), filepath.Join(o.KubeBin, "kubectl"), strings.Join(IPAMCtl("networks"), " "), o.Name, o.Dir, filepath.Join(o.Dir, "logs"))
+`, o.Kubeconfig(), o.KubeBin, strings.Join(IPAMCtl("networks"), " "), o.Name, o.Dir, filepath.Join(o.Dir, "logs"))
 		if failed > 0 {
 			return 1
 		}

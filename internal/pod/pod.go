@@ -8,21 +8,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"kubeipam/internal/config"
+	"kubeipam/internal/kubeapi"
 )
 
 // Annotation keys. The first three are kube-ipam v0.2's and apply to every
@@ -230,32 +227,16 @@ func (e *TransientError) Error() string {
 }
 func (e *TransientError) Unwrap() error { return e.Err }
 
-// Client reads pods with client-go's transport (kubeconfig auth, TLS, exec
-// credential plugins) and one plain GET. It deliberately avoids the typed
-// clientset: registering every API group at start-up costs each plugin call
-// more CPU than the lookup itself.
-type Client struct {
-	hc   *http.Client
-	base string
-}
+// Client reads pods through kubeapi (one plain GET, no typed clientset).
+type Client struct{ api *kubeapi.Client }
 
 // NewClient builds a client from a kubeconfig file.
 func NewClient(kubeconfig string, timeout time.Duration) (*Client, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	api, err := kubeapi.NewClient(kubeconfig, "kube-ipam", timeout)
 	if err != nil {
-		return nil, &LookupError{fmt.Sprintf("cannot use kubeconfig %s: %v", kubeconfig, err)}
+		return nil, &LookupError{err.Error()}
 	}
-	cfg.Timeout = timeout
-	cfg.UserAgent = "kube-ipam"
-	hc, err := rest.HTTPClientFor(cfg)
-	if err != nil {
-		return nil, &LookupError{fmt.Sprintf("cannot use kubeconfig %s: %v", kubeconfig, err)}
-	}
-	base, _, err := rest.DefaultServerUrlFor(cfg)
-	if err != nil {
-		return nil, &LookupError{fmt.Sprintf("kubeconfig %s: bad server address: %v", kubeconfig, err)}
-	}
-	return &Client{hc: hc, base: strings.TrimRight(base.String(), "/")}, nil
+	return &Client{api: api}, nil
 }
 
 // Get reads one pod. A transient failure (connection reset, 5xx, 429) is
@@ -282,31 +263,16 @@ func (c *Client) Get(ctx context.Context, namespace, name string) (*Info, error)
 }
 
 func (c *Client) get(ctx context.Context, namespace, name string) (*Info, error) {
-	u := c.base + "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, &LookupError{fmt.Sprintf("getting pod %s/%s: %v", namespace, name, err)}
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.hc.Do(req)
-	if err != nil {
+	body, err := c.api.GetPod(ctx, namespace, name)
+	var st *kubeapi.StatusError
+	var tr *kubeapi.TransportError
+	switch {
+	case errors.As(err, &st):
+		return nil, ClassifyStatus(namespace, name, st.Code, st.Msg)
+	case errors.As(err, &tr):
 		return nil, &TransientError{fmt.Errorf("getting pod %s/%s: %w", namespace, name, err)}
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return nil, &TransientError{fmt.Errorf("reading pod %s/%s: %w", namespace, name, err)}
-	}
-	if resp.StatusCode != http.StatusOK {
-		var st metav1.Status
-		msg := strings.TrimSpace(string(body))
-		if json.Unmarshal(body, &st) == nil && st.Message != "" {
-			msg = st.Message
-		}
-		if len(msg) > 300 {
-			msg = msg[:300]
-		}
-		return nil, ClassifyStatus(namespace, name, resp.StatusCode, msg)
+	case err != nil:
+		return nil, &LookupError{fmt.Sprintf("getting pod %s/%s: %v", namespace, name, err)}
 	}
 	var p corev1.Pod
 	if err := json.Unmarshal(body, &p); err != nil {

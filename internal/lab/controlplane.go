@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"kubeipam/internal/pki"
 )
 
 func (l *Lab) pki(name string) string { return filepath.Join(l.opts.Dir, "pki", name) }
@@ -35,16 +37,16 @@ func (l *Lab) writePKI(context.Context) error {
 	}
 	hostIP := net.IP(l.opts.HostIP().AsSlice())
 	specs := []certSpec{
-		{base: "apiserver", cn: "kube-apiserver", server: true,
-			ips: []net.IP{net.IPv4(127, 0, 0, 1), hostIP, net.IPv4(10, 96, 0, 1)},
-			dns: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}},
-		{base: "admin", cn: "lab-admin", orgs: []string{"system:masters"}, client: true},
-		{base: "apiserver-kubelet-client", cn: "kube-apiserver-kubelet-client", orgs: []string{"system:masters"}, client: true},
-		{base: "controller-manager", cn: "system:kube-controller-manager", client: true},
-		{base: "scheduler", cn: "system:kube-scheduler", client: true},
-		{base: "kube-proxy", cn: "system:kube-proxy", client: true},
-		{base: "plugin", cn: PluginUser, client: true},
-		{base: "flannel", cn: "flannel", client: true},
+		{"apiserver", pki.Leaf{CN: "kube-apiserver", Server: true,
+			IPs: []net.IP{net.IPv4(127, 0, 0, 1), hostIP, net.IPv4(10, 96, 0, 1)},
+			DNS: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}}},
+		{"admin", pki.Leaf{CN: "lab-admin", Orgs: []string{"system:masters"}, Client: true}},
+		{"apiserver-kubelet-client", pki.Leaf{CN: "kube-apiserver-kubelet-client", Orgs: []string{"system:masters"}, Client: true}},
+		{"controller-manager", pki.Leaf{CN: "system:kube-controller-manager", Client: true}},
+		{"scheduler", pki.Leaf{CN: "system:kube-scheduler", Client: true}},
+		{"kube-proxy", pki.Leaf{CN: "system:kube-proxy", Client: true}},
+		{"plugin", pki.Leaf{CN: PluginUser, Client: true}},
+		{"flannel", pki.Leaf{CN: "flannel", Client: true}},
 	}
 	for _, s := range specs {
 		if err := ca.issue(s); err != nil {
@@ -60,11 +62,11 @@ func (l *Lab) writePKI(context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := eca.issue(certSpec{base: "etcd-server", cn: "kube-ipam-etcd", server: true,
-		ips: []net.IP{net.IPv4(127, 0, 0, 1), hostIP}}); err != nil {
+	if err := eca.issue(certSpec{"etcd-server", pki.Leaf{CN: "kube-ipam-etcd", Server: true,
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1), hostIP}}}); err != nil {
 		return err
 	}
-	if err := eca.issue(certSpec{base: "etcd-client", cn: "kube-ipam", client: true}); err != nil {
+	if err := eca.issue(certSpec{"etcd-client", pki.Leaf{CN: "kube-ipam", Client: true}}); err != nil {
 		return err
 	}
 	for _, kc := range []struct{ file, base string }{
@@ -82,8 +84,8 @@ func (l *Lab) writePKI(context.Context) error {
 
 // issueNode writes a node's client and serving certificate and kubeconfig.
 func (l *Lab) issueNode(n Node) error {
-	if err := l.ca.issue(certSpec{base: n.Name, cn: "system:node:" + n.Name, orgs: []string{"system:nodes"},
-		server: true, client: true, ips: []net.IP{net.IP(n.IP.AsSlice())}, dns: []string{n.Name}}); err != nil {
+	if err := l.ca.issue(certSpec{n.Name, pki.Leaf{CN: "system:node:" + n.Name, Orgs: []string{"system:nodes"},
+		Server: true, Client: true, IPs: []net.IP{net.IP(n.IP.AsSlice())}, DNS: []string{n.Name}}}); err != nil {
 		return err
 	}
 	return writeKubeconfig(l.pki(n.Name+".kubeconfig"), l.apiURL(), l.pki("ca.crt"), l.pki(n.Name))

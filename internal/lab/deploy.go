@@ -10,6 +10,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"kubeipam/internal/pki"
 )
 
 // ImageRef is the lab's build of the Dockerfile's image, under the name
@@ -38,9 +40,9 @@ func (l *Lab) deployKubeIPAM(ctx context.Context) error {
 			"--from-file=tls.crt=" + l.pki("etcd-client.crt"), "--from-file=tls.key=" + l.pki("etcd-client.key"),
 			"--from-file=ca.crt=" + l.pki("etcd-ca.crt")},
 	}
-	if err := l.ca.issue(certSpec{base: "webhook", cn: "kube-ipam-webhook.kube-ipam.svc", server: true,
-		dns: []string{"kube-ipam-webhook", "kube-ipam-webhook.kube-ipam", "kube-ipam-webhook.kube-ipam.svc"},
-		ips: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
+	if err := l.ca.issue(certSpec{"webhook", pki.Leaf{CN: "kube-ipam-webhook.kube-ipam.svc", Server: true,
+		DNS: []string{"kube-ipam-webhook", "kube-ipam-webhook.kube-ipam", "kube-ipam-webhook.kube-ipam.svc"},
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}}); err != nil {
 		return err
 	}
 	conf, err := l.NetworkConfig()

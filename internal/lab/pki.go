@@ -5,96 +5,51 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"kubeipam/internal/pki"
 )
 
-// authority is a self-signed CA that issues the lab's certificates. The lab
-// has two: one for Kubernetes and one for the dedicated kube-ipam etcd, as a
-// real installation would (the plugin must not hold the cluster's etcd keys).
+// authority is a CA whose certificates are written as <dir>/<base>.crt and
+// .key. The lab has two: one for Kubernetes and one for the dedicated
+// kube-ipam etcd, as a real installation would (the plugin must not hold the
+// cluster's etcd keys).
 type authority struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	dir  string
+	ca  *pki.CA
+	dir string
 }
 
-var serial int64 = time.Now().UnixNano()
-
-func nextSerial() *big.Int { serial++; return big.NewInt(serial) }
+// labValidity is how long the lab's certificates are valid.
+const labValidity = 365 * 24 * time.Hour
 
 func newAuthority(dir, base, cn string) (*authority, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA(cn, labValidity)
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, _ := x509.ParseCertificate(der)
-	a := &authority{cert: cert, key: key, dir: dir}
-	return a, writePair(filepath.Join(dir, base), der, key)
+	a := &authority{ca: ca, dir: dir}
+	return a, ca.Write(filepath.Join(dir, base+".crt"), filepath.Join(dir, base+".key"))
 }
 
-// certSpec names one leaf certificate.
+// certSpec names one leaf certificate and its files.
 type certSpec struct {
-	base   string // file name without .crt/.key
-	cn     string
-	orgs   []string
-	dns    []string
-	ips    []net.IP
-	server bool
-	client bool
+	base string // file name without .crt/.key
+	pki.Leaf
 }
 
 func (a *authority) issue(s certSpec) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: s.cn, Organization: s.orgs},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		DNSNames: s.dns, IPAddresses: s.ips,
-	}
-	if s.server {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-	}
-	if s.client {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, &key.PublicKey, a.key)
+	p, err := a.ca.Issue(s.Leaf)
 	if err != nil {
 		return fmt.Errorf("issuing %s: %w", s.base, err)
 	}
-	return writePair(filepath.Join(a.dir, s.base), der, key)
-}
-
-func writePair(base string, der []byte, key *ecdsa.PrivateKey) error {
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(base+".crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(base+".key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return p.Write(filepath.Join(a.dir, s.base+".crt"), filepath.Join(a.dir, s.base+".key"))
 }
 
 // writeServiceAccountKeys writes the token signing key pair (sa.key, sa.pub).

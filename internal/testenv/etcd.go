@@ -10,12 +10,6 @@ package testenv
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
@@ -30,6 +24,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"kubeipam/internal/pki"
 )
 
 // Etcd is a single-member etcd server owned by one test.
@@ -279,63 +275,34 @@ func freePorts(t testing.TB, n int) []int {
 func (e *Etcd) writeCerts(t testing.TB, dir string) []string {
 	t.Helper()
 	p := func(name string) string { return filepath.Join(dir, name) }
-	var ca *x509.Certificate
-	var caKey *ecdsa.PrivateKey
+	ca, err := pki.NewCA("kube-ipam test ca", 24*time.Hour)
+	if err == nil {
+		err = ca.Write(p("ca.pem"), p("ca-key.pem"))
+	}
 	for _, c := range []struct {
 		name string
-		tmpl x509.Certificate
+		leaf pki.Leaf
 	}{
-		{"ca", x509.Certificate{IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}},
 		// etcd's gRPC gateway dials the server presenting the server
 		// certificate, so it needs client-auth usage too.
-		{"server", x509.Certificate{IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}},
-		{"client", x509.Certificate{ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}},
+		{"server", pki.Leaf{IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, DNS: []string{"localhost"}, Server: true, Client: true}},
+		{"client", pki.Leaf{Client: true}},
 	} {
-		c.tmpl.Subject.CommonName = "kube-ipam test " + c.name
-		cert, key, err := issue(&c.tmpl, ca, caKey, p(c.name))
 		if err != nil {
-			t.Fatalf("generating %s certificate: %v", c.name, err)
+			break
 		}
-		if ca == nil {
-			ca, caKey = cert, key
+		c.leaf.CN = "kube-ipam test " + c.name
+		var pair *pki.Pair
+		if pair, err = ca.Issue(c.leaf); err == nil {
+			err = pair.Write(p(c.name+".pem"), p(c.name+"-key.pem"))
 		}
+	}
+	if err != nil {
+		t.Fatalf("generating etcd certificates: %v", err)
 	}
 	e.CAFile, e.CertFile, e.KeyFile = p("ca.pem"), p("client.pem"), p("client-key.pem")
 	return []string{"--cert-file", p("server.pem"), "--key-file", p("server-key.pem"),
 		"--trusted-ca-file", e.CAFile, "--client-cert-auth"}
-}
-
-// issue signs tmpl with parent (self-signed when parent is nil) and writes
-// base.pem and base-key.pem.
-func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, base string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	// A nil SerialNumber makes CreateCertificate pick a random one.
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
-	tmpl.KeyUsage |= x509.KeyUsageDigitalSignature
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	pemFile := func(path, typ string, der []byte, mode os.FileMode) error {
-		return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
-	}
-	if err := errors.Join(pemFile(base+".pem", "CERTIFICATE", der, 0o644),
-		pemFile(base+"-key.pem", "EC PRIVATE KEY", keyDER, 0o600)); err != nil {
-		return nil, nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	return cert, key, err
 }
 
 // Missing is missing for tests outside this package.

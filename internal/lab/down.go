@@ -235,20 +235,13 @@ func removeEmptyTree(dir string) {
 // runtimesRunning lists the PIDs of kubelets, containerds and shims still
 // running on this machine (another lab's, or the machine's own).
 func runtimesRunning() []int {
-	var pids []int
-	for _, e := range names("/proc") {
-		b, err := os.ReadFile(filepath.Join("/proc", e, "comm"))
-		if err != nil {
-			continue
-		}
-		switch c := strings.TrimSpace(string(b)); {
+	return pidsWhere(func(args []string) bool {
+		switch c := filepath.Base(args[0]); {
 		case c == "kubelet", c == "containerd", strings.HasPrefix(c, "containerd-shim"):
-			pid := 0
-			fmt.Sscan(e, &pid)
-			pids = append(pids, pid)
+			return true
 		}
-	}
-	return pids
+		return false
+	})
 }
 
 // leftovers lists what Down could not remove.

@@ -178,25 +178,33 @@ func poll(ctx context.Context, timeout time.Duration, what string, cond func() (
 // shimsOf lists containerd shims serving the containerd at sock: they
 // outlive containerd when their containers were not deleted.
 func shimsOf(sock string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) == 0 || !strings.Contains(args[0], "containerd-shim") {
-			continue
+	return pidsWhere(func(args []string) bool {
+		if !strings.Contains(args[0], "containerd-shim") {
+			return false
 		}
 		for i := 0; i+1 < len(args); i++ {
 			if args[i] == "-address" && args[i+1] == sock {
-				pids = append(pids, pid)
+				return true
 			}
+		}
+		return false
+	})
+}
+
+// pidsWhere lists the processes whose command line (argv) matches.
+func pidsWhere(match func(args []string) bool) []int {
+	var pids []int
+	for _, e := range names("/proc") {
+		pid, err := strconv.Atoi(e)
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e, "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if match(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")) {
+			pids = append(pids, pid)
 		}
 	}
 	return pids

@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,12 +30,20 @@ func ModuleRoot(t testing.TB) string {
 	}
 }
 
-var (
-	builds sync.Map // binary name -> func() (string, error)
-	// buildDir is shared by the whole test process and left behind at exit
-	// (no hook runs then); it lives under os.TempDir.
-	buildDir = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "kube-ipam-bin-") })
-)
+var builds sync.Map // binary name -> func() (string, error)
+
+// buildDir is where Binary builds: one directory per checkout in the user
+// cache, reused by every test process (go's build cache makes rebuilding
+// cheap), so nothing accumulates in the temp directory.
+func buildDir(root string) (string, error) {
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = filepath.Join(os.TempDir(), ".cache")
+	}
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(cache, "kube-ipam", "test-binaries", hex.EncodeToString(sum[:6]))
+	return dir, os.MkdirAll(dir, 0o755)
+}
 
 // Binary returns the path of the project binary ./cmd/<name>. With
 // KUBE_IPAM_BIN_DIR set (e.g. to test release artefacts) it is the prebuilt
@@ -50,19 +60,27 @@ func Binary(t testing.TB, name string) string {
 	}
 	root := ModuleRoot(t) // outside the once: t.Fatal must not poison it
 	f, _ := builds.LoadOrStore(name, sync.OnceValues(func() (string, error) {
-		dir, err := buildDir()
+		dir, err := buildDir(root)
 		if err != nil {
 			return "", err
 		}
+		// Build beside and rename: test processes of other packages may be
+		// running the previous build, or building the same binary now.
 		out := filepath.Join(dir, name)
-		cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/"+name)
+		tmp, err := os.CreateTemp(dir, "."+name+"-*")
+		if err != nil {
+			return "", err
+		}
+		tmp.Close()
+		defer os.Remove(tmp.Name())
+		cmd := exec.Command("go", "build", "-trimpath", "-o", tmp.Name(), "./cmd/"+name)
 		cmd.Dir = root
 		// Static, as make build does: binaries also run inside lab images.
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, b)
 		}
-		return out, nil
+		return out, os.Rename(tmp.Name(), out)
 	}))
 	p, err := f.(func() (string, error))()
 	if err != nil {

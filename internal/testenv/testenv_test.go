@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -200,14 +199,13 @@ func TestBinary(t *testing.T) {
 	if got := ModuleRoot(t); got != mod {
 		t.Fatalf("ModuleRoot = %q, want %q", got, mod)
 	}
-	// Only this test builds: drop the process-wide dir and caches so that
-	// nothing leaks and -count=N really rebuilds.
+	// The throwaway module's build dir goes with it; dropping the
+	// process-wide cache makes -count=N really rebuild.
 	t.Cleanup(func() {
-		if dir, err := buildDir(); err == nil {
+		if dir, err := buildDir(mod); err == nil {
 			os.RemoveAll(dir)
 		}
 		builds.Clear()
-		buildDir = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "kube-ipam-bin-") })
 	})
 	t.Setenv("KUBE_IPAM_BIN_DIR", "")
 	p := Binary(t, "hello")

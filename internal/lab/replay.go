@@ -181,8 +181,12 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	r.section("5.2 The re-created pod keeps its IP")
 	r.kubectl("get", "pod", "-o", "wide")
 	now, err := cs.CoreV1().Pods("default").Get(ctx, "database-2-0", metav1.GetOptions{})
-	r.check("database-2-0 moved to another node", err == nil && now.Spec.NodeName != "" && now.Spec.NodeName != old.Spec.NodeName,
-		"was on %s, now on %s (%v)", old.Spec.NodeName, now.Spec.NodeName, err)
+	newNode := ""
+	if err == nil {
+		newNode = now.Spec.NodeName
+	}
+	r.check("database-2-0 moved to another node", newNode != "" && newNode != old.Spec.NodeName,
+		"was on %s, now on %q (%v)", old.Spec.NodeName, newNode, err)
 	r.net1("database-2-0", DB2IP)
 	r.ping(web, DB2IP, true)
 

@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"runtime"
 	"syscall"
+
+	"github.com/vishvananda/netns"
 )
 
 // startPinned starts cmd with Pdeathsig, so that it is killed if the test
@@ -17,7 +19,14 @@ import (
 // ordinary thread could therefore be killed at a random moment of the test.
 // So the child is forked from a goroutine that keeps its thread locked, and
 // so out of the scheduler's reach, until the child has exited.
-func startPinned(cmd *exec.Cmd) (<-chan struct{}, error) {
+func startPinned(cmd *exec.Cmd) (<-chan struct{}, error) { return startPinnedIn(cmd, "") }
+
+// startPinnedIn is startPinned with the child started inside the network
+// namespace mounted at nsPath ("" for the caller's): the forking thread
+// switches into it first, and a child inherits its forking thread's
+// namespace. That thread is never switched back; since its goroutine ends
+// still locked to it, Go retires the thread once the child has exited.
+func startPinnedIn(cmd *exec.Cmd, nsPath string) (<-chan struct{}, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -26,7 +35,12 @@ func startPinned(cmd *exec.Cmd) (<-chan struct{}, error) {
 	exited := make(chan struct{})
 	go func() {
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		if nsPath == "" {
+			defer runtime.UnlockOSThread()
+		} else if err := enterNS(nsPath); err != nil {
+			errc <- err // the thread may be half switched: it stays locked and is retired
+			return
+		}
 		if err := cmd.Start(); err != nil {
 			errc <- err
 			return
@@ -39,4 +53,15 @@ func startPinned(cmd *exec.Cmd) (<-chan struct{}, error) {
 		return nil, err
 	}
 	return exited, nil
+}
+
+// enterNS switches the calling (locked) thread into the network namespace
+// mounted at path.
+func enterNS(path string) error {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return netns.Set(h)
 }

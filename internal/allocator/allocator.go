@@ -115,9 +115,20 @@ type Allocator struct {
 	// Conflicts counts lost claim races (for metrics and the benchmark).
 	Conflicts int
 	dyn       [][]ipam.Interval
+	policy    store.ReusePolicy
+	// Unknown counts claims whose outcome was unknown and had to be read
+	// back; Committed says that this call's own claim was applied (not a
+	// repeated ADD returning what the attachment already held), and Retired
+	// how many earlier attachments of the pod it replaced.
+	Unknown   int
+	Committed bool
+	Retired   int
 	// spread is how many candidates a pick chooses among: 1 (the lowest
 	// free address, predictable) until a race is lost, then wider.
-	spread int
+	spread   int
+	lastLost bool
+	// beforeCommit, in tests, runs just before a claim transaction is sent.
+	beforeCommit func()
 }
 
 // New returns an allocator for n backed by s.
@@ -126,6 +137,7 @@ func New(n *config.Network, s *store.Store) *Allocator {
 	for i := range n.RangeSets {
 		a.dyn = append(a.dyn, ipam.DynamicIntervals(n, i))
 	}
+	a.policy = ReusePolicy(n)
 	return a
 }
 
@@ -154,7 +166,20 @@ func (a *Allocator) ValidateFixed(ip netip.Addr) (int, error) {
 
 // Allocate claims the request's fixed addresses and one dynamic address for
 // every range set that no fixed address covers. A repeated ADD for the same
-// (container, interface) returns what it already holds.
+// (container, interface) returns what it already holds. An earlier
+// attachment of the same pod on the same interface (the pod's previous
+// sandbox: same pod UID, another container) is replaced in the same
+// transaction: its addresses that this ADD asks for or that still fit
+// (dynamic ones) move to the new container, the rest are released, so a pod
+// never holds two attachments on one interface.
+//
+// A claim whose outcome is unknown (connection lost, etcd timed out, a
+// member lost) is never reported as failed while it might have been
+// applied: Allocate reads the attachment back, returns it if the claim is
+// there, and claims again if it is not. Only when etcd does not answer
+// before ctx ends does Allocate fail with the claim's fate unknown (the
+// error wraps a *store.AmbiguousError); the runtime's DEL, the pod's next
+// ADD or GC then frees what it may hold.
 func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, error) {
 	seen := map[netip.Addr]bool{}
 	for _, ip := range req.Fixed {
@@ -166,48 +191,120 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 			return nil, err
 		}
 	}
+	// Claims stop short of ctx's deadline, so that the outcome of the last
+	// one can still be read back before the caller gives up.
+	claimCtx := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		reserve := min(3*time.Second, time.Until(dl)/4)
+		var cancel context.CancelFunc
+		claimCtx, cancel = context.WithDeadline(ctx, dl.Add(-reserve))
+		defer cancel()
+	}
+	var unknown error // the last claim whose outcome is unknown
 	for attempt := 0; ; attempt++ {
-		if held, err := a.held(ctx, req); held != nil || err != nil {
+		rctx := claimCtx
+		if unknown != nil {
+			rctx = ctx // settling an unknown outcome may use the reserve
+		}
+		if held, err := a.held(rctx, req); held != nil || err != nil {
 			if err != nil {
 				err = fmt.Errorf("reading attachment %s/%s: %w", req.ContainerID, req.IfName, err)
+				if unknown != nil {
+					err = fmt.Errorf("%w; %w", unknown, err)
+				}
 			}
+			a.Committed = held != nil && unknown != nil
 			return held, err
 		}
-		fixed, kind, newSticky, err := a.wanted(ctx, req)
+		if unknown != nil && claimCtx.Err() != nil {
+			// Read back: the claim is not there, and no time is left to
+			// claim again.
+			return nil, fmt.Errorf("%w; it was not applied, and no time is left to claim again: %w", unknown, claimCtx.Err())
+		}
+		unknown = nil
+		fixed, kind, newSticky, err := a.wanted(claimCtx, req)
 		if err != nil {
 			return nil, err
+		}
+		prev, err := a.previous(claimCtx, req)
+		if err != nil {
+			return nil, fmt.Errorf("reading the pod's earlier attachments: %w", err)
 		}
 		if attempt >= maxAttempts {
 			return nil, &ContentionError{attempt}
 		}
-		if attempt > 0 {
+		if attempt > 0 && a.lastLost {
 			a.Conflicts++
-			d := time.Duration(rand.IntN(backoffBaseMs*min(attempt, 10))+1) * time.Millisecond
+			d := time.Duration(rand.IntN(backoffBaseMs*min(a.Conflicts, 10))+1) * time.Millisecond
 			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("gave up after %d lost claim races: %w", attempt, ctx.Err())
+			case <-claimCtx.Done():
+				return nil, fmt.Errorf("gave up after %d lost claim races: %w", a.Conflicts, claimCtx.Err())
 			case <-time.After(d):
 			}
 		}
 		a.spread = 1
-		if attempt > 0 {
+		if a.Conflicts > 0 {
 			a.spread = spread
 		}
-		claim, out, err := a.plan(ctx, req, fixed, kind, newSticky)
+		claim, out, err := a.plan(claimCtx, req, fixed, kind, newSticky, prev)
 		if errors.Is(err, errRetry) {
+			a.lastLost = false
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("choosing addresses: %w", err)
 		}
-		ok, err := a.Store.Commit(ctx, claim)
-		if err != nil {
-			return nil, fmt.Errorf("claim transaction (attempt %d): %w", attempt+1, err)
+		if a.beforeCommit != nil {
+			a.beforeCommit()
 		}
-		if ok {
+		ok, err := a.Store.Commit(claimCtx, claim)
+		var amb *store.AmbiguousError
+		switch {
+		case errors.As(err, &amb):
+			a.Unknown++
+			unknown = fmt.Errorf("claim transaction (attempt %d): %w", attempt+1, err)
+			a.lastLost = false
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("claim transaction (attempt %d): %w", attempt+1, err)
+		case ok:
+			a.Committed = true
+			a.Retired = len(claim.Retire)
 			return out, nil
 		}
+		a.lastLost = true
 	}
+}
+
+// previous reads the attachments of the same pod (pod UID) on the same
+// interface held by other containers, with the state of their addresses.
+func (a *Allocator) previous(ctx context.Context, req Request) ([]store.Retired, error) {
+	if req.PodUID == "" {
+		return nil, nil
+	}
+	cids, err := a.Store.PodAttachments(ctx, req.PodUID, req.IfName)
+	if err != nil {
+		return nil, err
+	}
+	var out []store.Retired
+	for _, cid := range cids {
+		if cid == req.ContainerID {
+			continue
+		}
+		att, err := a.Store.Attachment(ctx, cid, req.IfName)
+		if err != nil {
+			return nil, err
+		}
+		if att == nil || att.PodUID != req.PodUID {
+			continue // a stale index entry; it goes with its container's DEL
+		}
+		states, err := a.Store.AddressStates(ctx, att)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, store.Retired{Attachment: att, States: states})
+	}
+	return out, nil
 }
 
 // wanted returns the addresses to claim as owned ones (the request's fixed
@@ -277,7 +374,7 @@ func (a *Allocator) record(req Request, ip netip.Addr, set int, kind string) sto
 
 // plan reads what it needs and builds one claim: the fixed (or remembered
 // sticky) addresses, plus a dynamic address for every other range set.
-func (a *Allocator) plan(ctx context.Context, req Request, fixed []netip.Addr, kind string, newSticky bool) (*store.Claim, []Allocated, error) {
+func (a *Allocator) plan(ctx context.Context, req Request, fixed []netip.Addr, kind string, newSticky bool, prev []store.Retired) (*store.Claim, []Allocated, error) {
 	fixedSets := map[int]bool{}
 	c := &store.Claim{
 		Attachment: store.Attachment{
@@ -286,6 +383,9 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixed []netip.Addr, k
 			Node: req.Node, Created: a.Now().UTC(),
 		},
 		Cursors: map[int]netip.Addr{},
+		Retire:  prev,
+		Now:     a.Now(),
+		Policy:  a.policy,
 	}
 	var out []Allocated
 	for _, ip := range fixed {
@@ -318,6 +418,13 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixed []netip.Addr, k
 		if fixedSets[set] {
 			continue
 		}
+		if !newSticky {
+			if ip, st, ok := a.reusable(prev, set); ok {
+				c.Items = append(c.Items, store.ClaimItem{Record: a.record(req, ip, set, store.KindDynamic), Mode: store.ClaimTakeover, State: st})
+				out = append(out, Allocated{IP: ip, Set: set, Kind: store.KindDynamic})
+				continue
+			}
+		}
 		item, cursor, err := a.chooseDynamic(ctx, set)
 		if err != nil {
 			return nil, nil, err
@@ -336,6 +443,29 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixed []netip.Addr, k
 	// Results list addresses in range-set order, as host-local does.
 	slices.SortStableFunc(out, func(x, y Allocated) int { return x.Set - y.Set })
 	return c, out, nil
+}
+
+// reusable finds, among the earlier attachments of the pod, a dynamic
+// address of range set set that they still hold and that is still inside
+// the set's dynamic ranges: the new sandbox keeps it.
+func (a *Allocator) reusable(prev []store.Retired, set int) (netip.Addr, store.IPState, bool) {
+	for _, r := range prev {
+		for _, s := range r.Attachment.IPs {
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				continue
+			}
+			st := r.States[ip]
+			rec := st.Record
+			if rec == nil || rec.ContainerID != r.Attachment.ContainerID || rec.IfName != r.Attachment.IfName || rec.Kind != store.KindDynamic {
+				continue
+			}
+			if s, _, ok := a.Net.SetFor(ip); ok && s == set && ipam.InAny(a.dyn[set], ip) {
+				return ip, st, true
+			}
+		}
+	}
+	return netip.Addr{}, store.IPState{}, false
 }
 
 // chooseDynamic prefers never-used addresses above the cursor, then the

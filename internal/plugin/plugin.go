@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -66,6 +67,9 @@ type call struct {
 	st    *store.Store
 	// started is when the call began.
 	started time.Time
+	// claimed: this ADD's own claim was applied (rolled back if the ADD
+	// fails afterwards).
+	claimed bool
 }
 
 func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
@@ -121,6 +125,9 @@ func (c *call) connect() error {
 	}
 	c.cli = cli
 	c.st = store.New(cli, c.net.Etcd.Prefix, c.net.Name)
+	wd := store.DefaultWatchdog()
+	wd.Log = c.log.Info
+	c.st.SetWatchdog(wd)
 	start := time.Now()
 	if err := store.WaitReady(c.ctx, cli, c.net.Etcd, dial); err != nil {
 		return err
@@ -146,7 +153,9 @@ func (c *call) end(err error, attrs ...any) error {
 
 func short(id string) string { return store.ShortID(id) }
 
-// Add allocates.
+// Add allocates. Whatever it claimed is released again when the call fails
+// after the claim (the result cannot be built or printed), so a failed ADD
+// leaves nothing for its container and interface.
 func (p *Plugin) Add(args *skel.CmdArgs) error {
 	c, err := p.begin("ADD", args)
 	if err != nil {
@@ -154,25 +163,77 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 	start := p.Now()
 	res, err := p.add(c)
+	if err == nil {
+		var ips []string
+		for _, ip := range res.IPs {
+			ips = append(ips, ip.Address.String())
+		}
+		version := c.net.CNIVersion
+		if version == "" {
+			version = "0.1.0"
+		}
+		var out types.Result
+		if out, err = res.GetAsVersion(version); err != nil {
+			err = types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("cannot express the result as cniVersion %s: %v", version, err), "")
+		} else if err = out.PrintTo(p.Out); err != nil {
+			err = types.NewError(types.ErrIOFailure, fmt.Sprintf("writing the result: %v", err), "")
+		}
+		if err == nil {
+			return c.end(nil, "ips", ips, "ms", p.Now().Sub(start).Milliseconds())
+		}
+	}
+	if c.claimed {
+		c.rollback()
+	}
+	return c.end(err)
+}
+
+// RollbackTimeout bounds the release of a claim whose ADD failed afterwards;
+// it runs even when the call's own deadline has passed.
+const RollbackTimeout = 5 * time.Second
+
+// rollback releases what this call claimed (guarded by the revisions it
+// reads, so nothing another container holds is touched).
+func (c *call) rollback() {
+	ctx, cancel := context.WithTimeout(context.Background(), RollbackTimeout)
+	defer cancel()
+	freed, err := c.st.Release(ctx, c.args.ContainerID, c.args.IfName, time.Now(), allocator.ReusePolicy(c.net))
 	if err != nil {
-		return c.end(err)
+		c.log.Error("releasing the claim of this failed ADD failed; the runtime's DEL, the pod's next ADD or GC frees it", "err", err)
+		return
 	}
-	var ips []string
-	for _, ip := range res.IPs {
-		ips = append(ips, ip.Address.String())
+	c.log.Info("released the claim of this failed ADD", "ips", fmt.Sprint(freed))
+}
+
+// HoldAfterCommitEnv names a directory for fault tests: after its own
+// claim committed, ADD creates <dir>/<containerID>_<ifname> and waits until
+// the file is removed (or the call's deadline) before it answers, so that
+// a test can kill the plugin between the commit and the result.
+const HoldAfterCommitEnv = "KUBE_IPAM_TEST_HOLD_AFTER_COMMIT"
+
+func (c *call) holdAfterCommit() {
+	dir := os.Getenv(HoldAfterCommitEnv)
+	if dir == "" {
+		return
 	}
-	if err := c.end(nil, "ips", ips, "ms", p.Now().Sub(start).Milliseconds()); err != nil {
-		return err
+	path := filepath.Join(dir, c.args.ContainerID+"_"+c.args.IfName)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		c.log.Warn("fault hook: cannot create its file", "path", path, "err", err)
+		return
 	}
-	version := c.net.CNIVersion
-	if version == "" {
-		version = "0.1.0"
+	c.log.Debug("fault hook: holding after the commit", "path", path)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
-	out, err := res.GetAsVersion(version)
-	if err != nil {
-		return types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("cannot express the result as cniVersion %s: %v", version, err), "")
-	}
-	return out.PrintTo(p.Out)
 }
 
 // Error codes of kube-ipam (documented in docs/errors.md).
@@ -249,19 +310,43 @@ func (p *Plugin) add(c *call) (*current.Result, error) {
 		fixed = requested
 	}
 	req.Fixed = addrs(fixed)
+	// Everything that can refuse the ADD is checked before the claim.
+	alloc := allocator.New(c.net, nil)
+	for _, ip := range req.Fixed {
+		if _, err := alloc.ValidateFixed(ip); err != nil {
+			return nil, err
+		}
+		if _, _, err := fixedShape(c.net, ip, fixed, wants); err != nil {
+			return nil, err
+		}
+	}
+	if c.net.ResolvConf != "" {
+		if _, err := readResolvConf(c.net.ResolvConf); err != nil {
+			return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("ipam.resolvConf %s: %v", c.net.ResolvConf, err), "")
+		}
+	}
 
 	if err := c.connect(); err != nil {
 		return nil, err
 	}
-	alloc := allocator.New(c.net, c.st)
-	alloc.Now, alloc.Started = p.Now, c.started
+	alloc.Store, alloc.Now, alloc.Started = c.st, p.Now, c.started
 	c.log.Debug("allocating", "fixed", fmt.Sprint(req.Fixed), "sticky", req.Sticky, "endpoints", fmt.Sprint(c.net.Etcd.Endpoints))
 	got, err := alloc.Allocate(c.ctx, req)
 	if alloc.Conflicts > 0 {
 		c.log.Debug("claim races lost", "count", alloc.Conflicts)
 	}
+	if alloc.Unknown > 0 {
+		c.log.Info("claim outcome was unknown and was read back", "count", alloc.Unknown, "held", err == nil)
+	}
+	if alloc.Retired > 0 {
+		c.log.Info("replaced the pod's earlier attachment(s) on this interface", "count", alloc.Retired)
+	}
 	if err != nil {
 		return nil, err
+	}
+	c.claimed = alloc.Committed
+	if c.claimed {
+		c.holdAfterCommit()
 	}
 	return buildResult(c.net, got, fixed, wants)
 }
@@ -288,6 +373,58 @@ func sameAddrs(a, b []config.IPSpec) bool {
 	return slices.Equal(x, y)
 }
 
+// fixedShape is the prefix length and gateway a fixed address is returned
+// with: a length written with the address wins over kube-ipam.netmask (a
+// dotted mask in v0.2, IPv4 only), kube-ipam.gateway over the subnet's
+// gateway. A gateway the pod could not reach on that prefix is refused
+// before anything is claimed.
+func fixedShape(n *config.Network, ip netip.Addr, fixed []config.IPSpec, wants pod.Wants) (int, netip.Addr, error) {
+	_, r, ok := n.SetFor(ip)
+	if !ok {
+		return 0, netip.Addr{}, nil // refused by the allocator (code 104)
+	}
+	bits, gw := r.Subnet.Bits(), r.Gateway
+	written := writtenBits(fixed, ip)
+	netmaskKey := wants.NetmaskKey
+	if netmaskKey == "" {
+		netmaskKey = pod.AnnotationNetmask
+	}
+	switch {
+	case written >= 0:
+		bits = written
+	case wants.Netmask > 32 && ip.Is4():
+		return 0, netip.Addr{}, &pod.AnnotationError{Key: netmaskKey, Value: fmt.Sprint(wants.Netmask), Reason: "prefix length too long for IPv4"}
+	case wants.Netmask >= 0 && ip.Is4():
+		bits = wants.Netmask
+	}
+	fromAnnotation := wants.Gateway.IsValid() && wants.Gateway.Is4() == ip.Is4()
+	if fromAnnotation {
+		gw = wants.Gateway
+	}
+	if !gw.IsValid() {
+		return bits, gw, nil
+	}
+	onLink := netip.PrefixFrom(ip, bits).Masked()
+	var reason string
+	switch {
+	case gw == ip:
+		reason = fmt.Sprintf("is the pod's own address %s", ip)
+	case !onLink.Contains(gw):
+		reason = fmt.Sprintf("is outside the pod's subnet %s (address %s, prefix length %d): the pod could not reach it", onLink, ip, bits)
+	default:
+		return bits, gw, nil
+	}
+	if fromAnnotation {
+		key := wants.GatewayKey
+		if key == "" {
+			key = pod.AnnotationGateway
+		}
+		return 0, netip.Addr{}, &pod.AnnotationError{Key: key, Value: gw.String(), Reason: reason}
+	}
+	// The subnet's own gateway falls outside a narrower prefix the pod asked for.
+	return 0, netip.Addr{}, &pod.AnnotationError{Key: netmaskKey, Value: fmt.Sprint(bits), Reason: fmt.Sprintf("makes the network's gateway %s unreachable: it %s; set %s too", gw, reason, pod.AnnotationGateway)}
+}
+
 func buildResult(n *config.Network, got []allocator.Allocated, fixed []config.IPSpec, wants pod.Wants) (*current.Result, error) {
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: n.Routes}
 	for _, g := range got {
@@ -295,18 +432,9 @@ func buildResult(n *config.Network, got []allocator.Allocated, fixed []config.IP
 		bits := r.Subnet.Bits()
 		gw := r.Gateway
 		if g.Kind == store.KindFixed {
-			// A length written with the address wins over kube-ipam.netmask,
-			// which (a dotted mask in v0.2) applies to IPv4 only.
-			switch written := writtenBits(fixed, g.IP); {
-			case written >= 0:
-				bits = written
-			case wants.Netmask > 32 && g.IP.Is4():
-				return nil, &pod.AnnotationError{Key: pod.AnnotationNetmask, Value: fmt.Sprint(wants.Netmask), Reason: "prefix length too long for IPv4"}
-			case wants.Netmask >= 0 && g.IP.Is4():
-				bits = wants.Netmask
-			}
-			if wants.Gateway.IsValid() && wants.Gateway.Is4() == g.IP.Is4() {
-				gw = wants.Gateway
+			var err error
+			if bits, gw, err = fixedShape(n, g.IP, fixed, wants); err != nil {
+				return nil, err
 			}
 		}
 		ipc := &current.IPConfig{Address: net.IPNet{IP: g.IP.AsSlice(), Mask: net.CIDRMask(bits, g.IP.BitLen())}}

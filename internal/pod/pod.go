@@ -105,6 +105,9 @@ type Wants struct {
 	Pool    []config.IPSpec
 	Netmask int // prefix length from kube-ipam.netmask, -1 when absent
 	Gateway netip.Addr
+	// NetmaskKey and GatewayKey name the annotations Netmask and Gateway
+	// came from (the legacy key or its per-network form), for errors.
+	NetmaskKey, GatewayKey string
 }
 
 // AnnotationError is a malformed annotation.
@@ -165,14 +168,14 @@ func ParseAnnotationsFor(ann map[string]string, network string) (Wants, error) {
 		if err != nil {
 			return w, &AnnotationError{k, v, err.Error()}
 		}
-		w.Netmask = bits
+		w.Netmask, w.NetmaskKey = bits, k
 	}
 	if k, v, ok := get(AnnotationGateway); ok {
 		g, err := netip.ParseAddr(strings.TrimSpace(v))
 		if err != nil {
 			return w, &AnnotationError{k, v, "not an IP address"}
 		}
-		w.Gateway = g.Unmap()
+		w.Gateway, w.GatewayKey = g.Unmap(), k
 	}
 	return w, nil
 }

@@ -1,15 +1,19 @@
 package store
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -170,6 +174,10 @@ func probeOne(e config.Etcd, ep string, timeout time.Duration) string {
 		return fmt.Sprintf("%s: %v", u.Host, unwrapOp(err))
 	}
 	defer c.Close()
+	silent := fmt.Sprintf("%s: accepts TCP connections but sent no answer within %v (etcd stopped, frozen or overloaded?)", u.Host, timeout)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
 	if strings.EqualFold(u.Scheme, "https") {
 		cfg, err := transport.TLSInfo{CertFile: e.CertFile, KeyFile: e.KeyFile, TrustedCAFile: e.CAFile}.ClientConfig()
 		if err != nil {
@@ -180,10 +188,39 @@ func probeOne(e config.Etcd, ep string, timeout time.Duration) string {
 		}
 		tc := tls.Client(c, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
+			if isTimeout(err) {
+				return silent + "; no TLS handshake"
+			}
 			return fmt.Sprintf("%s: TLS handshake failed: %v", u.Host, err)
 		}
+		c = tc
 	}
-	return fmt.Sprintf("%s: accepts connections but no gRPC connection was established (is this an etcd client URL?)", u.Host)
+	// etcd serves HTTP/1.1 on its client port beside gRPC: /health tells an
+	// etcd that answers from a process that is not etcd at all.
+	if _, err := fmt.Fprintf(c, "GET /health HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", u.Host); err != nil {
+		return fmt.Sprintf("%s: connected, but writing a request failed: %v", u.Host, unwrapOp(err))
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		if isTimeout(err) {
+			return silent
+		}
+		return fmt.Sprintf("%s: connected, but the answer to GET /health is not HTTP (%v): is this an etcd client URL?", u.Host, unwrapOp(err))
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+	if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"health"`) {
+		return fmt.Sprintf("%s: answers GET /health (%s) but no gRPC connection was established within the wait", u.Host, strings.TrimSpace(string(body)))
+	}
+	if strings.Contains(string(body), `"health"`) {
+		return fmt.Sprintf("%s: etcd reports itself unhealthy: HTTP %d %s", u.Host, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return fmt.Sprintf("%s: answers HTTP %d to GET /health, not as etcd does (is this an etcd client URL?)", u.Host, resp.StatusCode)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // unwrapOp drops net.OpError's "dial tcp host:port:" prefix, which the
@@ -196,24 +233,40 @@ func unwrapOp(err error) error {
 	return err
 }
 
-// IsUnavailable reports whether err means etcd could not be reached in time
-// (worth retrying later) rather than a refusal.
+// IsUnavailable reports whether err means etcd could not answer in time:
+// unreachable, stopped, frozen, without a leader, too slow, a lost member, a
+// broken connection, or the call's own deadline. These are worth retrying
+// later (CNI code 11), unlike a refusal (bad request, permissions).
 func IsUnavailable(err error) bool {
-	var ue *UnreachableError
-	if errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+	var (
+		ue *UnreachableError
+		ae *AmbiguousError
+		se *StallError
+		nl *NoLeaderError
+	)
+	if errors.As(err, &ue) || errors.As(err, &ae) || errors.As(err, &se) || errors.As(err, &nl) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
 		return true
 	}
-	code := status.Code(err)
-	// clientv3 turns server errors ("etcdserver: no leader", "request timed
-	// out", ...) into rpctypes.EtcdError, which carries its gRPC code in a
-	// Code method but is not a gRPC status: status.Code reports Unknown.
-	var coded interface{ Code() codes.Code }
-	if code == codes.Unknown && errors.As(err, &coded) {
-		code = coded.Code()
-	}
+	code := grpcCode(err)
 	switch code {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.ResourceExhausted, codes.Aborted:
 		return true
+	case codes.Unknown, codes.Internal:
+		// etcd 3.4 reports its own expired deadline as gRPC Unknown with the
+		// context's text, and a connection torn down mid-call surfaces as
+		// Unknown/Internal with the transport's text.
+		msg := status.Convert(err).Message()
+		if msg == "" {
+			msg = err.Error()
+		}
+		for _, s := range []string{"context deadline exceeded", "context canceled", "EOF", "connection reset", "broken pipe", "transport is closing", "connection refused", "request timed out", "leader changed"} {
+			if strings.Contains(msg, s) {
+				return true
+			}
+		}
 	}
 	return false
 }

@@ -51,8 +51,8 @@ func TestWaitReady(t *testing.T) {
 		{"one of two reachable", plain(append([]string{"http://" + refused}, e.Endpoints...)...), nil},
 		{"reachable TLS", tlsEtcd, nil},
 		{"refused", plain("http://" + refused), []string{"http://" + refused, "unreachable", "no connection within 2s", "connection refused"}},
-		{"silent", plain("http://" + silent.Addr().String()), []string{"unreachable", "accepts connections but no gRPC connection"}},
-		{"both", plain("http://"+refused, "http://"+silent.Addr().String()), []string{"http://" + refused + ",http://" + silent.Addr().String(), "connection refused", "accepts connections"}},
+		{"silent", plain("http://" + silent.Addr().String()), []string{"unreachable", "accepts TCP connections but sent no answer within"}},
+		{"both", plain("http://"+refused, "http://"+silent.Addr().String()), []string{"http://" + refused + ",http://" + silent.Addr().String(), "connection refused", "accepts TCP connections but sent no answer"}},
 		{"wrong CA", wrongCA, []string{et.Endpoints[0], "unreachable", "TLS handshake failed"}},
 	}
 	for _, c := range cases {

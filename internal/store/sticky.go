@@ -19,7 +19,7 @@ type StickyEntry struct {
 
 // Stickies lists every sticky record of the network.
 func (s *Store) Stickies(ctx context.Context) ([]StickyEntry, error) {
-	resp, err := s.cli.Get(ctx, s.base+"sticky/", clientv3.WithPrefix())
+	resp, err := s.get(ctx, s.base+"sticky/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +79,7 @@ func (s *Store) ReleaseSticky(ctx context.Context, e StickyEntry, now time.Time,
 		}
 		freed = append(freed, a)
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	resp, err := s.txn(ctx, cmps, ops)
 	if err != nil || !resp.Succeeded {
 		return nil, false, err
 	}

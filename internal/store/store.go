@@ -7,6 +7,11 @@
 //	rel/<set>/<nanos>/<4|6>/<hex>   release log, oldest first (dynamic addresses only)
 //	att/<containerID>/<ifname>      the addresses one attachment holds (JSON Attachment)
 //	cursor/<set>          hint: the lowest never-used address seen last time
+//	pod/<podUID>/<ifname>/<containerID>   index: the attachments of one pod
+//	                      (written with the attachment, deleted with it)
+//	sticky/<ns>/<statefulSetUID>/<ordinal>/<ifname>   a StatefulSet
+//	                      ordinal's remembered addresses (JSON Sticky)
+//	note/<containerID>    note of a kube-ipamctl reservation
 //
 // Addresses are fixed-width hex so that key order is address order and a
 // window of claimed addresses is one range read. Every claim is one
@@ -18,6 +23,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -143,6 +149,7 @@ type ReleasedRef struct {
 type Store struct {
 	cli  *clientv3.Client
 	base string
+	wd   *Watchdog
 }
 
 // New returns the store of network under prefix.
@@ -171,6 +178,9 @@ func (s *Store) cursorKey(set int) string { return s.base + "cursor/" + strconv.
 func (s *Store) stickyKey(ns, uid string, ordinal int, ifname string) string {
 	return fmt.Sprintf("%ssticky/%s/%s/%d/%s", s.base, ns, uid, ordinal, ifname)
 }
+func (s *Store) podPrefix(uid, ifname string) string {
+	return s.base + "pod/" + uid + "/" + ifname + "/"
+}
 func (s *Store) relPrefix(set int) string { return s.base + "rel/" + strconv.Itoa(set) + "/" }
 
 func (s *Store) relKey(set int, at time.Time, a netip.Addr) string {
@@ -194,7 +204,7 @@ func (s *Store) parseIPKey(k string) (netip.Addr, bool) {
 
 // Attachment returns what (cid, ifname) holds, or nil.
 func (s *Store) Attachment(ctx context.Context, cid, ifname string) (*Attachment, error) {
-	resp, err := s.cli.Get(ctx, s.attKey(cid, ifname))
+	resp, err := s.get(ctx, s.attKey(cid, ifname))
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +221,7 @@ func (s *Store) Attachment(ctx context.Context, cid, ifname string) (*Attachment
 
 // Sticky returns the remembered addresses of a StatefulSet ordinal, or nil.
 func (s *Store) Sticky(ctx context.Context, ns, uid string, ordinal int, ifname string) (*Sticky, error) {
-	resp, err := s.cli.Get(ctx, s.stickyKey(ns, uid, ordinal, ifname))
+	resp, err := s.get(ctx, s.stickyKey(ns, uid, ordinal, ifname))
 	if err != nil || len(resp.Kvs) == 0 {
 		return nil, err
 	}
@@ -224,7 +234,7 @@ func (s *Store) Sticky(ctx context.Context, ns, uid string, ordinal int, ifname 
 
 // Attachments lists every attachment on the network.
 func (s *Store) Attachments(ctx context.Context) ([]*Attachment, error) {
-	resp, err := s.cli.Get(ctx, s.base+"att/", clientv3.WithPrefix())
+	resp, err := s.get(ctx, s.base+"att/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +254,7 @@ func (s *Store) Attachments(ctx context.Context) ([]*Attachment, error) {
 func (s *Store) State(ctx context.Context, a netip.Addr) (IPState, error) {
 	var st IPState
 	k := s.ipKey(a)
-	resp, err := s.cli.Get(ctx, k, clientv3.WithRange(k+"/s"))
+	resp, err := s.get(ctx, k, clientv3.WithRange(k+"/s"))
 	if err != nil {
 		return st, err
 	}
@@ -271,7 +281,7 @@ func (s *Store) State(ctx context.Context, a netip.Addr) (IPState, error) {
 // returned were not looked at.
 func (s *Store) Used(ctx context.Context, from, to netip.Addr, limit int) (used []netip.Addr, full bool, err error) {
 	end := s.ipKey(to) + "0" // after ip/<to> and ip/<to>/r
-	resp, err := s.cli.Get(ctx, s.ipKey(from), clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(limit)))
+	resp, err := s.get(ctx, s.ipKey(from), clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(limit)))
 	if err != nil {
 		return nil, false, err
 	}
@@ -286,7 +296,7 @@ func (s *Store) Used(ctx context.Context, from, to netip.Addr, limit int) (used 
 
 // Cursor returns the never-used hint of a range set (invalid if none).
 func (s *Store) Cursor(ctx context.Context, set int) (netip.Addr, error) {
-	resp, err := s.cli.Get(ctx, s.cursorKey(set))
+	resp, err := s.get(ctx, s.cursorKey(set))
 	if err != nil || len(resp.Kvs) == 0 {
 		return netip.Addr{}, err
 	}
@@ -297,7 +307,7 @@ func (s *Store) Cursor(ctx context.Context, set int) (netip.Addr, error) {
 // OldestReleased returns up to limit release-log entries, oldest first.
 func (s *Store) OldestReleased(ctx context.Context, set, limit int) ([]ReleasedRef, error) {
 	p := s.relPrefix(set)
-	resp, err := s.cli.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(limit)))
+	resp, err := s.get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(limit)))
 	if err != nil {
 		return nil, err
 	}
@@ -321,8 +331,7 @@ func (s *Store) OldestReleased(ctx context.Context, set, limit int) ([]ReleasedR
 // DropReleased removes a release-log entry that no longer matches its
 // address's tombstone (the address was claimed again or released later).
 func (s *Store) DropReleased(ctx context.Context, key string) error {
-	_, err := s.cli.Delete(ctx, key)
-	return err
+	return s.del(ctx, key)
 }
 
 // Claim modes.
@@ -343,6 +352,17 @@ type ClaimItem struct {
 	State  IPState
 }
 
+// Retired is an earlier attachment of the same pod (same pod UID and
+// interface, another container: the pod's previous sandbox) that a claim
+// replaces. The claim's transaction deletes it; its addresses that the claim
+// takes over (ClaimTakeover items) move to the new attachment, the others
+// are released as a DEL of that container would release them.
+type Retired struct {
+	Attachment *Attachment
+	// States holds what was read for each address of the attachment.
+	States map[netip.Addr]IPState
+}
+
 // Claim is everything one ADD writes, committed as one transaction.
 type Claim struct {
 	Attachment Attachment
@@ -350,10 +370,16 @@ type Claim struct {
 	Cursors    map[int]netip.Addr
 	// NewSticky, when set, is created with the claim (it must not exist yet).
 	NewSticky *Sticky
+	// Retire lists the attachments the claim replaces; Now and Policy say how
+	// their addresses that are not taken over are released.
+	Retire []Retired
+	Now    time.Time
+	Policy ReusePolicy
 }
 
 // Commit writes the claim if every precondition still holds. ok=false means
-// another writer won a race; the caller re-reads and tries again.
+// another writer won a race; the caller re-reads and tries again. An
+// *AmbiguousError means the transaction may or may not have been applied.
 func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 	att := c.Attachment
 	att.IPs = nil
@@ -361,6 +387,7 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 	var ops []clientv3.Op
 	ak := s.attKey(att.ContainerID, att.IfName)
 	cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ak), "=", 0))
+	taken := map[netip.Addr]bool{}
 	for _, it := range c.Items {
 		a, err := netip.ParseAddr(it.Record.IP)
 		if err != nil {
@@ -383,6 +410,7 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 			}
 		case ClaimTakeover:
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", it.State.RecRev))
+			taken[a] = true
 		default:
 			return false, fmt.Errorf("unknown claim mode %d", it.Mode)
 		}
@@ -391,6 +419,9 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 	}
 	b, _ := json.Marshal(att)
 	ops = append(ops, clientv3.OpPut(ak, string(b)))
+	if att.PodUID != "" {
+		ops = append(ops, clientv3.OpPut(s.podPrefix(att.PodUID, att.IfName)+att.ContainerID, ""))
+	}
 	for set, a := range c.Cursors {
 		ops = append(ops, clientv3.OpPut(s.cursorKey(set), a.String()))
 	}
@@ -400,11 +431,33 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 		b, _ := json.Marshal(st)
 		ops = append(ops, clientv3.OpPut(k, string(b)))
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	for _, r := range c.Retire {
+		if r.Attachment.ContainerID == att.ContainerID && r.Attachment.IfName == att.IfName {
+			return false, fmt.Errorf("claim retires its own attachment %s/%s", ShortID(att.ContainerID), att.IfName)
+		}
+		rc, ro, _ := s.releaseOps(r.Attachment, r.States, taken, c.Now, c.Policy)
+		cmps, ops = append(cmps, rc...), append(ops, ro...)
+	}
+	resp, err := s.txn(ctx, cmps, ops)
 	if err != nil {
 		return false, err
 	}
 	return resp.Succeeded, nil
+}
+
+// PodAttachments lists the container IDs whose attachments on interface
+// ifname belong to the pod with UID uid (normally none or one).
+func (s *Store) PodAttachments(ctx context.Context, uid, ifname string) ([]string, error) {
+	p := s.podPrefix(uid, ifname)
+	resp, err := s.get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, strings.TrimPrefix(string(kv.Key), p))
+	}
+	return out, nil
 }
 
 // ReusePolicy says, for an address being released, whether it goes to the
@@ -416,14 +469,27 @@ type ReusePolicy func(a netip.Addr, kind string) (set int, log bool, tombstone b
 // Release frees what (cid, ifname) holds. Addresses whose record now belongs
 // to another container (a pod that took its fixed address over) are left
 // alone. It returns the addresses actually freed; a missing attachment frees
-// nothing and is not an error (DEL is idempotent).
+// nothing and is not an error (DEL is idempotent). An *AmbiguousError means
+// the release may or may not have been applied; calling Release again
+// settles it.
 func (s *Store) Release(ctx context.Context, cid, ifname string, now time.Time, policy ReusePolicy) ([]netip.Addr, error) {
+	var unknown error
 	for attempt := 0; attempt < 16; attempt++ {
 		att, err := s.Attachment(ctx, cid, ifname)
+		if unknown != nil && err != nil {
+			return nil, fmt.Errorf("%w; reading it back: %w", unknown, err)
+		}
 		if err != nil || att == nil {
+			// After an unknown outcome, a missing attachment means the
+			// release was applied (which addresses it freed is not known).
 			return nil, err
 		}
 		freed, ok, err := s.releaseOnce(ctx, att, now, policy)
+		var amb *AmbiguousError
+		if errors.As(err, &amb) && s.wd != nil {
+			unknown = err
+			continue // read back: released, or to be released again
+		}
 		if err != nil || ok {
 			return freed, err
 		}
@@ -436,10 +502,9 @@ func (s *Store) ReleaseAttachment(ctx context.Context, att *Attachment, now time
 	return s.releaseOnce(ctx, att, now, policy)
 }
 
-func (s *Store) releaseOnce(ctx context.Context, att *Attachment, now time.Time, policy ReusePolicy) ([]netip.Addr, bool, error) {
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.attKey(att.ContainerID, att.IfName)), "=", att.Rev)}
-	ops := []clientv3.Op{clientv3.OpDelete(s.attKey(att.ContainerID, att.IfName))}
-	var freed []netip.Addr
+// AddressStates reads the state of every address att lists.
+func (s *Store) AddressStates(ctx context.Context, att *Attachment) (map[netip.Addr]IPState, error) {
+	out := map[netip.Addr]IPState{}
 	for _, ipStr := range att.IPs {
 		a, err := netip.ParseAddr(ipStr)
 		if err != nil {
@@ -447,15 +512,56 @@ func (s *Store) releaseOnce(ctx context.Context, att *Attachment, now time.Time,
 		}
 		st, err := s.State(ctx, a)
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
-		k := s.ipKey(a)
-		if st.Record == nil || st.Record.ContainerID != att.ContainerID || st.Record.IfName != att.IfName {
-			// Taken over by a re-created pod, or already gone: not ours to free.
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st.RecRev))
+		out[a] = st
+	}
+	return out, nil
+}
+
+func (s *Store) releaseOnce(ctx context.Context, att *Attachment, now time.Time, policy ReusePolicy) ([]netip.Addr, bool, error) {
+	states, err := s.AddressStates(ctx, att)
+	if err != nil {
+		return nil, false, err
+	}
+	cmps, ops, freed := s.releaseOps(att, states, nil, now, policy)
+	resp, err := s.txn(ctx, cmps, ops)
+	if err != nil {
+		return nil, false, err
+	}
+	if !resp.Succeeded {
+		return nil, false, nil
+	}
+	return freed, true, nil
+}
+
+// releaseOps are the guards and writes that free att: the attachment and
+// its pod index entry are deleted, and every address whose record still
+// names att's container and interface is released by policy, except those
+// in keep (taken over by the same transaction). Every address is guarded by
+// the record revision in states, so a record taken over meanwhile makes the
+// transaction fail rather than free someone else's address.
+func (s *Store) releaseOps(att *Attachment, states map[netip.Addr]IPState, keep map[netip.Addr]bool, now time.Time, policy ReusePolicy) ([]clientv3.Cmp, []clientv3.Op, []netip.Addr) {
+	ak := s.attKey(att.ContainerID, att.IfName)
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(ak), "=", att.Rev)}
+	ops := []clientv3.Op{clientv3.OpDelete(ak)}
+	if att.PodUID != "" {
+		ops = append(ops, clientv3.OpDelete(s.podPrefix(att.PodUID, att.IfName)+att.ContainerID))
+	}
+	var freed []netip.Addr
+	seen := map[netip.Addr]bool{}
+	for _, ipStr := range att.IPs {
+		a, err := netip.ParseAddr(ipStr)
+		if err != nil || keep[a] || seen[a] {
 			continue
 		}
+		seen[a] = true
+		st := states[a]
+		k := s.ipKey(a)
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st.RecRev))
+		if st.Record == nil || st.Record.ContainerID != att.ContainerID || st.Record.IfName != att.IfName {
+			continue // taken over by a re-created pod, or already gone: not ours to free
+		}
 		ops = append(ops, clientv3.OpDelete(k))
 		set, log, tomb := policy(a, st.Record.Kind)
 		if tomb {
@@ -472,18 +578,11 @@ func (s *Store) releaseOnce(ctx context.Context, att *Attachment, now time.Time,
 		}
 		freed = append(freed, a)
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
-	if err != nil {
-		return nil, false, err
-	}
-	if !resp.Succeeded {
-		return nil, false, nil
-	}
-	return freed, true, nil
+	return cmps, ops, freed
 }
 
 // Ping checks that etcd answers.
 func (s *Store) Ping(ctx context.Context) error {
-	_, err := s.cli.Get(ctx, s.base+"cursor/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	_, err := s.get(ctx, s.base+"cursor/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	return err
 }

@@ -106,6 +106,7 @@ func read(ctx context.Context, n *Network) (*snapshot, error) {
 		s.corrupt = append(s.corrupt, problem{Kind: ProblemCorrupt, Network: n.Cfg.Name, IP: ip, Key: k, Detail: fmt.Sprintf(format, a...)})
 	}
 	keysOf := map[netip.Addr][]string{}
+	var podIndex [][4]string // key, pod UID, ifname, container ID
 	for _, kv := range resp.Kvs {
 		k := string(kv.Key)
 		rel := strings.TrimPrefix(k, base)
@@ -192,6 +193,14 @@ func read(ctx context.Context, n *Network) (*snapshot, error) {
 			if _, err := netip.ParseAddr(string(kv.Value)); len(parts) != 2 || err != nil {
 				bad(k, "", "cursor hint %q is not an address", kv.Value)
 			}
+		case "pod":
+			// The pod index: pod/<podUID>/<ifname>/<containerID>, one entry
+			// per attachment of a pod, written and deleted with it.
+			if len(parts) != 4 || parts[1] == "" || parts[2] == "" || parts[3] == "" {
+				bad(k, "", "unexpected key under pod/")
+				continue
+			}
+			podIndex = append(podIndex, [4]string{k, parts[1], parts[2], parts[3]})
 		case "note":
 			// A reservation's note, written by kube-ipamctl reserve.
 			if len(parts) != 2 {
@@ -199,6 +208,17 @@ func read(ctx context.Context, n *Network) (*snapshot, error) {
 			}
 		default:
 			bad(k, "", "unknown key")
+		}
+	}
+	if len(podIndex) > 0 {
+		atts := map[string]*store.Attachment{}
+		for _, e := range s.atts {
+			atts[e.Att.ContainerID+"/"+e.Att.IfName] = e.Att
+		}
+		for _, e := range podIndex {
+			if a := atts[e[3]+"/"+e[2]]; a == nil || a.PodUID != e[1] {
+				bad(e[0], "", "pod index entry without its attachment %satt/%s/%s of pod UID %s (the allocator ignores it; delete the key)", base, e[3], e[2], e[1])
+			}
 		}
 	}
 	for a, keys := range keysOf {

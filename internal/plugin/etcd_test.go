@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -746,4 +747,125 @@ func TestInvalidConfigIsLoggedToItsLogFile(t *testing.T) {
 	if !strings.Contains(string(b), "invalid network config") || !strings.Contains(string(b), "etcdConfig") {
 		t.Fatalf("log file lacks the config error:\n%s", b)
 	}
+}
+
+// A pod's new sandbox (same pod UID, new container ID) takes over the
+// addresses its earlier sandbox still holds, dynamic ones too, in the same
+// transaction that retires the earlier attachment: a pod retrying its
+// sandbox never holds two addresses, and the earlier sandbox's late DEL
+// frees nothing.
+func TestNextSandboxOfThePodTakesOver(t *testing.T) {
+	v := newEnv(t, nil)
+	conf := v.conf(nil)
+	v.addPod("web", "web-1", "uid-web-1", nil)
+	args := podArgs("web", "web-1")
+	first := v.add("sandbox-1", "net1", args, conf)
+	second := v.add("sandbox-2", "net1", args, conf)
+	if len(first) != 1 || !slices.Equal(first, second) {
+		t.Fatalf("first sandbox got %v, second %v; want the same dynamic address", first, second)
+	}
+	if n := v.keyCount("att/"); n != 1 {
+		t.Fatalf("%d attachments after the second sandbox, want 1", n)
+	}
+	if n := v.keyCount("pod/uid-web-1/net1/"); n != 1 {
+		t.Fatalf("%d pod index entries, want 1", n)
+	}
+	ip := strings.Split(first[0], "/")[0]
+	if r := v.record(ip); r == nil || r.ContainerID != "sandbox-2" || r.Kind != store.KindDynamic {
+		t.Fatalf("record of %s = %+v, want dynamic, held by sandbox-2", ip, r)
+	}
+	v.del("sandbox-1", "net1", conf) // late DEL of the earlier sandbox
+	if r := v.record(ip); r == nil || r.ContainerID != "sandbox-2" {
+		t.Fatalf("late DEL of sandbox-1 freed %s (record %+v)", ip, r)
+	}
+	// Another interface of the same pod is a separate attachment.
+	if other := v.add("sandbox-2", "net2", args, conf); slices.Equal(other, second) {
+		t.Fatalf("net2 got %v, the same as net1", other)
+	}
+	// A re-created pod (new UID, same name) does not inherit a dynamic address.
+	v.addPod("web", "web-1", "uid-web-1b", nil)
+	if third := v.add("sandbox-3", "net1", args, conf); slices.Equal(third, second) {
+		t.Fatalf("a re-created pod (new UID) inherited %v from the old one", third)
+	}
+	v.del("sandbox-2", "net1", conf)
+	v.del("sandbox-2", "net2", conf)
+	v.del("sandbox-3", "net1", conf)
+	if n := v.keyCount("att/") + v.keyCount("pod/"); n != 0 {
+		t.Fatalf("%d attachment or pod index keys left after every DEL", n)
+	}
+}
+
+// An ADD that fails after its claim committed (here: its result cannot be
+// written) releases the claim: a failed ADD holds nothing.
+func TestFailedAddAfterTheClaimReleasesIt(t *testing.T) {
+	v := newEnv(t, nil)
+	conf := v.conf(nil)
+	p := *v.p
+	p.Out = failingWriter{}
+	err := p.Add(&skel.CmdArgs{ContainerID: "broken-stdout", Netns: "/var/run/netns/test", IfName: "net1", Path: "/opt/cni/bin", StdinData: conf})
+	te, ok := err.(*types.Error)
+	if !ok || te.Code != types.ErrIOFailure {
+		t.Fatalf("ADD with a broken stdout = %v, want code %d", err, types.ErrIOFailure)
+	}
+	if n := v.keyCount("att/") + v.keyCount("ip/"); n != 1 { // the released address's tombstone
+		t.Fatalf("%d keys after the failed ADD, want only the released address's tombstone", n)
+	}
+	if n := v.keyCount("att/"); n != 0 {
+		t.Fatal("the failed ADD left its attachment")
+	}
+	// The tombstone makes the address cool down like any released one.
+	if got := v.add("next", "net1", "", conf); len(got) != 1 {
+		t.Fatalf("next ADD got %v", got)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, fmt.Errorf("stdout closed") }
+
+// A gateway the pod could not reach on its prefix is refused before
+// anything is claimed (code 103, the key named).
+func TestUnreachableGatewayRefused(t *testing.T) {
+	v := newEnv(t, nil)
+	conf := v.conf(nil)
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+		key  string
+	}{
+		{"gateway outside the subnet", map[string]string{"kube-ipam.ip": "10.188.0.231", "kube-ipam.netmask": "255.255.0.0", "kube-ipam.gateway": "10.189.0.1"}, "kube-ipam.gateway"},
+		{"per-network gateway outside", map[string]string{"kube-ipam.ip": "10.188.0.232", "kube-ipam.gateway.k8snet2": "10.189.0.1"}, "kube-ipam.gateway.k8snet2"},
+		{"gateway is the pod's address", map[string]string{"kube-ipam.ip": "10.188.0.233", "kube-ipam.gateway": "10.188.0.233"}, "kube-ipam.gateway"},
+		{"netmask cuts off the subnet's gateway", map[string]string{"kube-ipam.ip": "10.188.0.234", "kube-ipam.netmask": "30"}, "kube-ipam.netmask"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v.addPod("db", "p", "uid-p", tc.ann)
+			v.expectCode("ADD", "gw-"+tc.ann["kube-ipam.ip"], "net1", podArgs("db", "p"), conf, CodeAnnotation, tc.key)
+			if n := v.keyCount(""); n != 0 {
+				t.Fatalf("%d keys written by a refused ADD", n)
+			}
+		})
+	}
+	// Inside the subnet it is accepted and returned.
+	v.addPod("db", "p", "uid-p", map[string]string{"kube-ipam.ip": "10.188.0.235", "kube-ipam.netmask": "16", "kube-ipam.gateway": "10.188.0.254"})
+	out, e := v.call("ADD", "gw-ok", "net1", podArgs("db", "p"), conf)
+	if e != nil || !strings.Contains(out, `"10.188.0.254"`) {
+		t.Fatalf("ADD = %s, %v; want the annotation's gateway", out, e)
+	}
+}
+
+// A frozen etcd (SIGSTOP) fails an ADD with code 11 saying what was seen,
+// not with a guess about the URL, and within the dial timeout.
+func TestFrozenEtcdIsCode11(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	v := newEnv(t, e)
+	conf := v.conf(nil)
+	e.Freeze(t)
+	defer e.Thaw(t)
+	v.expectCodeWithin(20*time.Second, "ADD", "frozen", "net1", "", conf, types.ErrTryAgainLater, "accepts TCP connections but sent no answer")
+	e.Thaw(t)
+	if n := v.keyCount(""); n != 0 {
+		t.Fatalf("%d keys after an ADD that failed on a frozen etcd", n)
+	}
+	v.add("frozen", "net1", "", conf) // the retry succeeds
 }

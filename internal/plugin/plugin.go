@@ -650,7 +650,7 @@ func toCNI(err error) *types.Error {
 	case errors.As(err, &unr):
 		return types.NewError(types.ErrTryAgainLater, err.Error()+"; try again later", "")
 	case store.IsUnavailable(err):
-		return types.NewError(types.ErrTryAgainLater, "etcd unreachable, try again later: "+err.Error(), "")
+		return types.NewError(types.ErrTryAgainLater, "etcd did not answer in time, try again later: "+err.Error(), "")
 	}
 	return types.NewError(CodeStoreRejected, "store error: "+err.Error(), "")
 }

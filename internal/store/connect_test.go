@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +39,9 @@ func TestWaitReady(t *testing.T) {
 			defer c.Close()
 		}
 	}()
+	// An HTTP server that is not etcd (a wrong port in the config).
+	notEtcd := httptest.NewServer(http.NotFoundHandler())
+	defer notEtcd.Close()
 	et := testenv.StartEtcdTLS(t)
 	tlsEtcd := config.Etcd{Endpoints: et.Endpoints, CertFile: et.CertFile, KeyFile: et.KeyFile, CAFile: et.CAFile}
 	wrongCA := tlsEtcd
@@ -53,6 +58,7 @@ func TestWaitReady(t *testing.T) {
 		{"refused", plain("http://" + refused), []string{"http://" + refused, "unreachable", "no connection within 2s", "connection refused"}},
 		{"silent", plain("http://" + silent.Addr().String()), []string{"unreachable", "accepts TCP connections but sent no answer within"}},
 		{"both", plain("http://"+refused, "http://"+silent.Addr().String()), []string{"http://" + refused + ",http://" + silent.Addr().String(), "connection refused", "accepts TCP connections but sent no answer"}},
+		{"not etcd", plain(notEtcd.URL), []string{"unreachable", "answers HTTP 404 to GET /health, not as etcd does (is this an etcd client URL?)"}},
 		{"wrong CA", wrongCA, []string{et.Endpoints[0], "unreachable", "TLS handshake failed"}},
 	}
 	for _, c := range cases {

@@ -18,6 +18,7 @@ import (
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/controller"
+	"kubeipam/internal/version"
 	"kubeipam/internal/webhook"
 )
 
@@ -34,6 +35,11 @@ func main() {
 	fs.StringVar(&c.LeaseName, "leader-elect-name", "kube-ipam-controller", "name of the leader Lease")
 	fs.StringVar(&c.Identity, "leader-elect-identity", "", "identity in the Lease (default hostname_pid)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":9548", "address of the /metrics endpoint; empty = off")
+	fs.Float32Var(&c.KubeAPIQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "client-go rate limit for Kubernetes API calls: sustained requests per second")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "client-go rate limit for Kubernetes API calls: burst")
+	fs.IntVar(&c.Workers, "workers", controller.DefaultWorkers, "concurrent API lookups and etcd releases of a pass")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	var wh webhookFlags
 	fs.StringVar(&wh.addr, "webhook-addr", "", "address of the validating admission webhook (HTTPS, /validate); empty = off")
 	fs.StringVar(&wh.cert, "webhook-cert", "/etc/kube-ipam/webhook/tls.crt", "webhook serving certificate")
@@ -43,13 +49,30 @@ func main() {
 		if err == pflag.ErrHelp {
 			os.Exit(0)
 		}
+		// pflag prints nothing itself with ContinueOnError.
+		fmt.Fprintf(os.Stderr, "kube-ipam-controller: %v\nSee 'kube-ipam-controller --help'.\n", err)
 		os.Exit(2)
 	}
-	if c.ConfigFile == "" || c.Resync <= 0 || c.Grace < 0 {
-		fmt.Fprintln(os.Stderr, "kube-ipam-controller: --config is required, --resync must be > 0 and --grace >= 0")
+	if *showVersion {
+		fmt.Println("kube-ipam-controller", version.Version)
+		os.Exit(0)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "kube-ipam-controller: unexpected argument %q (it takes flags only)\nSee 'kube-ipam-controller --help'.\n", fs.Arg(0))
 		os.Exit(2)
 	}
-	c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "kube-ipam-controller: --log-level %q: want debug, info, warn or error\n", *logLevel)
+		os.Exit(2)
+	}
+	if c.ConfigFile == "" || c.Resync <= 0 || c.Grace < 0 || c.KubeAPIQPS <= 0 || c.KubeAPIBurst <= 0 || c.Workers <= 0 {
+		fmt.Fprintln(os.Stderr, "kube-ipam-controller: --config is required, --resync, --kube-api-qps, --kube-api-burst and --workers must be > 0, and --grace >= 0")
+		os.Exit(2)
+	}
+	c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	c.Log.Info("starting", "version", version.Version, "logLevel", level.String(), "grace", c.Grace, "resync", c.Resync,
+		"kubeAPIQPS", c.KubeAPIQPS, "kubeAPIBurst", c.KubeAPIBurst, "workers", c.Workers)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The webhook answers on every replica, leader or not: admission must

@@ -20,10 +20,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"kubeipam/internal/config"
-	"kubeipam/internal/pod"
+	"kubeipam/internal/controller"
 	"kubeipam/internal/store"
 	"kubeipam/internal/version"
 )
@@ -34,20 +33,30 @@ type App struct {
 	Now      func() time.Time
 	// Connect opens an etcd client (default store.Connect).
 	Connect func(e config.Etcd, dialTimeout time.Duration) (*clientv3.Client, error)
-	// PodClient builds a pod reader from a kubeconfig path (default
-	// pod.NewClient after checking that the file exists).
-	PodClient func(kubeconfig string, timeout time.Duration) (pod.Getter, error)
-	// Kube builds a Kubernetes clientset from a kubeconfig path for gc
-	// (default: client-go after checking that the file exists).
-	Kube func(kubeconfig string, timeout time.Duration) (kubernetes.Interface, error)
+	// Kube builds the Kubernetes clientset of check, release and gc from a
+	// kubeconfig path (default: client-go after checking that the file
+	// exists).
+	Kube func(kubeconfig string, o KubeOptions) (kubernetes.Interface, error)
 	// ConfDir is searched when --config is not given (default /etc/cni/net.d).
 	ConfDir string
+}
+
+// KubeOptions configure the Kubernetes API client.
+type KubeOptions struct {
+	// Timeout of each request (--timeout).
+	Timeout time.Duration
+	// QPS and Burst are client-go's rate limit (--kube-api-qps,
+	// --kube-api-burst).
+	QPS   float32
+	Burst int
 }
 
 // globals are the flags every command accepts.
 type globals struct {
 	config, kubeconfig, namespace, output string
 	timeout                               time.Duration
+	kubeQPS                               float32
+	kubeBurst                             int
 }
 
 type command struct {
@@ -61,6 +70,7 @@ type command struct {
 // valueFlags are the global flags that take a value, so that the command
 // word can be found among flags given before it.
 var valueFlags = map[string]bool{"--config": true, "--kubeconfig": true, "-n": true, "--namespace": true, "-o": true, "--output": true, "--timeout": true,
+	"--kube-api-qps": true, "--kube-api-burst": true,
 	// Command flags that take a value, so "--network N list" works too.
 	"--network": true, "--node": true, "--note": true}
 
@@ -229,7 +239,7 @@ to stderr every 1000 allocations.`,
 				fs.BoolVar(&dryRun, "dry-run", false, "list what would be freed and change nothing")
 			},
 			run: func(ctx context.Context, a *App, g *globals, nets []*Network, _ []string) error {
-				return GC(ctx, a.Out, a.Err, nets, a.Kube, g.timeout, dryRun, a.Now(), g.output)
+				return GC(ctx, a.Out, a.Err, nets, dryRun, a.Now(), g.output)
 			},
 		},
 		{
@@ -257,6 +267,8 @@ func globalFlags(fs *pflag.FlagSet, g *globals) {
 	fs.StringVarP(&g.namespace, "namespace", "n", "", "pod namespace")
 	fs.StringVarP(&g.output, "output", "o", FormatTable, "output format: table, json or yaml")
 	fs.DurationVar(&g.timeout, "timeout", time.Minute, "timeout of the whole command, etcd and Kubernetes API calls included")
+	fs.Float32Var(&g.kubeQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "client-go rate limit for Kubernetes API calls: sustained requests per second")
+	fs.IntVar(&g.kubeBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "client-go rate limit for Kubernetes API calls: burst")
 }
 
 // Run executes args (without the program name) and returns the exit status.
@@ -272,9 +284,6 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	}
 	if a.Connect == nil {
 		a.Connect = store.Connect
-	}
-	if a.PodClient == nil {
-		a.PodClient = defaultPodClient
 	}
 	if a.Kube == nil {
 		a.Kube = defaultKube
@@ -348,6 +357,9 @@ func (a *App) Run(ctx context.Context, args []string) int {
 		return 2
 	}
 	err := validFormat(g.output)
+	if err == nil && (g.kubeQPS <= 0 || g.kubeBurst <= 0) {
+		err = usageErrorf("--kube-api-qps and --kube-api-burst must be > 0")
+	}
 	var nets []*Network
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
@@ -409,11 +421,11 @@ func (a *App) open(ctx context.Context, g *globals) ([]*Network, func(), error) 
 			_ = c.Close()
 		}
 	}
-	type podsOrNote struct {
-		g    pod.Getter
+	type kubeOrNote struct {
+		kube kubernetes.Interface
 		note string
 	}
-	pods := map[string]podsOrNote{}
+	kubes := map[string]kubeOrNote{}
 	var nets []*Network
 	for _, cfg := range cfgs {
 		id := fmt.Sprintf("%q", []string{strings.Join(cfg.Etcd.Endpoints, ","), cfg.Etcd.CertFile, cfg.Etcd.KeyFile, cfg.Etcd.CAFile})
@@ -437,38 +449,34 @@ func (a *App) open(ctx context.Context, g *globals) ([]*Network, func(), error) 
 		if g.kubeconfig != "" {
 			kc = g.kubeconfig
 		}
-		p, ok := pods[kc]
+		k, ok := kubes[kc]
 		if !ok {
-			getter, err := a.PodClient(kc, g.timeout)
+			kube, err := a.Kube(kc, KubeOptions{Timeout: g.timeout, QPS: g.kubeQPS, Burst: g.kubeBurst})
 			if err != nil {
-				p = podsOrNote{note: "Kubernetes API not configured: " + err.Error()}
+				k = kubeOrNote{note: "Kubernetes API not configured: " + err.Error()}
 			} else {
-				p = podsOrNote{g: getter}
+				k = kubeOrNote{kube: kube}
 			}
-			pods[kc] = p
+			kubes[kc] = k
 		}
-		n.Pods, n.PodsNote, n.KubeConfig = p.g, p.note, kc
+		n.Kube, n.KubeNote, n.KubeConfig = k.kube, k.note, kc
 		nets = append(nets, n)
 	}
 	return nets, closeAll, nil
 }
 
-func defaultPodClient(kubeconfig string, timeout time.Duration) (pod.Getter, error) {
+func defaultKube(kubeconfig string, o KubeOptions) (kubernetes.Interface, error) {
+	if kubeconfig == "" {
+		return nil, fmt.Errorf("no kubeconfig (give one with --kubeconfig, or set ipam.kubeConfig)")
+	}
 	if _, err := os.Stat(kubeconfig); err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %v (give one with --kubeconfig)", kubeconfig, err)
 	}
-	return pod.NewClient(kubeconfig, timeout)
-}
-
-func defaultKube(kubeconfig string, timeout time.Duration) (kubernetes.Interface, error) {
-	if _, err := os.Stat(kubeconfig); err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %v (give one with --kubeconfig)", kubeconfig, err)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	rc, err := controller.KubeClientConfig(kubeconfig, o.QPS, o.Burst)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
-	rc.Timeout = timeout
+	rc.Timeout = o.Timeout
 	return kubernetes.NewForConfig(rc)
 }
 

@@ -54,15 +54,9 @@ const confTmpl = `{
   ]
 }`
 
-// fakePods is the Kubernetes API: the pods that exist, by namespace/name.
+// fakePods are the pods that exist in the (fake) Kubernetes API, by
+// namespace/name.
 type fakePods map[string]*pod.Info
-
-func (f fakePods) Get(_ context.Context, ns, name string) (*pod.Info, error) {
-	if p, ok := f[ns+"/"+name]; ok {
-		return p, nil
-	}
-	return nil, &pod.LookupError{Msg: fmt.Sprintf("pod %s/%s not found in the Kubernetes API", ns, name)}
-}
 
 type fixture struct {
 	t     *testing.T
@@ -96,14 +90,8 @@ func (f *fixture) run(args ...string) (string, string, int) {
 	f.t.Helper()
 	var out, errb bytes.Buffer
 	app := &App{Out: &out, Err: &errb, Now: func() time.Time { return now },
-		PodClient: func(kc string, _ time.Duration) (pod.Getter, error) {
-			if f.noAPI {
-				return nil, fmt.Errorf("kubeconfig %s: no such file or directory", kc)
-			}
-			return f.pods, nil
-		},
-		// gc's clientset: the same pods as fakePods.
-		Kube: func(kc string, _ time.Duration) (kubernetes.Interface, error) {
+		// The Kubernetes API of check, release and gc: the pods of f.pods.
+		Kube: func(kc string, _ KubeOptions) (kubernetes.Interface, error) {
 			if f.noAPI {
 				return nil, fmt.Errorf("kubeconfig %s: no such file or directory", kc)
 			}
@@ -362,7 +350,7 @@ func TestCheckRecreatedPodIsLeaked(t *testing.T) {
 	f.seed()
 	f.pods["default/web-1"] = &pod.Info{Namespace: "default", Name: "web-1", UID: "uid-web-1-new"}
 	out, _, code := f.run("check")
-	if code != 1 || strings.Count(out, "was re-created (UID uid-web-1-new)") != 3 {
+	if code != 1 || strings.Count(out, "was re-created with UID uid-web-1-new") != 3 {
 		t.Errorf("exit %d\n%s", code, out)
 	}
 }

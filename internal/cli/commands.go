@@ -2,9 +2,9 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"sort"
@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"kubeipam/internal/allocator"
+	"kubeipam/internal/controller"
 	"kubeipam/internal/ipam"
-	"kubeipam/internal/pod"
 	"kubeipam/internal/store"
 )
 
@@ -272,13 +272,36 @@ type CheckReport struct {
 	Networks    int       `json:"networks"`
 	Allocations int       `json:"allocations"`
 	Problems    []Problem `json:"problems"`
-	Notes       []string  `json:"notes,omitempty"`
+	// Kept are allocations of deleted pods that GC keeps on purpose: not
+	// problems, nothing to do.
+	Kept  []Kept   `json:"kept,omitempty"`
+	Notes []string `json:"notes,omitempty"`
 }
 
-// podGone reports whether a lookup error means the pod does not exist.
-func podGone(err error) bool {
-	var le *pod.LookupError
-	return errors.As(err, &le) && strings.Contains(le.Msg, "not found")
+// Kept is an allocation whose pod is gone but which the GC rules keep on
+// purpose, as check reports it.
+type Kept struct {
+	// Kind is KeptStatefulSetOrdinal.
+	Kind    string `json:"kind"`
+	Network string `json:"network"`
+	IP      string `json:"ip"`
+	Key     string `json:"key,omitempty"`
+	Detail  string `json:"detail"`
+}
+
+// KeptStatefulSetOrdinal: the address of a StatefulSet ordinal whose pod is
+// gone while the StatefulSet (same UID, ordinal below its replicas) still
+// wants the ordinal. The re-created pod takes it over; the controller frees
+// it once the StatefulSet is deleted or scaled below the ordinal.
+const KeptStatefulSetOrdinal = "statefulset-ordinal"
+
+// gcRules is the controller's GC rules, run against n's store and API
+// client (kube-ipamctl never uses an informer: every owner is a fresh read).
+func gcRules(n *Network, now time.Time) (*controller.Reconciler, *controller.Network) {
+	cn := controller.NewNetwork(n.Cfg, n.Store.Client())
+	r := controller.NewReconciler([]*controller.Network{cn}, n.Kube, nil, nil,
+		controller.Options{Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler)})
+	return r, cn
 }
 
 // Check looks for inconsistencies in every network. It returns an
@@ -336,41 +359,33 @@ func Check(ctx context.Context, w io.Writer, nets []*Network, now time.Time, for
 				add(ProblemOutOfRange, e.IP, e.Key, "%s address of %s is outside the dynamic ranges of range set %d", r.Kind, r.Owner(), set)
 			}
 		}
-		if n.Pods == nil {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("network %s: leaked allocations not checked: %s", n.Cfg.Name, n.PodsNote))
+		if n.Kube == nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("network %s: leaked allocations not checked: %s", n.Cfg.Name, n.KubeNote))
 		} else {
-			type podID struct{ ns, name string }
-			cache := map[podID]*pod.Info{}
-			failed := map[podID]error{}
-			for _, e := range s.records {
-				r := e.Rec
-				if r.PodName == "" {
-					continue
-				}
-				id := podID{r.PodNamespace, r.PodName}
-				info, seen := cache[id]
-				ferr, bad := failed[id]
-				if !seen && !bad {
-					info, ferr = n.Pods.Get(ctx, id.ns, id.name)
-					switch {
-					case ferr == nil:
-						cache[id] = info
-					case podGone(ferr):
-						cache[id], ferr = nil, nil
-					default:
-						failed[id] = ferr
-						rep.Notes = append(rep.Notes, fmt.Sprintf("network %s: pod %s/%s not checked: %v", n.Cfg.Name, id.ns, id.name, ferr))
+			// The leaked allocations are exactly those gc (and the
+			// controller, after its grace) would free: the same rules, run
+			// by the same code.
+			r, cn := gcRules(n, now)
+			ds, err := r.Evaluate(ctx, cn)
+			if err != nil {
+				return &ExitError{Code: 3, Msg: err.Error()}
+			}
+			var undecided []string
+			for _, d := range ds {
+				switch d.Verdict {
+				case controller.VerdictLeaked:
+					ps = append(ps, leakedProblems(n, s, &d)...)
+				case controller.VerdictWanted:
+					for _, h := range d.Held {
+						rep.Kept = append(rep.Kept, Kept{Kind: KeptStatefulSetOrdinal, Network: n.Cfg.Name, IP: h.IP.String(), Key: s.byIP[h.IP].Key,
+							Detail: d.Reason + ": its re-created pod takes the address over"})
 					}
+				case controller.VerdictUndecided:
+					undecided = append(undecided, d.Cause)
 				}
-				if ferr != nil {
-					continue
-				}
-				switch {
-				case info == nil:
-					add(ProblemLeaked, e.IP, e.Key, "pod %s/%s no longer exists (record of container %s interface %s, node %s)", r.PodNamespace, r.PodName, store.ShortID(r.ContainerID), r.IfName, r.Node)
-				case r.PodUID != "" && info.UID != "" && r.PodUID != info.UID:
-					add(ProblemLeaked, e.IP, e.Key, "pod %s/%s was re-created (UID %s); the record is for UID %s", r.PodNamespace, r.PodName, info.UID, r.PodUID)
-				}
+			}
+			for _, c := range countReasons(undecided) {
+				rep.Notes = append(rep.Notes, fmt.Sprintf("network %s: %d allocation(s) not checked for leaks, the Kubernetes API could not tell: %s", n.Cfg.Name, c.Count, c.Reason))
 			}
 		}
 		for _, p := range ps {
@@ -378,6 +393,13 @@ func Check(ctx context.Context, w io.Writer, nets []*Network, now time.Time, for
 		}
 	}
 	sortProblems(rep.Problems)
+	sort.SliceStable(rep.Kept, func(i, j int) bool {
+		a, b := rep.Kept[i], rep.Kept[j]
+		if a.Network != b.Network {
+			return a.Network < b.Network
+		}
+		return netip.MustParseAddr(a.IP).Less(netip.MustParseAddr(b.IP))
+	})
 	if format != FormatTable {
 		if err := emit(w, format, rep, nil, nil); err != nil {
 			return err
@@ -393,6 +415,16 @@ func Check(ctx context.Context, w io.Writer, nets []*Network, now time.Time, for
 			}
 		} else {
 			fmt.Fprintf(w, "No inconsistencies in %d network(s), %d allocation(s).\n", rep.Networks, rep.Allocations)
+		}
+		if len(rep.Kept) > 0 {
+			fmt.Fprintln(w, "Kept on purpose (not problems, nothing to do):")
+			var rows [][]string
+			for _, k := range rep.Kept {
+				rows = append(rows, []string{k.Kind, k.Network, k.IP, k.Key, k.Detail})
+			}
+			if err := table(w, []string{"KEPT", "NETWORK", "IP", "KEY", "DETAIL"}, rows); err != nil {
+				return err
+			}
 		}
 		for _, n := range rep.Notes {
 			fmt.Fprintf(w, "Note: %s\n", n)
@@ -460,7 +492,7 @@ func Release(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, n
 	// A reservation (kube-ipamctl reserve) has no owner pod to check.
 	reservation := isReservation(rec)
 	if !force && !reservation {
-		if err := ownerGone(ctx, n, rec); err != nil {
+		if err := ownerGone(ctx, n, rec, now); err != nil {
 			return err
 		}
 	}
@@ -525,23 +557,58 @@ func describeNets(nets []*Network) string {
 	return "any configured network (" + strings.Join(names, ", ") + ")"
 }
 
-// ownerGone returns nil when the record's pod is known to be gone (deleted,
-// or re-created with another UID), else a refusal that --force overrides.
-func ownerGone(ctx context.Context, n *Network, rec *store.Record) error {
+// ownerGone returns nil when the GC rules find the record's allocation
+// leaked (its pod deleted, or re-created with another UID, and no
+// StatefulSet wanting its ordinal), else a refusal that --force overrides.
+func ownerGone(ctx context.Context, n *Network, rec *store.Record, now time.Time) error {
 	if rec.PodName == "" {
 		return negativef("refusing to release %s: its record names no pod, so it cannot be checked (use --force)", rec.IP)
 	}
-	if n.Pods == nil {
-		return negativef("refusing to release %s: cannot check whether pod %s/%s still exists: %s (use --force)", rec.IP, rec.PodNamespace, rec.PodName, n.PodsNote)
+	if n.Kube == nil {
+		return negativef("refusing to release %s: cannot check whether pod %s/%s still exists: %s (use --force)", rec.IP, rec.PodNamespace, rec.PodName, n.KubeNote)
 	}
-	info, err := n.Pods.Get(ctx, rec.PodNamespace, rec.PodName)
-	switch {
-	case podGone(err):
+	r, _ := gcRules(n, now)
+	// The allocation as its record describes it: its pod, and the record
+	// itself (a StatefulSet ordinal's address names its StatefulSet).
+	att := &store.Attachment{ContainerID: rec.ContainerID, IfName: rec.IfName, IPs: []string{rec.IP},
+		PodNamespace: rec.PodNamespace, PodName: rec.PodName, PodUID: rec.PodUID, Node: rec.Node}
+	d := r.DecideAttachment(ctx, att, []*store.Record{rec})
+	switch d.Verdict {
+	case controller.VerdictLeaked:
 		return nil
-	case err != nil:
-		return negativef("refusing to release %s: cannot check whether pod %s/%s still exists: %v (use --force)", rec.IP, rec.PodNamespace, rec.PodName, err)
-	case rec.PodUID != "" && info.UID != "" && info.UID != rec.PodUID:
-		return nil
+	case controller.VerdictAlive:
+		node := rec.Node
+		if d.Pod != nil && d.Pod.Node != "" {
+			node = d.Pod.Node
+		}
+		return negativef("refusing to release %s: pod %s/%s still exists (node %s); delete the pod to free its addresses, or use --force", rec.IP, rec.PodNamespace, rec.PodName, node)
+	case controller.VerdictWanted:
+		return negativef("refusing to release %s: %s, so its re-created pod takes the address over; scale the StatefulSet below the ordinal or delete it and the controller frees the address, or use --force", rec.IP, d.Reason)
 	}
-	return negativef("refusing to release %s: pod %s/%s still exists (node %s); delete the pod to free its addresses, or use --force", rec.IP, rec.PodNamespace, rec.PodName, info.Node)
+	return negativef("refusing to release %s: cannot check whether pod %s/%s still exists: %s (use --force)", rec.IP, rec.PodNamespace, rec.PodName, d.Reason)
+}
+
+// leakedProblems are check's rows for a candidate of the GC rules: one per
+// address the attachment still holds (the attachment itself when it holds
+// none), one per address of a sticky record.
+func leakedProblems(n *Network, s *snapshot, d *controller.Decision) []problem {
+	var ps []problem
+	if d.Kind == controller.KindSticky {
+		e := d.Sticky
+		for _, ip := range e.IPs {
+			ps = append(ps, problem{Kind: ProblemLeaked, Network: n.Cfg.Name, IP: ip, Key: e.Key,
+				Detail: fmt.Sprintf("sticky address of StatefulSet %s/%s ordinal %d, interface %s: %s", e.Namespace, e.StatefulSet, e.Ordinal, e.IfName, d.Reason)})
+		}
+		return ps
+	}
+	att := d.Attachment
+	for _, h := range d.Held {
+		ps = append(ps, problem{Kind: ProblemLeaked, Network: n.Cfg.Name, IP: h.IP.String(), Key: s.byIP[h.IP].Key,
+			Detail: fmt.Sprintf("%s (record of container %s interface %s, node %s)", d.Reason, store.ShortID(att.ContainerID), att.IfName, h.Rec.Node)})
+	}
+	if len(d.Held) == 0 {
+		ps = append(ps, problem{Kind: ProblemLeaked, Network: n.Cfg.Name, Key: fmt.Sprintf("%satt/%s/%s", n.base(), att.ContainerID, att.IfName),
+			Detail: fmt.Sprintf("%s (attachment of container %s interface %s, node %s, holding no address)", d.Reason, store.ShortID(att.ContainerID), att.IfName, att.Node)})
+	}
+	return ps
 }

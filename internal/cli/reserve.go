@@ -5,15 +5,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
 	"strings"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"kubeipam/internal/config"
-	"kubeipam/internal/controller"
 	"kubeipam/internal/store"
 )
 
@@ -132,119 +128,4 @@ func readNote(ctx context.Context, n *Network, ip netip.Addr) string {
 		return ""
 	}
 	return string(resp.Kvs[0].Value)
-}
-
-// GCReport is gc's JSON/YAML document.
-type GCReport struct {
-	DryRun     bool          `json:"dryRun"`
-	Checked    int           `json:"checked"`
-	Candidates []GCCandidate `json:"candidates"`
-	Released   []GCCandidate `json:"released"`
-}
-
-// GCCandidate is one allocation gc found leaked.
-type GCCandidate struct {
-	Network string `json:"network"`
-	// Kind is "attachment" (a container's interface whose pod is gone) or
-	// "sticky" (a StatefulSet ordinal whose StatefulSet is gone or scaled down).
-	Kind        string   `json:"kind"`
-	Namespace   string   `json:"namespace,omitempty"`
-	Pod         string   `json:"pod,omitempty"`
-	StatefulSet string   `json:"statefulSet,omitempty"`
-	Ordinal     *int     `json:"ordinal,omitempty"`
-	ContainerID string   `json:"containerID,omitempty"`
-	IfName      string   `json:"ifname"`
-	Node        string   `json:"node,omitempty"`
-	IPs         []string `json:"ips"`
-}
-
-func gcCandidate(c controller.Candidate) GCCandidate {
-	g := GCCandidate{Network: c.Network, Kind: c.Kind, Namespace: c.Namespace, Pod: c.Pod, StatefulSet: c.StatefulSet,
-		ContainerID: c.ContainerID, IfName: c.IfName, Node: c.Node, IPs: c.IPs}
-	if c.Kind == controller.KindSticky {
-		o := c.Ordinal
-		g.Ordinal = &o
-	}
-	return g
-}
-
-// GC runs kube-ipam-controller's garbage collection once over every network
-// (controller.Reconciler.RunOnce: the controller's rules, released on this
-// pass); with dryRun it only lists what it would free. Pods are looked up
-// by a live GET through the network's kubeconfig.
-func GC(ctx context.Context, w, errw io.Writer, nets []*Network, kube func(string, time.Duration) (kubernetes.Interface, error),
-	timeout time.Duration, dryRun bool, now time.Time, format string) error {
-	rep := GCReport{DryRun: dryRun, Candidates: []GCCandidate{}, Released: []GCCandidate{}}
-	var actions []string
-	clients := map[string]kubernetes.Interface{}
-	opts := controller.OnceOptions{DryRun: dryRun, Progress: func(_ string, done, total int) {
-		if done%1000 == 0 {
-			fmt.Fprintf(errw, "gc: %d/%d allocations checked\n", done, total)
-		}
-	}}
-	for _, n := range nets {
-		kc, ok := clients[n.KubeConfig]
-		if !ok {
-			var err error
-			if kc, err = kube(n.KubeConfig, timeout); err != nil {
-				return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: Kubernetes API not configured: %v", n.Cfg.Name, err)}
-			}
-			clients[n.KubeConfig] = kc
-		}
-		r := controller.NewReconciler([]*controller.Network{controller.NewNetwork(n.Cfg, n.Store.Client())}, kc, nil, nil,
-			controller.Options{Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler)})
-		results, err := r.RunOnce(ctx, opts)
-		for _, res := range results {
-			rep.Checked += res.Checked
-			for _, c := range res.Leaked {
-				g := gcCandidate(c)
-				rep.Candidates = append(rep.Candidates, g)
-				action := "would free"
-				switch {
-				case c.Released:
-					action = "freed"
-					g.IPs = addrStrings(c.Freed)
-					rep.Released = append(rep.Released, g)
-				case !dryRun:
-					action = "left alone (changed meanwhile)"
-				}
-				actions = append(actions, action)
-			}
-		}
-		if err != nil {
-			return &ExitError{Code: 3, Msg: fmt.Sprintf("%v (released so far: %d)", err, len(rep.Released))}
-		}
-	}
-	if format != FormatTable {
-		return emit(w, format, rep, nil, nil)
-	}
-	if len(rep.Candidates) == 0 {
-		fmt.Fprintf(w, "No leaked allocations in %d network(s), %d allocation(s) checked.\n", len(nets), rep.Checked)
-		return nil
-	}
-	var rows [][]string
-	for i, c := range rep.Candidates {
-		owner := c.Namespace + "/" + c.Pod
-		if c.Kind == controller.KindSticky {
-			owner = fmt.Sprintf("%s/%s ordinal %d", c.Namespace, c.StatefulSet, *c.Ordinal)
-		}
-		rows = append(rows, []string{c.Network, c.Kind, owner, store.ShortID(c.ContainerID), c.IfName, c.Node, strings.Join(c.IPs, ","), actions[i]})
-	}
-	if err := table(w, []string{"NETWORK", "KIND", "OWNER", "CONTAINER", "IFNAME", "NODE", "IPS", "ACTION"}, rows); err != nil {
-		return err
-	}
-	if dryRun {
-		fmt.Fprintf(w, "Dry run: %d leaked allocation(s) would be freed; nothing was changed.\n", len(rep.Candidates))
-	} else {
-		fmt.Fprintf(w, "Freed %d of %d leaked allocation(s).\n", len(rep.Released), len(rep.Candidates))
-	}
-	return nil
-}
-
-func addrStrings(as []netip.Addr) []string {
-	out := make([]string, 0, len(as))
-	for _, a := range as {
-		out = append(out, a.String())
-	}
-	return out
 }

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/client-go/kubernetes"
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/ipam"
-	"kubeipam/internal/pod"
 	"kubeipam/internal/store"
 )
 
@@ -25,12 +25,12 @@ type Network struct {
 	Store *store.Store
 	// Prefix is Cfg.Etcd.Prefix.
 	Prefix string
-	// Pods reads pods from the Kubernetes API; nil when the API is not
-	// configured or usable, and PodsNote says why.
-	Pods     pod.Getter
-	PodsNote string
+	// Kube is the Kubernetes API client of check, release and gc; nil when
+	// the API is not configured or usable, and KubeNote says why.
+	Kube     kubernetes.Interface
+	KubeNote string
 	// KubeConfig is the kubeconfig path in effect for this network
-	// (--kubeconfig, else ipam.kubeConfig); gc builds its client from it.
+	// (--kubeconfig, else ipam.kubeConfig).
 	KubeConfig string
 }
 

@@ -4,9 +4,11 @@
 // exports pool metrics.
 //
 // An allocation is freed only when it is safe: the owner is confirmed gone
-// (informer miss confirmed by a live GET, or a different UID), it was seen
-// leaked on two passes at least Grace apart with unchanged revisions, and
-// the release is one etcd transaction guarded by the revisions read.
+// by a fresh read from the API (an informer miss or another UID is
+// confirmed by a GET, or by one consistent LIST per pass when there are
+// many), it was seen leaked on two passes at least Grace apart with
+// unchanged revisions, and the release is one etcd transaction guarded by
+// the revisions read. The rules themselves are pure functions (rules.go).
 package controller
 
 import (
@@ -15,15 +17,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 
@@ -53,8 +52,18 @@ type Options struct {
 	// node for that long as gone. 0 keeps its allocation until the pod object
 	// is deleted.
 	ReleaseTerminatingOnNotReady time.Duration
-	Now                          func() time.Time
-	Log                          *slog.Logger
+	// Workers bounds the concurrent API lookups and etcd releases of a pass
+	// (default DefaultWorkers).
+	Workers int
+	// MaxGets: up to this many owners the informer does not vouch for are
+	// confirmed with a GET each; more with one LIST (default
+	// DefaultMaxGets).
+	MaxGets int
+	// PageSize is the Limit of each page of that LIST (default
+	// DefaultPageSize).
+	PageSize int64
+	Now      func() time.Time
+	Log      *slog.Logger
 }
 
 // Reconciler runs passes over the networks.
@@ -80,17 +89,73 @@ func NewReconciler(nets []*Network, kube kubernetes.Interface, pods corelisters.
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
+	if o.Workers <= 0 {
+		o.Workers = DefaultWorkers
+	}
+	if o.MaxGets <= 0 {
+		o.MaxGets = DefaultMaxGets
+	}
+	if o.PageSize <= 0 {
+		o.PageSize = DefaultPageSize
+	}
 	return &Reconciler{Networks: nets, Kube: kube, Pods: pods, Metrics: m, Opts: o, seen: map[string]time.Time{}}
 }
 
 // Result summarises one pass over one network.
 type Result struct {
-	Attachments int
-	Checked     int // attachments and sticky records looked at
-	Candidates  int
-	Released    int // attachments released
-	FreedIPs    int
-	Stickies    int // sticky records released
+	Attachments   int
+	StickyRecords int
+	Checked       int // attachments and sticky records looked at
+	// Alive: attachments whose pod exists, and sticky records whose
+	// StatefulSet still wants the ordinal.
+	Alive      int
+	Candidates int // leaked (owner confirmed gone), released or not
+	Released   int // attachments released
+	FreedIPs   int
+	Stickies   int // sticky records released
+	// Kept, by why: candidates within their grace period, attachments of
+	// gone pods whose StatefulSet still wants the ordinal, and candidates
+	// that changed between the read and the release (looked at again on
+	// the next pass).
+	KeptGrace, KeptStatefulSet, KeptChanged int
+	// Skipped: allocations the pass could not decide (a failed API lookup:
+	// API error, client rate limiter, deadline) or whose release it did not
+	// attempt because it stopped early. They are kept. SkipCauses counts
+	// them by cause.
+	Skipped    int
+	SkipCauses map[string]int
+	Duration   time.Duration
+}
+
+func (r *Result) skip(cause string) {
+	r.Skipped++
+	if r.SkipCauses == nil {
+		r.SkipCauses = map[string]int{}
+	}
+	r.SkipCauses[cause]++
+}
+
+// SkipSummary lists the skip causes, most frequent first, as "N × cause".
+func (r *Result) SkipSummary() []string {
+	type c struct {
+		cause string
+		n     int
+	}
+	var cs []c
+	for k, v := range r.SkipCauses {
+		cs = append(cs, c{k, v})
+	}
+	sort.Slice(cs, func(i, j int) bool {
+		if cs[i].n != cs[j].n {
+			return cs[i].n > cs[j].n
+		}
+		return cs[i].cause < cs[j].cause
+	})
+	out := make([]string, len(cs))
+	for i, x := range cs {
+		out[i] = fmt.Sprintf("%d × %s", x.n, x.cause)
+	}
+	return out
 }
 
 // snapshot is one network's key space read in one range read.
@@ -167,108 +232,6 @@ func readSnapshot(ctx context.Context, n *Network) (*snapshot, error) {
 	return s, nil
 }
 
-// podState says whether a pod identity is still there.
-type ownerState int
-
-const (
-	ownerAlive ownerState = iota
-	ownerGone
-	ownerUnknown // API error: never free
-)
-
-// pod finds ns/name: the informer first, a live GET to confirm a miss.
-func (r *Reconciler) pod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
-	if r.Pods != nil {
-		if p, err := r.Pods.Pods(ns).Get(name); err == nil {
-			return p, nil
-		}
-	}
-	p, err := r.Kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
-	return p, err
-}
-
-func (r *Reconciler) podOwner(ctx context.Context, ns, name, uid string, cache map[string]ownerState) ownerState {
-	key := ns + "/" + name + "/" + uid
-	if st, ok := cache[key]; ok {
-		return st
-	}
-	st := func() ownerState {
-		p, err := r.pod(ctx, ns, name)
-		if err != nil {
-			return ownerUnknown
-		}
-		if p == nil || (uid != "" && string(p.UID) != uid) {
-			return ownerGone
-		}
-		if r.terminatingOnNotReady(ctx, p) {
-			return ownerGone
-		}
-		return ownerAlive
-	}()
-	cache[key] = st
-	return st
-}
-
-func (r *Reconciler) terminatingOnNotReady(ctx context.Context, p *corev1.Pod) bool {
-	d := r.Opts.ReleaseTerminatingOnNotReady
-	if d <= 0 || p.DeletionTimestamp == nil || p.Spec.NodeName == "" {
-		return false
-	}
-	if r.Opts.Now().Sub(p.DeletionTimestamp.Time) < d {
-		return false
-	}
-	node, err := r.Kube.CoreV1().Nodes().Get(ctx, p.Spec.NodeName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return true
-	}
-	if err != nil {
-		return false
-	}
-	for _, c := range node.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status != corev1.ConditionTrue
-		}
-	}
-	return true // no Ready condition: never reported
-}
-
-// stsState: alive when the StatefulSet with that UID exists and ordinal < replicas.
-func (r *Reconciler) stsOwner(ctx context.Context, ns, name, uid string, ordinal int, cache map[string]*appsv1.StatefulSet, errs map[string]bool) ownerState {
-	key := ns + "/" + name
-	sts, ok := cache[key]
-	if !ok && !errs[key] {
-		s, err := r.Kube.AppsV1().StatefulSets(ns).Get(ctx, name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			sts = nil
-		case err != nil:
-			errs[key] = true
-		default:
-			sts = s
-		}
-		if !errs[key] {
-			cache[key] = sts
-		}
-	}
-	if errs[key] {
-		return ownerUnknown
-	}
-	if sts == nil || string(sts.UID) != uid {
-		return ownerGone
-	}
-	replicas := 1
-	if sts.Spec.Replicas != nil {
-		replicas = int(*sts.Spec.Replicas)
-	}
-	if ordinal >= replicas {
-		return ownerGone
-	}
-	return ownerAlive
-}
-
 // candidate notes k as leaked and reports whether it was first seen at least
 // Grace ago.
 func (r *Reconciler) candidate(k string, now time.Time, live map[string]bool) bool {
@@ -284,201 +247,4 @@ func (r *Reconciler) candidate(k string, now time.Time, live map[string]bool) bo
 		return false
 	}
 	return now.Sub(first) >= r.Opts.Grace
-}
-
-// Pass reconciles one network once.
-func (r *Reconciler) Pass(ctx context.Context, n *Network) (Result, error) {
-	return r.pass(ctx, n, passMode{})
-}
-
-// passMode is how a pass treats the candidates it finds. The zero value is
-// the controller's: release a candidate only once it has been seen leaked,
-// with unchanged revisions, at least Grace ago.
-type passMode struct {
-	// once releases on first sight (RunOnce): one run cannot observe a
-	// candidate twice. The seen-since clock is neither read nor kept.
-	once bool
-	// dryRun decides and reports but releases nothing.
-	dryRun bool
-	// progress is called after each attachment and sticky record checked.
-	progress func(done, total int)
-	// report is called once per candidate, after its release (if any).
-	report func(Candidate)
-}
-
-// pass is the GC rules, applied once to one network:
-//   - an attachment without a pod (e.g. a kube-ipamctl reservation) is never
-//     touched;
-//   - a pod is gone only when it is not in the informer and a live GET says
-//     NotFound, or it has another UID (or, with ReleaseTerminatingOnNotReady,
-//     it has been Terminating on a NotReady node that long); any other API
-//     error keeps the allocation;
-//   - an attachment whose records are StatefulSet ordinals still wanted
-//     (StatefulSet of that UID exists, ordinal < replicas) is kept;
-//   - a sticky record is freed when its StatefulSet is gone (or has another
-//     UID) or is scaled below its ordinal;
-//   - a candidate is released once seen leaked on two passes at least Grace
-//     apart with unchanged revisions (m.once: on this pass);
-//   - every release is store.ReleaseAttachment / ReleaseSticky, one etcd
-//     transaction guarded by the revisions read.
-func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (Result, error) {
-	var res Result
-	start := time.Now()
-	snap, err := readSnapshot(ctx, n)
-	if err != nil {
-		return res, err
-	}
-	now := r.Opts.Now()
-	// Metrics describe the controller's passes, not one-shot runs.
-	metrics := r.Metrics
-	if m.once {
-		metrics = nil
-	}
-	if metrics != nil {
-		metrics.observeSnapshot(n, snap, now)
-	}
-	name := n.Cfg.Name
-	live := map[string]bool{}
-	pods := map[string]ownerState{}
-	stss := map[string]*appsv1.StatefulSet{}
-	stsErr := map[string]bool{}
-	res.Attachments = len(snap.atts)
-	total := len(snap.atts) + len(snap.sticky)
-	checked := func() error {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("network %s: %w", name, err)
-		}
-		res.Checked++
-		if m.progress != nil {
-			m.progress(res.Checked, total)
-		}
-		return nil
-	}
-	due := func(k string) bool {
-		if m.once {
-			return true
-		}
-		return r.candidate(k, now, live)
-	}
-
-	for _, att := range snap.atts {
-		if err := checked(); err != nil {
-			return res, err
-		}
-		if att.PodName == "" {
-			continue // never touched: no owner to check
-		}
-		// The records this attachment still holds, and their revisions.
-		var held []recEntry
-		revs := []string{fmt.Sprint(att.Rev)}
-		for _, s := range att.IPs {
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				continue
-			}
-			e, ok := snap.records[a]
-			if ok && e.Rec.ContainerID == att.ContainerID && e.Rec.IfName == att.IfName {
-				held = append(held, e)
-			}
-			revs = append(revs, fmt.Sprint(e.Rev))
-		}
-		state := r.podOwner(ctx, att.PodNamespace, att.PodName, att.PodUID, pods)
-		if state != ownerGone {
-			continue
-		}
-		// A StatefulSet ordinal is kept while its StatefulSet (same UID) wants it.
-		keep := false
-		for _, e := range held {
-			if e.Rec.StatefulSetUID == "" {
-				continue
-			}
-			if r.stsOwner(ctx, e.Rec.PodNamespace, e.Rec.StatefulSet, e.Rec.StatefulSetUID, e.Rec.Ordinal, stss, stsErr) != ownerGone {
-				keep = true
-			}
-		}
-		if keep {
-			continue
-		}
-		res.Candidates++
-		c := Candidate{Network: name, Kind: KindAttachment, Namespace: att.PodNamespace, Pod: att.PodName, ContainerID: att.ContainerID,
-			IfName: att.IfName, Node: att.Node, IPs: append([]string{}, att.IPs...)}
-		k := name + "|att|" + att.ContainerID + "|" + att.IfName + "|" + strings.Join(revs, ",")
-		if !due(k) || m.dryRun {
-			m.emit(c)
-			continue
-		}
-		if r.beforeRelease != nil {
-			r.beforeRelease(att)
-		}
-		freed, ok, err := n.Store.ReleaseAttachment(ctx, att, now, n.Policy)
-		if err != nil {
-			m.emit(c)
-			return res, fmt.Errorf("network %s: releasing container %s interface %s: %w", name, store.ShortID(att.ContainerID), att.IfName, err)
-		}
-		if !ok {
-			m.emit(c)
-			r.Opts.Log.Info("release lost a race; will re-check", "network", name, "container", store.ShortID(att.ContainerID))
-			continue
-		}
-		c.Released, c.Freed = true, freed
-		m.emit(c)
-		res.Released++
-		res.FreedIPs += len(freed)
-		r.Opts.Log.Info("released leaked allocation", "network", name, "pod", att.PodNamespace+"/"+att.PodName,
-			"container", store.ShortID(att.ContainerID), "ifname", att.IfName, "ips", freed)
-	}
-
-	for _, e := range snap.sticky {
-		if err := checked(); err != nil {
-			return res, err
-		}
-		if r.stsOwnerByUID(ctx, e, stss, stsErr) != ownerGone {
-			continue
-		}
-		res.Candidates++
-		c := Candidate{Network: name, Kind: KindSticky, Namespace: e.Namespace, StatefulSet: e.StatefulSet, Ordinal: e.Ordinal,
-			IfName: e.IfName, IPs: append([]string{}, e.IPs...)}
-		k := fmt.Sprintf("%s|sticky|%s|%d", name, e.Key, e.Rev)
-		if !due(k) || m.dryRun {
-			m.emit(c)
-			continue
-		}
-		freed, ok, err := n.Store.ReleaseSticky(ctx, e, now, n.Policy)
-		if err != nil {
-			m.emit(c)
-			return res, fmt.Errorf("network %s: releasing sticky %s/%s ordinal %d: %w", name, e.Namespace, e.StatefulSet, e.Ordinal, err)
-		}
-		if ok {
-			c.Released, c.Freed = true, freed
-			res.Stickies++
-			res.FreedIPs += len(freed)
-			r.Opts.Log.Info("released sticky addresses", "network", name, "statefulSet", e.Namespace+"/"+e.StatefulSet, "ordinal", e.Ordinal, "ips", freed)
-		}
-		m.emit(c)
-	}
-
-	if !m.once {
-		// Forget candidates of this network not seen this pass.
-		r.mu.Lock()
-		for k := range r.seen {
-			if strings.HasPrefix(k, name+"|") && !live[k] {
-				delete(r.seen, k)
-			}
-		}
-		r.mu.Unlock()
-	}
-	if metrics != nil {
-		metrics.observePass(name, res, time.Since(start))
-	}
-	return res, nil
-}
-
-func (m passMode) emit(c Candidate) {
-	if m.report != nil {
-		m.report(c)
-	}
-}
-
-func (r *Reconciler) stsOwnerByUID(ctx context.Context, e store.StickyEntry, cache map[string]*appsv1.StatefulSet, errs map[string]bool) ownerState {
-	return r.stsOwner(ctx, e.Namespace, e.StatefulSet, e.StatefulSetUID, e.Ordinal, cache, errs)
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -37,7 +38,44 @@ type Config struct {
 	LeaseNamespace, LeaseName    string
 	Identity                     string
 	MetricsAddr                  string
-	Log                          *slog.Logger
+	// KubeAPIQPS and KubeAPIBurst are client-go's rate limit for the
+	// controller's API calls (client-go's own default, 5 and 10, held GC
+	// to 5 lookups a second).
+	KubeAPIQPS   float32
+	KubeAPIBurst int
+	// Workers bounds a pass's concurrent lookups and releases (0: DefaultWorkers).
+	Workers int
+	Log     *slog.Logger
+}
+
+// Defaults of Config's client-go rate limit.
+const (
+	DefaultKubeAPIQPS   = 50
+	DefaultKubeAPIBurst = 100
+)
+
+// KubeClientConfig reads a kubeconfig file (in-cluster configuration when
+// empty) and sets client-go's rate limit (QPS and Burst; the defaults
+// above when 0).
+func KubeClientConfig(kubeconfig string, qps float32, burst int) (*rest.Config, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if qps <= 0 {
+		qps = DefaultKubeAPIQPS
+	}
+	if burst <= 0 {
+		burst = DefaultKubeAPIBurst
+	}
+	rc.QPS, rc.Burst = qps, burst
+	return rc, nil
 }
 
 // Run is the whole controller: metrics server, etcd watches, and (as leader)
@@ -59,12 +97,7 @@ func Run(ctx context.Context, c Config) error {
 		defer ecli.Close()
 		nets = append(nets, NewNetwork(cfg, ecli))
 	}
-	var rc *rest.Config
-	if c.Kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+	rc, err := KubeClientConfig(c.Kubeconfig, c.KubeAPIQPS, c.KubeAPIBurst)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -162,7 +195,8 @@ func runLoop(ctx context.Context, c Config, nets []*Network, kube kubernetes.Int
 			return fmt.Errorf("informer %v did not sync", typ)
 		}
 	}
-	r := NewReconciler(nets, kube, podInf.Lister(), m, Options{Grace: c.Grace, ReleaseTerminatingOnNotReady: c.ReleaseTerminatingOnNotReady, Log: c.Log})
+	r := NewReconciler(nets, kube, podInf.Lister(), m, Options{Grace: c.Grace, ReleaseTerminatingOnNotReady: c.ReleaseTerminatingOnNotReady,
+		Workers: c.Workers, Log: c.Log})
 	byName := map[string]*Network{}
 	for _, n := range nets {
 		byName[n.Cfg.Name] = n
@@ -184,15 +218,12 @@ func runLoop(ctx context.Context, c Config, nets []*Network, kube kubernetes.Int
 				if err != nil && ctx.Err() != nil {
 					return // shutting down (or lost the lease) mid-pass
 				}
+				logPass(c.Log, key, res, err)
 				if err != nil {
-					c.Log.Error("reconcile pass failed", "network", key, "err", err)
 					q.AddRateLimited(key)
 					return
 				}
 				q.Forget(key)
-				if res.Released > 0 || res.Stickies > 0 {
-					c.Log.Info("pass", "network", key, "attachments", res.Attachments, "candidates", res.Candidates, "released", res.Released, "stickies", res.Stickies, "freedIPs", res.FreedIPs)
-				}
 			}()
 		}
 	}()
@@ -206,5 +237,25 @@ func runLoop(ctx context.Context, c Config, nets []*Network, kube kubernetes.Int
 		case <-t.C:
 			enqueueAll()
 		}
+	}
+}
+
+// logPass logs one pass: a line at info with every count (warn when some
+// allocations could not be decided, error when the pass failed).
+func logPass(log *slog.Logger, network string, res Result, err error) {
+	attrs := []any{"network", network, "attachments", res.Attachments, "stickyRecords", res.StickyRecords,
+		"alive", res.Alive, "candidates", res.Candidates, "released", res.Released, "stickiesReleased", res.Stickies,
+		"freedIPs", res.FreedIPs, "keptGrace", res.KeptGrace, "keptStatefulSet", res.KeptStatefulSet,
+		"keptChanged", res.KeptChanged, "skipped", res.Skipped, "duration", res.Duration.Round(time.Millisecond)}
+	if res.Skipped > 0 {
+		attrs = append(attrs, "skipReasons", strings.Join(res.SkipSummary(), "; "))
+	}
+	switch {
+	case err != nil:
+		log.Error("reconcile pass failed", append(attrs, "err", err)...)
+	case res.Skipped > 0:
+		log.Warn("pass", attrs...) // the skipped allocations are kept and looked at again next pass
+	default:
+		log.Info("pass", attrs...)
 	}
 }

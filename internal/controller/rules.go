@@ -9,6 +9,7 @@ package controller
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -288,7 +289,7 @@ func decideAttachment(d Decision, f *Facts, o RuleOptions) Decision {
 		return d
 	}
 	d.Verdict, d.Reason = VerdictLeaked, why
-	var undecided, causes []string
+	var undecided, causes, unwanted []string
 	for _, h := range d.Held {
 		r := h.Rec
 		if r.StatefulSetUID == "" {
@@ -300,10 +301,17 @@ func decideAttachment(d Decision, f *Facts, o RuleOptions) Decision {
 			return d
 		case ownerUnknown:
 			undecided, causes = append(undecided, swhy), append(causes, scause)
+		default:
+			if !slices.Contains(unwanted, swhy) {
+				unwanted = append(unwanted, swhy)
+			}
 		}
 	}
-	if len(undecided) > 0 {
+	switch {
+	case len(undecided) > 0:
 		d.Verdict, d.Reason, d.Cause = VerdictUndecided, why+"; "+strings.Join(undecided, "; "), causes[0]
+	case len(unwanted) > 0:
+		d.Reason = why + "; " + strings.Join(unwanted, "; ")
 	}
 	return d
 }

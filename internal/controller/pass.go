@@ -56,8 +56,7 @@ type job struct {
 // because the pass stops (context done, etcd error), is counted as
 // skipped with its cause. The error is non-nil when the pass did not
 // finish; the result then says what was done.
-func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (Result, error) {
-	var res Result
+func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Result, err error) {
 	start := time.Now()
 	defer func() { res.Duration = time.Since(start) }()
 	snap, err := readSnapshot(ctx, n)

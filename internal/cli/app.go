@@ -154,13 +154,22 @@ Exit 1 when it holds none.`,
   orphan            a record whose attachment is missing or does not list it
   out-of-range      a fixed address outside every subnet, or a dynamic/sticky
                     address outside the dynamic ranges of the config
-  leaked            a record whose pod no longer exists in the Kubernetes API
-                    (or was re-created with another UID); skipped, with a
-                    note, when no usable kubeconfig is configured
+  leaked            what 'kube-ipamctl gc' would free, by the same rules: an
+                    address whose pod no longer exists in the Kubernetes API
+                    (or was re-created with another UID) and whose
+                    StatefulSet, if any, no longer wants its ordinal; or a
+                    StatefulSet's sticky address once the StatefulSet is
+                    deleted or scaled below the ordinal. Skipped, with a
+                    note, when no usable kubeconfig is configured or the API
+                    cannot tell
   corrupt           keys or values that do not parse
   duplicate         a second record of one address under another spelling
                     of its key
-check only reads; fix leaked or orphaned addresses with release.`,
+Addresses of deleted StatefulSet pods whose StatefulSet still wants the
+ordinal are not problems: they are listed under "Kept on purpose"
+(statefulset-ordinal), for the re-created pod to take over.
+check only reads; free leaked addresses with gc (or release IP), orphaned
+ones with release IP.`,
 			example: `  kube-ipamctl check
   kube-ipamctl check --kubeconfig ~/.kube/config -o json`,
 			run: func(ctx context.Context, a *App, g *globals, nets []*Network, _ []string) error {
@@ -175,10 +184,12 @@ fail rather than free someone else's address. Every address of that
 attachment (e.g. the IPv6 address of a dual-stack pod) is freed with it.
 Dynamic addresses cool down for releaseCooldown before reuse.
 
-Refuses while the owner pod still exists in the Kubernetes API, or when that
-cannot be checked (no usable kubeconfig, API error, record without a pod),
-unless --force is given. A reservation made by 'kube-ipamctl reserve' has no
-pod and is released without --force.`,
+Refuses while the owner pod still exists in the Kubernetes API, while its
+StatefulSet still wants the address's ordinal (the re-created pod takes it
+over), or when that cannot be checked (no usable kubeconfig, API error,
+record without a pod), unless --force is given: the rules of gc. A
+reservation made by 'kube-ipamctl reserve' has no pod and is released
+without --force.`,
 			example: `  kube-ipamctl release 10.188.0.12
   kube-ipamctl release 10.188.0.12 --network k8snet2 --force`,
 			flags: func(fs *pflag.FlagSet) {
@@ -223,11 +234,15 @@ follows the rules of a released fixed address.`,
 		{
 			name: "gc", short: "Free leaked allocations once, as the controller does",
 			long: `Run one pass of kube-ipam-controller's garbage collection over every network:
-free the attachments whose pod is gone (a live GET says it does not exist, or
-it was re-created with another UID) unless a StatefulSet still wants the
-ordinal, and sticky addresses whose StatefulSet is gone or scaled down. An API
-error keeps the allocation. Every release is one etcd transaction guarded by
-the revisions read, so an allocation that changed meanwhile is left alone.
+free the attachments whose pod is gone (a fresh read from the API says it does
+not exist, or it was re-created with another UID) unless a StatefulSet still
+wants the ordinal, and sticky addresses whose StatefulSet is gone or scaled
+down. Every release is one etcd transaction guarded by the revisions read, so
+an allocation that changed meanwhile is left alone.
+
+An allocation whose owner cannot be read (API error, client rate limiter,
+--timeout) is kept and counted as skipped, with the reason; gc then exits 3,
+as it does when a pass stops early (etcd error, --timeout). Run it again.
 
 Unlike the controller, gc cannot wait for a second observation across runs:
 it frees what it finds on this pass. Use --dry-run first to see what that is.

@@ -288,3 +288,41 @@ func TestPassStoppedBeforeReleases(t *testing.T) {
 		}
 	}
 }
+
+// A leak's grace clock survives a pass that cannot decide it: the release
+// comes on the first pass that confirms it again, --grace after it was
+// first seen; the undecided pass itself frees nothing.
+func TestUndecidedKeepsGraceClock(t *testing.T) {
+	v := newKubeEnv(t)
+	p := v.pods("ns", "p", 1)[0]
+	ip := v.claim(p)
+	v.deletePod(p)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	good := v.client(100, 100)
+	// A client whose one token is spent: every request would wait 1000 s.
+	starved := v.client(0.001, 1)
+	if _, err := starved.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r := v.reconciler(good)
+	pass := func(want func(Result) bool) {
+		t.Helper()
+		res, err := r.Pass(ctx, v.net)
+		if err != nil || !want(res) {
+			t.Fatalf("pass at +%v: %+v %v", v.now.Sub(time.Unix(1_800_000_000, 0)), res, err)
+		}
+	}
+	pass(func(res Result) bool { return res.Candidates == 1 && res.KeptGrace == 1 })
+	v.now = v.now.Add(time.Minute)
+	r.Kube = starved
+	pass(func(res Result) bool { return res.Skipped == 1 && res.Candidates == 0 && res.Released == 0 })
+	if !v.held(ip) {
+		t.Fatal("freed on an undecided pass")
+	}
+	r.Kube = good
+	pass(func(res Result) bool { return res.Released == 1 })
+	if v.held(ip) {
+		t.Fatal("not freed once confirmed again after the grace")
+	}
+}

@@ -101,6 +101,9 @@ func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Resu
 		case VerdictUndecided:
 			c.Skipped = d.Cause
 			res.skip(d.Cause)
+			// A leak first seen earlier keeps its clock: an undecided pass
+			// neither confirms nor clears it.
+			live[graceKey(name, d)] = true
 			r.Opts.Log.Debug("skipped: could not decide", "network", name, "owner", d.Owner(), "reason", d.Reason)
 		case VerdictLeaked:
 			res.Candidates++

@@ -18,7 +18,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/store"
@@ -324,5 +326,28 @@ func TestUndecidedKeepsGraceClock(t *testing.T) {
 	pass(func(res Result) bool { return res.Released == 1 })
 	if v.held(ip) {
 		t.Fatal("not freed once confirmed again after the grace")
+	}
+}
+
+// The informer only vouches for pods that exist with the allocation's UID:
+// a stale cache showing an older pod of the same name (another UID) is
+// confirmed by a fresh read, which shows the allocation's pod alive.
+func TestStaleInformerIsNotTrusted(t *testing.T) {
+	v := newKubeEnv(t)
+	p := v.pods("ns", "p", 1)[0]
+	ip := v.claim(p)
+	stale := p.DeepCopy()
+	stale.UID = "an-older-pod"
+	indexer := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	if err := indexer.Add(stale); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReconciler([]*Network{v.net}, v.client(100, 100), corelisters.NewPodLister(indexer), nil, Options{Now: func() time.Time { return v.now }})
+	rs, err := r.RunOnce(context.Background(), OnceOptions{})
+	if err != nil || rs[0].Alive != 1 || rs[0].Candidates != 0 || !v.held(ip) {
+		t.Fatalf("pass %+v, err %v, held %v", rs[0].Result, err, v.held(ip))
+	}
+	if g := v.reqs.count("get pod"); g != 1 {
+		t.Fatalf("%d pod GETs, want the one that confirms", g)
 	}
 }

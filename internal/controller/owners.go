@@ -8,6 +8,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -36,18 +37,18 @@ func podFacts(p *corev1.Pod) *PodFacts {
 // observe asks the API everything Decide needs about the owners in s.
 func (r *Reconciler) observe(ctx context.Context, s *snapshot, o RuleOptions) *Facts {
 	f := newFacts()
-	misses := map[ObjectKey]string{}
-	for k, uid := range podsToLook(s) {
-		// The informer may say that a pod exists with the UID asked for
-		// (a stale cache only delays a release). A miss or another UID
-		// is confirmed by a fresh read.
+	var misses []ObjectKey
+	for k, uids := range podsToLook(s) {
+		// The informer may say that a pod exists with the UID every
+		// attachment of that name asks for (a stale cache only delays a
+		// release). A miss or another UID is confirmed by a fresh read.
 		if r.Pods != nil {
-			if p, err := r.Pods.Pods(k.Namespace).Get(k.Name); err == nil && (uid == "" || string(p.UID) == uid) {
+			if p, err := r.Pods.Pods(k.Namespace).Get(k.Name); err == nil && vouches(p, uids) {
 				f.Pods[k] = podFacts(p)
 				continue
 			}
 		}
-		misses[k] = uid
+		misses = append(misses, k)
 	}
 	r.readPods(ctx, misses, f)
 	r.readNodes(ctx, nodesToLook(s, f, o), f)
@@ -55,19 +56,25 @@ func (r *Reconciler) observe(ctx context.Context, s *snapshot, o RuleOptions) *F
 	return f
 }
 
+// vouches reports whether the informer's pod p has the UID of every
+// allocation made for its name.
+func vouches(p *corev1.Pod, uids []string) bool {
+	return !slices.ContainsFunc(uids, func(u string) bool { return u != "" && u != string(p.UID) })
+}
+
 // readPods confirms the given owners with fresh reads: a GET each when
 // they are few (Options.MaxGets), else one consistent LIST, paginated,
 // of their namespace (all namespaces when they are in several). A failed
 // LIST leaves every one of them undecided.
-func (r *Reconciler) readPods(ctx context.Context, misses map[ObjectKey]string, f *Facts) {
-	if len(misses) == 0 {
+func (r *Reconciler) readPods(ctx context.Context, keys []ObjectKey, f *Facts) {
+	if len(keys) == 0 {
 		return
 	}
-	keys := make([]ObjectKey, 0, len(misses))
 	nss := map[string]bool{}
-	for k := range misses {
-		keys = append(keys, k)
+	want := map[ObjectKey]bool{}
+	for _, k := range keys {
 		nss[k.Namespace] = true
+		want[k] = true
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 	if len(keys) <= r.Opts.MaxGets {
@@ -96,7 +103,7 @@ func (r *Reconciler) readPods(ctx context.Context, misses map[ObjectKey]string, 
 	if len(nss) == 1 {
 		ns = keys[0].Namespace
 	}
-	found, err := r.listPods(ctx, ns, misses)
+	found, err := r.listPods(ctx, ns, want)
 	for _, k := range keys {
 		if err != nil {
 			f.PodErrs[k] = err
@@ -110,7 +117,7 @@ func (r *Reconciler) readPods(ctx context.Context, misses map[ObjectKey]string, 
 // and keeps those in want. The pages of one LIST are one consistent read
 // (the continue token pins the first page's revision); an expired token
 // fails the whole LIST.
-func (r *Reconciler) listPods(ctx context.Context, ns string, want map[ObjectKey]string) (map[ObjectKey]*PodFacts, error) {
+func (r *Reconciler) listPods(ctx context.Context, ns string, want map[ObjectKey]bool) (map[ObjectKey]*PodFacts, error) {
 	found := map[ObjectKey]*PodFacts{}
 	opts := metav1.ListOptions{Limit: r.Opts.PageSize}
 	for {
@@ -120,8 +127,7 @@ func (r *Reconciler) listPods(ctx context.Context, ns string, want map[ObjectKey
 		}
 		for i := range l.Items {
 			p := &l.Items[i]
-			k := ObjectKey{p.Namespace, p.Name}
-			if _, ok := want[k]; ok {
+			if k := (ObjectKey{p.Namespace, p.Name}); want[k] {
 				found[k] = podFacts(p)
 			}
 		}

@@ -323,12 +323,16 @@ func decideAttachment(d Decision, f *Facts, o RuleOptions) Decision {
 // (statefulSetsToLook).
 
 // podsToLook: the owner pod of every attachment that names one, with the
-// UID the attachment was made for.
-func podsToLook(s *snapshot) map[ObjectKey]string {
-	out := map[ObjectKey]string{}
+// UIDs the attachments were made for (several when a pod name was reused).
+func podsToLook(s *snapshot) map[ObjectKey][]string {
+	out := map[ObjectKey][]string{}
 	for _, att := range s.atts {
-		if att.PodName != "" {
-			out[ObjectKey{att.PodNamespace, att.PodName}] = att.PodUID
+		if att.PodName == "" {
+			continue
+		}
+		k := ObjectKey{att.PodNamespace, att.PodName}
+		if !slices.Contains(out[k], att.PodUID) {
+			out[k] = append(out[k], att.PodUID)
 		}
 	}
 	return out

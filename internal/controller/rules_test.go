@@ -3,6 +3,7 @@ package controller
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -229,7 +230,7 @@ func TestLookupsNeeded(t *testing.T) {
 		{cid: "c5", ns: "ns", pod: "unknown", uid: "u5", sts: "cache", stsUID: "s-cache"},
 	}, store.StickyEntry{Sticky: store.Sticky{Namespace: "other", StatefulSet: "kv", StatefulSetUID: "s-kv"}})
 	pods := podsToLook(s)
-	if len(pods) != 4 || pods[ObjectKey{"ns", "gone"}] != "u3" {
+	if len(pods) != 4 || !slices.Equal(pods[ObjectKey{"ns", "gone"}], []string{"u3"}) {
 		t.Fatalf("pods to look up: %v", pods)
 	}
 	f := newFacts()

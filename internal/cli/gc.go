@@ -86,11 +86,13 @@ func GC(ctx context.Context, w, errw io.Writer, nets []*Network, dryRun bool, no
 			fmt.Fprintf(errw, "gc: %d/%d allocations checked\n", done, total)
 		}
 	}}
-	var runErr error
 	for _, n := range nets {
 		if n.Kube == nil {
 			return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: %s", n.Cfg.Name, n.KubeNote)}
 		}
+	}
+	var runErr error
+	for _, n := range nets {
 		r, _ := gcRules(n, now)
 		results, err := r.RunOnce(ctx, opts)
 		for _, res := range results {

@@ -33,8 +33,11 @@ import (
 //	  └─ veth ── client namespace:     eth0 10.250.0.100
 //
 // Clients run in ClientNS (StartProcess, or Client for the test's own). The
-// raft timers are the realistic ones of a production cluster (heartbeat
-// 100 ms, election 1000 ms), not StartEtcd's shortened ones.
+// raft settings are those of a production cluster: etcd's default timers
+// (heartbeat 100 ms, election 1000 ms), not StartEtcd's shortened ones, and
+// pre-vote, the default of every etcd since 3.5 (3.4 has it off: there a
+// member rejoining after a partition, its term raised by the elections it
+// held alone, deposes the leader and forces an election).
 type EtcdCluster struct {
 	Members   []*EtcdMember
 	Endpoints []string // client URLs of every member
@@ -138,7 +141,7 @@ func StartEtcdCluster(t testing.TB, n int) *EtcdCluster {
 	}
 	for _, m := range c.Members {
 		m.args = []string{"--name", m.Name, "--data-dir", m.DataDir,
-			"--heartbeat-interval", fmt.Sprint(ClusterHeartbeatMs), "--election-timeout", fmt.Sprint(ClusterElectionMs),
+			"--heartbeat-interval", fmt.Sprint(ClusterHeartbeatMs), "--election-timeout", fmt.Sprint(ClusterElectionMs), "--pre-vote",
 			"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
 			"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-token", token,

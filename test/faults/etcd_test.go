@@ -221,3 +221,83 @@ func valuesOf(m map[string]*result) []*result {
 	}
 	return out
 }
+
+// TestFailedAddAfterClaim: an ADD whose claim committed but that fails
+// afterwards (its resolvConf vanished between the check before the claim
+// and the result) while etcd is frozen, or killed and restarted, and
+// answers again within the call's deadline: the ADD fails, and the store
+// holds nothing for its container; the same ADD retried succeeds. The
+// plugin's after-commit hook holds it at the moment in between.
+func TestFailedAddAfterClaim(t *testing.T) {
+	bin := testenv.Binary(t, "kube-ipam")
+	e := testenv.StartEtcd(t)
+	dir := t.TempDir()
+	resolv := filepath.Join(dir, "resolv.conf")
+	logFile := filepath.Join(dir, "kube-ipam.log")
+	conf := netConf("rollback", map[string]any{
+		"etcdConfig": map[string]any{"etcdURL": strings.Join(e.Endpoints, ",")}, "podLookup": false,
+		"subnet": "10.191.0.0/24", "resolvConf": resolv, "timeout": frozenTimeout.String(),
+		"logFile": logFile, "logLevel": "debug", "nodeName": "node-1",
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile)
+			t.Logf("kube-ipam log (tail):\n%s", tail(string(b), 6000))
+		}
+	})
+	cli := e.Client(t)
+	p := newPlugin(t, bin, nil, conf)
+	p.hold = newHoldDir(t)
+	writeResolv := func() {
+		t.Helper()
+		if err := os.WriteFile(resolv, []byte("nameserver 10.191.0.53\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range []struct {
+		name        string
+		fault, undo func()
+	}{
+		{"etcd healthy", func() {}, func() {}},
+		{"etcd frozen 1s", func() { e.Freeze(t) }, func() { e.Thaw(t) }},
+		{"etcd killed, back after 1s", func() { e.Stop(t) }, func() { e.Restart(t) }},
+	} {
+		writeResolv()
+		cid := fmt.Sprintf("rb-%d", i)
+		held, proceed := make(chan struct{}), make(chan struct{})
+		done := make(chan *result, 1)
+		go func() {
+			done <- p.run(call{verb: "ADD", cid: cid, args: "IgnoreUnknown=1", kill: holdAfterCommit, onHold: func() {
+				close(held)
+				<-proceed
+			}})
+		}()
+		var r *result
+		select {
+		case <-held:
+			// Claimed: the result can no longer be built, and etcd fails.
+			if err := os.Remove(resolv); err != nil {
+				t.Fatal(err)
+			}
+			c.fault()
+			close(proceed)
+			hold(time.Second)
+			c.undo()
+			r = <-done
+		case r = <-done:
+			t.Fatalf("%s: ADD ended without its after-commit hold (%s): %s", c.name, holdEnv, r)
+		}
+		if r.ok() {
+			t.Errorf("%s: ADD succeeded without its resolvConf: %s", c.name, r)
+		} else {
+			t.Logf("%s: %s", c.name, r)
+		}
+		if held := readStore(t, cli, "rollback").heldBy(cid, "net1"); held != "" {
+			t.Errorf("%s: the ADD failed after its claim, etcd answered again within its deadline, but the store holds %s", c.name, held)
+		}
+		writeResolv()
+		if r2 := p.run(call{verb: "ADD", cid: cid, args: "IgnoreUnknown=1"}); !r2.ok() {
+			t.Errorf("%s: retry: %s", c.name, r2)
+		}
+	}
+}

@@ -36,10 +36,11 @@ const (
 	noKill          killMode = iota
 	killAfterDelay           // SIGKILL after call.delay, if still running
 	killAfterCommit          // SIGKILL once the hold file appears
+	holdAfterCommit          // once the hold file appears, call onHold, then let the process go on
 )
 
 func (k killMode) String() string {
-	return [...]string{"none", "random moment", "after commit"}[k]
+	return [...]string{"none", "random moment", "after commit", "held after commit"}[k]
 }
 
 // call is one CNI invocation.
@@ -48,6 +49,7 @@ type call struct {
 	args              string // CNI_ARGS
 	kill              killMode
 	delay             time.Duration
+	onHold            func() // holdAfterCommit: runs while the process waits
 }
 
 // result is what the runtime sees of one process.
@@ -122,7 +124,7 @@ func (p *plugin) run(c call) *result {
 	}, p.env...)
 	var held <-chan struct{}
 	holdName := c.cid + "_" + c.ifname
-	if c.kill == killAfterCommit {
+	if c.kill == killAfterCommit || c.kill == holdAfterCommit {
 		cmd.Env = append(cmd.Env, holdEnv+"="+p.hold.dir)
 		held = p.hold.expect(holdName)
 		defer p.hold.forget(holdName)
@@ -150,6 +152,14 @@ func (p *plugin) run(c call) *result {
 		case <-held:
 			r.held = true
 			_ = proc.Signal(syscall.SIGKILL)
+		case <-proc.Exited:
+		}
+	case holdAfterCommit:
+		select {
+		case <-held:
+			r.held = true
+			c.onHold()
+			_ = os.Remove(filepath.Join(p.hold.dir, holdName))
 		case <-proc.Exited:
 		}
 	case killAfterDelay:

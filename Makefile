@@ -63,7 +63,7 @@ unit:
 	$(GO) test -count=1 ./internal/config/ ./internal/ipam/ ./internal/pod/
 
 # Throughput and latency against host-local, and empty vs 99 % full pool.
-bench: build
+bench: build testbin
 	KUBE_IPAM_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
 
 clean:

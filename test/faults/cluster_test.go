@@ -88,6 +88,8 @@ func TestEtcdClusterMemberLoss(t *testing.T) {
 	restoredAt := time.Now()
 	rejoinLeader := c.WaitLeader(t, 30*time.Second)
 	rejoined := time.Since(restoredAt)
+	hold(max(0, time.Second-time.Since(restoredAt)))
+	rejoining := c.Status() // is the restored member caught up a second later?
 	hold(max(0, 2*phase-time.Since(restoredAt)))
 	afterEnd := time.Now()
 	termAfter := maxTerm(c)
@@ -146,6 +148,11 @@ func TestEtcdClusterMemberLoss(t *testing.T) {
 	}
 	if worst != nil {
 		t.Logf("kube-ipam log of the last ADD that waited more than 5 s (%s):\n%s", worst, logOf(logFile, worst.cid))
+		for i, s := range rejoining {
+			if s != nil {
+				t.Logf("1 s after the restore, member m%d: leader %x, raft term %d, index %d, applied %d", i, s.Leader, s.RaftTerm, s.RaftIndex, s.RaftApplied)
+			}
+		}
 	}
 	if firstOK < 0 || cutAt.Add(firstOK).After(restoredAt) {
 		bad.add("no ADD succeeded while the leader was cut off", "ADDs did not continue on the other members")

@@ -143,6 +143,7 @@ func TestEtcdFrozenAndKilled(t *testing.T) {
 	for _, o := range outages {
 		var fails latencies
 		okDuring := 0
+		var example *result
 		for _, r := range results {
 			if !o.overlaps(r) {
 				continue
@@ -151,6 +152,7 @@ func TestEtcdFrozenAndKilled(t *testing.T) {
 				okDuring++
 			} else {
 				fails = append(fails, r.dur())
+				example = r
 			}
 		}
 		firstOK := time.Duration(-1)
@@ -161,6 +163,9 @@ func TestEtcdFrozenAndKilled(t *testing.T) {
 		}
 		t.Logf("%s: %d calls in flight or started succeeded, %d failed (latency %v); first success %v after etcd answered again",
 			o.name, okDuring, len(fails), fails, firstOK.Round(time.Millisecond))
+		if example != nil {
+			t.Logf("    e.g. %s", example)
+		}
 	}
 
 	// Retry every failed call, as the runtime does.

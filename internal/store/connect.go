@@ -112,19 +112,24 @@ func WaitReady(ctx context.Context, cli *clientv3.Client, e config.Etcd, dialTim
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	for {
+	for wctx.Err() == nil {
 		st := conn.GetState()
 		switch st {
 		case connectivity.Ready:
 			return nil
 		case connectivity.Idle:
 			conn.Connect()
+		case connectivity.TransientFailure:
+			// gRPC waits out a growing backoff (1 s, 1.6 s, 2.6 s, ...)
+			// between attempts; an etcd that restarts meanwhile would be
+			// noticed late. An attempt costs one refused TCP connect.
+			conn.ResetConnectBackoff()
 		case connectivity.Shutdown:
 			return fmt.Errorf("etcd client for %v is closed", e.Endpoints)
 		}
-		if !conn.WaitForStateChange(wctx, st) {
-			break
-		}
+		sctx, cancel := context.WithTimeout(wctx, 250*time.Millisecond)
+		conn.WaitForStateChange(sctx, st)
+		cancel()
 	}
 	if conn.GetState() == connectivity.Ready {
 		return nil

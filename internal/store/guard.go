@@ -22,9 +22,9 @@ import (
 // until TCP gives up (minutes), and client keepalives cannot be set below
 // 10 s. So every request runs under a watchdog: when it has not returned
 // after StallAfter, each endpoint is asked for its status (a separate
-// connection, ProbeTimeout). Members that do not answer, or answer without
-// a leader while others have one, are dropped from the client and the
-// request is abandoned: a read is sent again (to the members left), a write
+// connection, ProbeTimeout). Members that do not answer, or are not fit to
+// serve while others are (no leader, an old term, far behind: see judge),
+// are dropped from the client and the request is abandoned: a read is sent again (to the members left), a write
 // is reported as an *AmbiguousError for the caller to resolve. When no
 // member has a leader for NoLeaderLimit the request fails with a
 // *NoLeaderError. When no member answers at all (etcd stopped or frozen) the
@@ -42,10 +42,11 @@ type Watchdog struct {
 }
 
 // DefaultWatchdog is what the CNI plugin uses: an in-flight request to a
-// lost member is abandoned after about 2.5 s (StallAfter + ProbeTimeout),
-// well inside the 5 s the docs promise.
+// lost member is abandoned after at most about 1.75 s (StallAfter +
+// ProbeTimeout), leaving time inside the 5 s the docs promise for the
+// election that may follow.
 func DefaultWatchdog() *Watchdog {
-	return &Watchdog{StallAfter: 1500 * time.Millisecond, ProbeTimeout: time.Second, NoLeaderLimit: 3 * time.Second}
+	return &Watchdog{StallAfter: time.Second, ProbeTimeout: 750 * time.Millisecond, NoLeaderLimit: 3 * time.Second}
 }
 
 // SetWatchdog runs every later request of s under w (nil: none).
@@ -108,6 +109,11 @@ func (s *Store) guard(ctx context.Context, op func(context.Context) error) error
 		case <-t.C:
 		}
 		v := w.probe(ctx, s.cli)
+		if len(v.answered) > 0 {
+			// etcd answers on a new connection: the client's own may be
+			// waiting out a reconnect backoff (etcd restarted) — try now.
+			s.cli.ActiveConnection().ResetConnectBackoff()
+		}
 		var verdict error
 		switch {
 		case len(v.leader) > 0 && len(v.leader) < len(v.all):
@@ -139,6 +145,8 @@ func (s *Store) guard(ctx context.Context, op func(context.Context) error) error
 }
 
 type probeResult struct {
+	// all: the endpoints asked; answered: those that answered; leader:
+	// those fit to serve (a current leader, not lagging).
 	all, answered, leader []string
 }
 
@@ -152,16 +160,70 @@ func (p probeResult) without(keep []string) []string {
 	return out
 }
 
+// memberStatus is what one endpoint said of itself.
+type memberStatus struct {
+	Endpoint string
+	Leader   uint64 // member ID of the leader it follows; 0: none
+	Term     uint64
+	Index    uint64 // last raft index it has
+	Applied  uint64 // raft index it has applied
+}
+
+// MaxLag is how many raft entries a member may have left to apply, behind
+// the most advanced member, and still be asked: a member that has just
+// come back from a partition answers its status at once but serves
+// linearizable reads only after it has caught up (seconds).
+const MaxLag = 500
+
+// judge decides which answering members are fit to serve: those that know
+// a leader, are on the highest term any member reports, follow the leader
+// the members on that term follow, and have applied all but MaxLag of the
+// highest index reported. A member back from a partition still on an old
+// term, or far behind, is not. Pure, so that it is tested by table.
+func judge(all []string, sts []memberStatus) probeResult {
+	res := probeResult{all: all}
+	var term, index uint64
+	for _, m := range sts {
+		res.answered = append(res.answered, m.Endpoint)
+		if m.Leader != 0 {
+			term = max(term, m.Term)
+		}
+		index = max(index, m.Index)
+	}
+	// The leader of the highest term, as most members on it report.
+	votes := map[uint64]int{}
+	for _, m := range sts {
+		if m.Leader != 0 && m.Term == term {
+			votes[m.Leader]++
+		}
+	}
+	var lead uint64
+	for id, n := range votes {
+		if n > votes[lead] || (n == votes[lead] && id < lead) {
+			lead = id
+		}
+	}
+	for _, m := range sts {
+		if m.Leader != 0 && m.Leader == lead && m.Term == term && m.Applied+MaxLag >= index {
+			res.leader = append(res.leader, m.Endpoint)
+		}
+	}
+	order := func(s []string) {
+		slices.SortFunc(s, func(a, b string) int { return slices.Index(all, a) - slices.Index(all, b) })
+	}
+	order(res.answered)
+	order(res.leader)
+	return res
+}
+
 // probe asks every endpoint of cli for its status in parallel.
 func (w *Watchdog) probe(ctx context.Context, cli *clientv3.Client) probeResult {
 	eps := cli.Endpoints()
-	res := probeResult{all: eps}
 	var mu sync.Mutex
+	var sts []memberStatus
 	var wg sync.WaitGroup
 	for _, ep := range eps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			pctx, cancel := context.WithTimeout(ctx, w.ProbeTimeout)
 			defer cancel()
 			st, err := cli.Status(pctx, ep)
@@ -170,20 +232,11 @@ func (w *Watchdog) probe(ctx context.Context, cli *clientv3.Client) probeResult 
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			res.answered = append(res.answered, ep)
-			if st.Leader != 0 {
-				res.leader = append(res.leader, ep)
-			}
-		}()
+			sts = append(sts, memberStatus{Endpoint: ep, Leader: st.Leader, Term: st.RaftTerm, Index: st.RaftIndex, Applied: st.RaftAppliedIndex})
+		})
 	}
 	wg.Wait()
-	// Keep the configured order (the client's order is the operator's).
-	order := func(s []string) {
-		slices.SortFunc(s, func(a, b string) int { return slices.Index(eps, a) - slices.Index(eps, b) })
-	}
-	order(res.answered)
-	order(res.leader)
-	return res
+	return judge(eps, sts)
 }
 
 // get is a guarded range read. With a watchdog, a read that failed for a

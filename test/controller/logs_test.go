@@ -85,7 +85,7 @@ func TestCommandLine(t *testing.T) {
 		}
 		return out.String(), errb.String(), code
 	}
-	if out, stderr, code := run("--version"); code != 0 || !regexp.MustCompile(`^kube-ipam-controller v\S+\n$`).MatchString(out) {
+	if out, stderr, code := run("--version"); code != 0 || !regexp.MustCompile(`^kube-ipam-controller \S+\n$`).MatchString(out) {
 		t.Errorf("--version: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
 	if _, stderr, code := run("--grcae", "1s"); code != 2 || !strings.Contains(stderr, "unknown flag: --grcae") {

@@ -129,33 +129,11 @@ const (
 	hostLocal = "host-local"
 )
 
-var (
-	lastMu  sync.Mutex
-	lastRes *results
-)
+var addScenario scenario[results]
 
 func BenchmarkAdd(b *testing.B) {
-	var r *results
-	if b.N == 1 {
-		r = runScenario(b)
-		lastMu.Lock()
-		lastRes = r
-		lastMu.Unlock()
-		printTable(r)
-	} else {
-		lastMu.Lock()
-		r = lastRes
-		lastMu.Unlock()
-		if r == nil {
-			b.Fatal("no scenario result to report (the b.N == 1 run did not complete)")
-		}
-	}
-	report := func(name string, f func(b *testing.B)) {
-		b.Run(name, func(b *testing.B) {
-			f(b)
-			b.ReportMetric(0, "ns/op") // the scenario's time is not per op
-		})
-	}
+	r := addScenario.result(b, runScenario, printTable)
+	report := func(name string, f func(b *testing.B)) { report(b, name, f) }
 	for _, pl := range []string{kipam, hostLocal} {
 		c := r.conc[pl]
 		report(fmt.Sprintf("concurrent%d/%s", inFlight, pl), func(b *testing.B) {

@@ -52,33 +52,11 @@ type lossResults struct {
 	healed                         time.Duration
 }
 
-var (
-	lossMu  sync.Mutex
-	lossRes *lossResults
-)
+var lossScenario scenario[lossResults]
 
 func BenchmarkMemberLoss(b *testing.B) {
-	var r *lossResults
-	if b.N == 1 {
-		r = runMemberLoss(b)
-		lossMu.Lock()
-		lossRes = r
-		lossMu.Unlock()
-		printLoss(r)
-	} else {
-		lossMu.Lock()
-		r = lossRes
-		lossMu.Unlock()
-		if r == nil {
-			b.Fatal("no scenario result to report (the b.N == 1 run did not complete)")
-		}
-	}
-	report := func(name string, f func(b *testing.B)) {
-		b.Run(name, func(b *testing.B) {
-			f(b)
-			b.ReportMetric(0, "ns/op") // the scenario's time is not per op
-		})
-	}
+	r := lossScenario.result(b, runMemberLoss, printLoss)
+	report := func(name string, f func(b *testing.B)) { report(b, name, f) }
 	report("before", func(b *testing.B) { b.ReportMetric(r.before, "adds/s") })
 	report("leader-cut", func(b *testing.B) {
 		b.ReportMetric(r.during, "adds/s")

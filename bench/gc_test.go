@@ -68,27 +68,10 @@ type gcResults struct {
 	ctlOnePass     time.Duration // the one pass that released them all
 }
 
-var (
-	gcMu   sync.Mutex
-	gcLast *gcResults
-)
+var gcScenario scenario[gcResults]
 
 func BenchmarkGCReclaim(b *testing.B) {
-	var r *gcResults
-	if b.N == 1 {
-		r = runGCScenario(b)
-		gcMu.Lock()
-		gcLast = r
-		gcMu.Unlock()
-		printGCTable(r)
-	} else {
-		gcMu.Lock()
-		r = gcLast
-		gcMu.Unlock()
-		if r == nil {
-			b.Fatal("no scenario result to report (the b.N == 1 run did not complete)")
-		}
-	}
+	r := gcScenario.result(b, runGCScenario, printGCTable)
 	b.ReportMetric(r.gcPass.Seconds(), "gc-pass-s")
 	b.ReportMetric(r.ctlAfterLast.Seconds(), "controller-s")
 	b.ReportMetric(0, "ns/op") // the scenario's time is not per op

@@ -133,7 +133,7 @@ var addScenario scenario[results]
 
 func BenchmarkAdd(b *testing.B) {
 	r := addScenario.result(b, runScenario, printTable)
-	report := func(name string, f func(b *testing.B)) { report(b, name, f) }
+	report := func(name string, f func(b *testing.B)) { reportMetrics(b, name, f) }
 	for _, pl := range []string{kipam, hostLocal} {
 		c := r.conc[pl]
 		report(fmt.Sprintf("concurrent%d/%s", inFlight, pl), func(b *testing.B) {

@@ -56,7 +56,7 @@ var lossScenario scenario[lossResults]
 
 func BenchmarkMemberLoss(b *testing.B) {
 	r := lossScenario.result(b, runMemberLoss, printLoss)
-	report := func(name string, f func(b *testing.B)) { report(b, name, f) }
+	report := func(name string, f func(b *testing.B)) { reportMetrics(b, name, f) }
 	report("before", func(b *testing.B) { b.ReportMetric(r.before, "adds/s") })
 	report("leader-cut", func(b *testing.B) {
 		b.ReportMetric(r.during, "adds/s")

@@ -30,9 +30,9 @@ func (s *scenario[R]) result(b *testing.B, run func(*testing.B) *R, print func(*
 	return s.res
 }
 
-// report is a sub-benchmark that only reports metrics of a scenario (its
+// reportMetrics is a sub-benchmark that only reports metrics of a scenario (its
 // time is not per operation).
-func report(b *testing.B, name string, f func(b *testing.B)) {
+func reportMetrics(b *testing.B, name string, f func(b *testing.B)) {
 	b.Run(name, func(b *testing.B) {
 		f(b)
 		b.ReportMetric(0, "ns/op")

@@ -27,9 +27,10 @@ import (
 // are dropped from the client and the request is abandoned: a read is sent again (to the members left), a write
 // is reported as an *AmbiguousError for the caller to resolve. When no
 // member has a leader for NoLeaderLimit the request fails with a
-// *NoLeaderError. When no member answers at all (etcd stopped or frozen) the
-// request keeps waiting: it may still be answered before the caller's
-// deadline.
+// *NoLeaderError. A request unanswered for Patience while every member
+// looks fit is abandoned too (it was lost in a leader change). When no
+// member answers at all (etcd stopped or frozen) the request keeps waiting:
+// it may still be answered before the caller's deadline.
 //
 // A watchdog drops endpoints for good, so it suits a client that lives for
 // one call; long-lived clients (controller, CLI) run without one.
@@ -37,6 +38,13 @@ type Watchdog struct {
 	StallAfter    time.Duration
 	ProbeTimeout  time.Duration
 	NoLeaderLimit time.Duration
+	// Patience bounds how long a request may go unanswered while the
+	// members answer their status and look fit: a proposal can be dropped
+	// by a member that has just rejoined (raft drops proposals while a
+	// follower does not know the leader), and etcd would only time it out
+	// after about 7 s. The request is then abandoned and sent again (a read)
+	// or read back (a write).
+	Patience time.Duration
 	// Log, when set, is told about every probe that changed something.
 	Log func(msg string, args ...any)
 }
@@ -46,20 +54,24 @@ type Watchdog struct {
 // ProbeTimeout), leaving time inside the 5 s the docs promise for the
 // election that may follow.
 func DefaultWatchdog() *Watchdog {
-	return &Watchdog{StallAfter: time.Second, ProbeTimeout: 750 * time.Millisecond, NoLeaderLimit: 3 * time.Second}
+	return &Watchdog{StallAfter: time.Second, ProbeTimeout: 750 * time.Millisecond, NoLeaderLimit: 3 * time.Second, Patience: 2500 * time.Millisecond}
 }
 
 // SetWatchdog runs every later request of s under w (nil: none).
 func (s *Store) SetWatchdog(w *Watchdog) { s.wd = w }
 
 // StallError: a request was abandoned because the member serving it stopped
-// answering; the members that did not answer were dropped.
+// answering (the members that did not answer were dropped), or because it
+// went unanswered past the watchdog's Patience while every member looked fit.
 type StallError struct {
 	Dropped []string
 	After   time.Duration
 }
 
 func (e *StallError) Error() string {
+	if len(e.Dropped) == 0 {
+		return fmt.Sprintf("no answer from etcd within %v although its members answer their status (a request lost in a leader change?)", e.After.Round(100*time.Millisecond))
+	}
 	return fmt.Sprintf("no answer from etcd within %v; dropped unresponsive member(s) %s", e.After.Round(100*time.Millisecond), strings.Join(e.Dropped, ","))
 }
 
@@ -120,7 +132,10 @@ func (s *Store) guard(ctx context.Context, op func(context.Context) error) error
 			s.cli.SetEndpoints(v.leader...)
 			verdict = &StallError{Dropped: v.without(v.leader), After: time.Since(start)}
 		case len(v.leader) > 0:
-			leaderless = time.Time{} // healthy, only slow: keep waiting
+			leaderless = time.Time{} // healthy, only slow: keep waiting, with patience
+			if w.Patience > 0 && time.Since(start) >= w.Patience {
+				verdict = &StallError{After: time.Since(start)}
+			}
 		case len(v.answered) > 0:
 			if leaderless.IsZero() {
 				leaderless = time.Now()

@@ -28,6 +28,12 @@ const (
 	ProxyDropResponse
 	// ProxyDown closes every connection and closes new ones at once.
 	ProxyDown
+	// ProxySwallowRequest discards the next request data from the client
+	// and keeps the connection open, so the server never answers that
+	// request while it answers every other one (a request lost inside the
+	// server, as a proposal dropped in a leader change is); then passes
+	// again. Only on HTTP/2 connections, where a unit is one frame.
+	ProxySwallowRequest
 )
 
 // Proxy is a TCP proxy on loopback in front of one server, whose faults a
@@ -179,8 +185,12 @@ func (p *Proxy) pipe(src, dst net.Conn, fromClient bool) {
 				return
 			}
 			const typeData = 0
-			if !p.admit(fromClient, hdr[3] == typeData && n > 0) {
+			act := p.admit(fromClient, hdr[3] == typeData && n > 0)
+			if act == closeConn {
 				return
+			}
+			if act == discard {
+				continue
 			}
 			if _, err := dst.Write(append(hdr, body...)); err != nil {
 				return
@@ -191,7 +201,7 @@ func (p *Proxy) pipe(src, dst net.Conn, fromClient bool) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := r.Read(buf)
-		if n > 0 && !p.admit(fromClient, true) {
+		if n > 0 && p.admit(fromClient, true) != forward {
 			return
 		}
 		if n > 0 {
@@ -220,9 +230,17 @@ func (p *Proxy) isFramed(client net.Conn) bool {
 	}
 }
 
-// admit waits out a black hole and reports whether a unit may pass; drops
-// hit only units that carry data.
-func (p *Proxy) admit(fromClient, data bool) bool {
+type action int
+
+const (
+	forward action = iota
+	discard
+	closeConn
+)
+
+// admit waits out a black hole and says what to do with a unit; drops and
+// swallows hit only units that carry data.
+func (p *Proxy) admit(fromClient, data bool) action {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for p.mode == ProxyBlackHole {
@@ -230,12 +248,15 @@ func (p *Proxy) admit(fromClient, data bool) bool {
 	}
 	switch {
 	case p.mode == ProxyDown:
-		return false
+		return closeConn
 	case !data:
-		return true
+		return forward
 	case p.mode == ProxyDropRequest && fromClient, p.mode == ProxyDropResponse && !fromClient:
 		p.setLocked(p.next)
-		return false
+		return closeConn
+	case p.mode == ProxySwallowRequest && fromClient:
+		p.setLocked(p.next)
+		return discard
 	}
-	return true
+	return forward
 }

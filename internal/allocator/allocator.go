@@ -137,7 +137,7 @@ func New(n *config.Network, s *store.Store) *Allocator {
 	for i := range n.RangeSets {
 		a.dyn = append(a.dyn, ipam.DynamicIntervals(n, i))
 	}
-	a.policy = ReusePolicy(n)
+	a.policy = reusePolicy(n, a.dyn)
 	return a
 }
 
@@ -633,6 +633,11 @@ func ReusePolicy(n *config.Network) store.ReusePolicy {
 	for i := range n.RangeSets {
 		dyn = append(dyn, ipam.DynamicIntervals(n, i))
 	}
+	return reusePolicy(n, dyn)
+}
+
+// reusePolicy is ReusePolicy over dynamic intervals already computed.
+func reusePolicy(n *config.Network, dyn [][]ipam.Interval) store.ReusePolicy {
 	return func(a netip.Addr, kind string) (int, bool, bool) {
 		set, _, ok := n.SetFor(a)
 		if !ok || !ipam.InAny(dyn[set], a) {

@@ -294,6 +294,9 @@ func (s *Store) del(ctx context.Context, key string) error {
 // returned as an *AmbiguousError.
 func (s *Store) txn(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
 	var resp *clientv3.TxnResponse
+	if s.beforeTxn != nil {
+		s.beforeTxn()
+	}
 	err := s.guard(ctx, func(ctx context.Context) error {
 		var err error
 		resp, err = s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()

@@ -150,6 +150,8 @@ type Store struct {
 	cli  *clientv3.Client
 	base string
 	wd   *Watchdog
+	// beforeTxn, in tests, runs just before a transaction is sent.
+	beforeTxn func()
 }
 
 // New returns the store of network under prefix.

@@ -108,7 +108,7 @@ func (e *ContentionError) Error() string {
 // Allocator allocates on one network.
 type Allocator struct {
 	Net   *config.Network
-	Store *store.Store
+	Store store.Backend
 	Now   func() time.Time
 	// Started is when the call began (for the record's AddMillis).
 	Started time.Time
@@ -132,7 +132,7 @@ type Allocator struct {
 }
 
 // New returns an allocator for n backed by s.
-func New(n *config.Network, s *store.Store) *Allocator {
+func New(n *config.Network, s store.Backend) *Allocator {
 	a := &Allocator{Net: n, Store: s, Now: time.Now, Started: time.Now()}
 	for i := range n.RangeSets {
 		a.dyn = append(a.dyn, ipam.DynamicIntervals(n, i))
@@ -337,6 +337,14 @@ func (a *Allocator) held(ctx context.Context, req Request) ([]Allocated, error) 
 	if err != nil || att == nil {
 		return nil, err
 	}
+	if att.Partial {
+		// A claim of this container cut short: free what it got, then
+		// claim afresh.
+		if _, err := a.Store.Release(ctx, req.ContainerID, req.IfName, a.Now(), a.policy); err != nil {
+			return nil, fmt.Errorf("releasing an incomplete earlier claim: %w", err)
+		}
+		return nil, nil
+	}
 	var out []Allocated
 	for _, s := range att.IPs {
 		ip, err := netip.ParseAddr(s)
@@ -367,7 +375,7 @@ func (a *Allocator) record(req Request, ip netip.Addr, set int, kind string) sto
 		IfName: req.IfName, ContainerID: req.ContainerID,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID,
 		StatefulSet: req.StatefulSet, StatefulSetUID: req.StatefulSetUID, Ordinal: req.Ordinal,
-		Node: req.Node, Created: a.Now().UTC(), LostRaces: a.Conflicts,
+		Node: req.Node, Cluster: a.Net.Cluster, Created: a.Now().UTC(), LostRaces: a.Conflicts,
 		AddMillis: max(a.Now().Sub(a.Started).Milliseconds(), 0),
 	}
 }
@@ -380,7 +388,7 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixed []netip.Addr, k
 		Attachment: store.Attachment{
 			ContainerID: req.ContainerID, IfName: req.IfName,
 			PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID,
-			Node: req.Node, Created: a.Now().UTC(),
+			Node: req.Node, Cluster: a.Net.Cluster, Created: a.Now().UTC(),
 		},
 		Cursors: map[int]netip.Addr{},
 		Retire:  prev,
@@ -411,7 +419,7 @@ func (a *Allocator) plan(ctx context.Context, req Request, fixed []netip.Addr, k
 		dynKind = store.KindSticky
 		c.NewSticky = &store.Sticky{
 			Namespace: req.PodNamespace, StatefulSet: req.StatefulSet, StatefulSetUID: req.StatefulSetUID,
-			Ordinal: req.Ordinal, IfName: req.IfName, Created: a.Now().UTC(),
+			Ordinal: req.Ordinal, IfName: req.IfName, Cluster: a.Net.Cluster, Created: a.Now().UTC(),
 		}
 	}
 	for set := range a.Net.RangeSets {
@@ -593,7 +601,7 @@ func (a *Allocator) fromReleased(ctx context.Context, refs []store.ReleasedRef, 
 		}
 		set, _, _ := a.Net.SetFor(ip)
 		if st.Record != nil || st.Tomb == nil || st.Tomb.Log != ref.Key || set < 0 || !ipam.InAny(a.dyn[set], ip) {
-			if err := a.Store.DropReleased(ctx, ref.Key); err != nil {
+			if err := a.Store.DropReleased(ctx, ref); err != nil {
 				return store.ClaimItem{}, false, err
 			}
 			continue

@@ -31,6 +31,12 @@ const (
 	DefaultTimeout         = 30 * time.Second
 )
 
+// Stores (ipam.store).
+const (
+	StoreEtcd       = "etcd"
+	StoreKubernetes = "kubernetes"
+)
+
 // Range is one contiguous block of a subnet that addresses may come from.
 type Range struct {
 	Subnet  netip.Prefix
@@ -82,11 +88,18 @@ type Network struct {
 	// the dynamic address its ordinal was first given.
 	StickyStatefulSets bool
 	Etcd               Etcd
-	ReleaseCooldown    time.Duration
-	Timeout            time.Duration
-	LogFile            string
-	LogLevel           string
-	NodeName           string
+	// Store is where allocations live: StoreEtcd (default) or
+	// StoreKubernetes (custom resources in the cluster's API).
+	Store string
+	// Cluster identifies this cluster in every record it writes, so that
+	// clusters sharing one etcd prefix or one API never free each other's
+	// addresses ("" for records written before it existed, or one cluster).
+	Cluster         string
+	ReleaseCooldown time.Duration
+	Timeout         time.Duration
+	LogFile         string
+	LogLevel        string
+	NodeName        string
 	// RequestedIPs come from runtimeConfig.ips, args.cni.ips (CNI conventions).
 	RequestedIPs     []IPSpec
 	ValidAttachments []types.GCAttachment
@@ -163,6 +176,8 @@ type rawIPAM struct {
 	LogFile         string         `json:"logFile"`
 	LogLevel        string         `json:"logLevel"`
 	NodeName        string         `json:"nodeName"`
+	Store           string         `json:"store"`
+	Cluster         string         `json:"cluster"`
 }
 
 type rawNet struct {
@@ -218,8 +233,22 @@ func Parse(data []byte) (*Network, error) {
 	if ip.Name != "" && raw.Name != "" && ip.Name != raw.Name {
 		n.Notes = append(n.Notes, fmt.Sprintf("ipam.name %q is ignored: the network name %q keys the pool (as in kube-ipam v0.2)", ip.Name, raw.Name))
 	}
-	if err := parseEtcd(n, ip.EtcdConfig); err != nil {
-		return nil, err
+	switch n.Store = strings.ToLower(ip.Store); n.Store {
+	case "", StoreEtcd:
+		n.Store = StoreEtcd
+		if err := parseEtcd(n, ip.EtcdConfig); err != nil {
+			return nil, err
+		}
+	case StoreKubernetes:
+		if ip.EtcdConfig != nil {
+			n.Notes = append(n.Notes, "ipam.etcdConfig is ignored: ipam.store is \"kubernetes\"")
+		}
+	default:
+		return nil, errorf("ipam.store %q: want %q (the default) or %q", ip.Store, StoreEtcd, StoreKubernetes)
+	}
+	n.Cluster = ip.Cluster
+	if len(n.Cluster) > 63 || strings.ContainsAny(n.Cluster, "/ \t\n\x00") {
+		return nil, errorf("ipam.cluster %q: at most 63 characters, no '/' or spaces", ip.Cluster)
 	}
 	if n.KubeConfig == "" {
 		n.KubeConfig = DefaultKubeConfig

@@ -13,7 +13,7 @@ import (
 // StickyEntry is a sticky record as read from etcd, with its key and revision.
 type StickyEntry struct {
 	Key string
-	Rev int64
+	Rev Version
 	Sticky
 }
 
@@ -29,7 +29,7 @@ func (s *Store) Stickies(ctx context.Context) ([]StickyEntry, error) {
 		if json.Unmarshal(kv.Value, &e.Sticky) != nil {
 			continue
 		}
-		e.Key, e.Rev = string(kv.Key), kv.ModRevision
+		e.Key, e.Rev = string(kv.Key), ver(kv.ModRevision)
 		out = append(out, e)
 	}
 	return out, nil
@@ -46,7 +46,7 @@ func (s *Store) Base() string { return s.base }
 // false. Addresses with no record lose their sticky tombstone and go to the
 // release log, so they become reusable after the cooldown.
 func (s *Store) ReleaseSticky(ctx context.Context, e StickyEntry, now time.Time, policy ReusePolicy) (freed []netip.Addr, ok bool, err error) {
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.Key), "=", e.Rev)}
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(e.Key), "=", rev(e.Rev))}
 	ops := []clientv3.Op{clientv3.OpDelete(e.Key)}
 	for _, ipStr := range e.IPs {
 		a, perr := netip.ParseAddr(ipStr)
@@ -58,8 +58,8 @@ func (s *Store) ReleaseSticky(ctx context.Context, e StickyEntry, now time.Time,
 			return nil, false, err
 		}
 		k, tk := s.ipKey(a), s.tombKey(a)
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st.RecRev),
-			clientv3.Compare(clientv3.ModRevision(tk), "=", st.TombRev))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev(st.RecRev)),
+			clientv3.Compare(clientv3.ModRevision(tk), "=", rev(st.TombRev)))
 		if st.Record != nil {
 			if st.Record.StatefulSetUID == e.StatefulSetUID && st.Record.Ordinal == e.Ordinal {
 				return nil, false, nil // still held by the ordinal

@@ -55,11 +55,14 @@ type Record struct {
 	// StatefulSet identity: for StatefulSet pods the owner is (namespace,
 	// StatefulSet UID, ordinal), not the pod name, so that a new StatefulSet
 	// reusing the name does not inherit a stale address.
-	StatefulSet    string    `json:"statefulSet,omitempty"`
-	StatefulSetUID string    `json:"statefulSetUID,omitempty"`
-	Ordinal        int       `json:"ordinal,omitempty"`
-	Node           string    `json:"node,omitempty"`
-	Created        time.Time `json:"created"`
+	StatefulSet    string `json:"statefulSet,omitempty"`
+	StatefulSetUID string `json:"statefulSetUID,omitempty"`
+	Ordinal        int    `json:"ordinal,omitempty"`
+	Node           string `json:"node,omitempty"`
+	// Cluster is the identity of the cluster the holder runs in
+	// (ipam.cluster); GC leaves other clusters' records alone.
+	Cluster string    `json:"cluster,omitempty"`
+	Created time.Time `json:"created"`
 	// AddMillis is how long the plugin's ADD had run when it committed this
 	// claim, and LostRaces how many claim transactions it lost first; the
 	// controller turns them into metrics (no extra write per ADD).
@@ -115,8 +118,14 @@ type Attachment struct {
 	PodName      string    `json:"podName,omitempty"`
 	PodUID       string    `json:"podUID,omitempty"`
 	Node         string    `json:"node,omitempty"`
+	Cluster      string    `json:"cluster,omitempty"`
 	Created      time.Time `json:"created"`
-	Rev          int64     `json:"-"`
+	Rev          Version   `json:"-"`
+	// Partial: some addresses of the claim that made this attachment are
+	// missing (a claim cut short between its writes). Only a backend whose
+	// claims are not one transaction (the Kubernetes API store) reports it;
+	// the allocator releases a partial attachment before claiming again.
+	Partial bool `json:"-"`
 }
 
 // Sticky remembers the addresses a StatefulSet ordinal was first given.
@@ -127,20 +136,23 @@ type Sticky struct {
 	Ordinal        int       `json:"ordinal"`
 	IfName         string    `json:"ifname"`
 	IPs            []string  `json:"ips"`
+	Cluster        string    `json:"cluster,omitempty"`
 	Created        time.Time `json:"created"`
 }
 
 // IPState is what the store knows about one address.
 type IPState struct {
 	Record  *Record
-	RecRev  int64
+	RecRev  Version
 	Tomb    *Tombstone
-	TombRev int64
+	TombRev Version
 }
 
 // ReleasedRef is one release-log entry.
 type ReleasedRef struct {
+	// Key identifies the entry (a tombstone's Log names it).
 	Key string
+	Set int
 	IP  netip.Addr
 	At  time.Time
 }
@@ -158,9 +170,6 @@ type Store struct {
 func New(cli *clientv3.Client, prefix, network string) *Store {
 	return &Store{cli: cli, base: strings.TrimRight(prefix, "/") + "/v1/networks/" + network + "/"}
 }
-
-// Client is the underlying etcd client.
-func (s *Store) Client() *clientv3.Client { return s.cli }
 
 func addrHex(a netip.Addr) string { return hex.EncodeToString(a.AsSlice()) }
 
@@ -183,7 +192,8 @@ func (s *Store) stickyKey(ns, uid string, ordinal int, ifname string) string {
 func (s *Store) podPrefix(uid, ifname string) string {
 	return s.base + "pod/" + uid + "/" + ifname + "/"
 }
-func (s *Store) relPrefix(set int) string { return s.base + "rel/" + strconv.Itoa(set) + "/" }
+func (s *Store) noteKey(cid string) string { return s.base + "note/" + cid }
+func (s *Store) relPrefix(set int) string  { return s.base + "rel/" + strconv.Itoa(set) + "/" }
 
 func (s *Store) relKey(set int, at time.Time, a netip.Addr) string {
 	return fmt.Sprintf("%s%016x/%s/%s", s.relPrefix(set), at.UnixNano(), fam(a), addrHex(a))
@@ -217,7 +227,7 @@ func (s *Store) Attachment(ctx context.Context, cid, ifname string) (*Attachment
 	if err := json.Unmarshal(resp.Kvs[0].Value, &a); err != nil {
 		return nil, fmt.Errorf("corrupt attachment record %s: %w", resp.Kvs[0].Key, err)
 	}
-	a.Rev = resp.Kvs[0].ModRevision
+	a.Rev = ver(resp.Kvs[0].ModRevision)
 	return &a, nil
 }
 
@@ -246,7 +256,7 @@ func (s *Store) Attachments(ctx context.Context) ([]*Attachment, error) {
 		if err := json.Unmarshal(kv.Value, &a); err != nil {
 			return nil, fmt.Errorf("corrupt attachment record %s: %w", kv.Key, err)
 		}
-		a.Rev = kv.ModRevision
+		a.Rev = ver(kv.ModRevision)
 		out = append(out, &a)
 	}
 	return out, nil
@@ -263,12 +273,12 @@ func (s *Store) State(ctx context.Context, a netip.Addr) (IPState, error) {
 	for _, kv := range resp.Kvs {
 		switch string(kv.Key) {
 		case k:
-			st.Record, st.RecRev = new(Record), kv.ModRevision
+			st.Record, st.RecRev = new(Record), ver(kv.ModRevision)
 			if err := json.Unmarshal(kv.Value, st.Record); err != nil {
 				return st, fmt.Errorf("corrupt allocation record %s: %w", k, err)
 			}
 		case k + "/r":
-			st.Tomb, st.TombRev = new(Tombstone), kv.ModRevision
+			st.Tomb, st.TombRev = new(Tombstone), ver(kv.ModRevision)
 			if err := json.Unmarshal(kv.Value, st.Tomb); err != nil {
 				return st, fmt.Errorf("corrupt tombstone %s: %w", kv.Key, err)
 			}
@@ -325,22 +335,31 @@ func (s *Store) OldestReleased(ctx context.Context, set, limit int) ([]ReleasedR
 		if err1 != nil || err2 != nil || !ok {
 			continue
 		}
-		out = append(out, ReleasedRef{Key: string(kv.Key), IP: a, At: time.Unix(0, int64(n))})
+		out = append(out, ReleasedRef{Key: string(kv.Key), Set: set, IP: a, At: time.Unix(0, int64(n))})
 	}
 	return out, nil
 }
 
 // DropReleased removes a release-log entry that no longer matches its
 // address's tombstone (the address was claimed again or released later).
-func (s *Store) DropReleased(ctx context.Context, key string) error {
-	return s.del(ctx, key)
+func (s *Store) DropReleased(ctx context.Context, ref ReleasedRef) error {
+	return s.del(ctx, ref.Key)
+}
+
+// Note returns the note kept with container cid's attachment ("" if none).
+func (s *Store) Note(ctx context.Context, cid string) (string, error) {
+	resp, err := s.get(ctx, s.noteKey(cid))
+	if err != nil || len(resp.Kvs) == 0 {
+		return "", err
+	}
+	return string(resp.Kvs[0].Value), nil
 }
 
 // Claim modes.
 const (
 	// ClaimFresh: the address has neither record nor tombstone.
 	ClaimFresh = iota
-	// ClaimTomb: the address has the tombstone read at TombRev (or none if 0).
+	// ClaimTomb: the address has the tombstone read at TombRev (or none if empty).
 	ClaimTomb
 	// ClaimTakeover: the address has the record read at RecRev; the same pod
 	// identity takes it over from its previous container.
@@ -377,6 +396,9 @@ type Claim struct {
 	Retire []Retired
 	Now    time.Time
 	Policy ReusePolicy
+	// Note, when set, is kept with the attachment (a kube-ipamctl
+	// reservation's note) and goes when it is released.
+	Note string
 }
 
 // Commit writes the claim if every precondition still holds. ok=false means
@@ -403,7 +425,7 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 				clientv3.Compare(clientv3.CreateRevision(tk), "=", 0))
 		case ClaimTomb:
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0),
-				clientv3.Compare(clientv3.ModRevision(tk), "=", it.State.TombRev))
+				clientv3.Compare(clientv3.ModRevision(tk), "=", rev(it.State.TombRev)))
 			if it.State.Tomb != nil {
 				ops = append(ops, clientv3.OpDelete(tk))
 				if it.State.Tomb.Log != "" {
@@ -411,7 +433,7 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 				}
 			}
 		case ClaimTakeover:
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", it.State.RecRev))
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev(it.State.RecRev)))
 			taken[a] = true
 		default:
 			return false, fmt.Errorf("unknown claim mode %d", it.Mode)
@@ -426,6 +448,9 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 	}
 	for set, a := range c.Cursors {
 		ops = append(ops, clientv3.OpPut(s.cursorKey(set), a.String()))
+	}
+	if c.Note != "" {
+		ops = append(ops, clientv3.OpPut(s.noteKey(att.ContainerID), c.Note))
 	}
 	if st := c.NewSticky; st != nil {
 		k := s.stickyKey(st.Namespace, st.StatefulSetUID, st.Ordinal, st.IfName)
@@ -499,7 +524,8 @@ func (s *Store) Release(ctx context.Context, cid, ifname string, now time.Time, 
 	return nil, fmt.Errorf("release of %s/%s kept losing races with concurrent writers", ShortID(cid), ifname)
 }
 
-// ReleaseAttachment is Release for an attachment already read (GC).
+// ReleaseAttachment is Release for an attachment already read (GC): it is
+// guarded by the attachment version read, and ok=false means it changed.
 func (s *Store) ReleaseAttachment(ctx context.Context, att *Attachment, now time.Time, policy ReusePolicy) ([]netip.Addr, bool, error) {
 	return s.releaseOnce(ctx, att, now, policy)
 }
@@ -545,10 +571,13 @@ func (s *Store) releaseOnce(ctx context.Context, att *Attachment, now time.Time,
 // transaction fail rather than free someone else's address.
 func (s *Store) releaseOps(att *Attachment, states map[netip.Addr]IPState, keep map[netip.Addr]bool, now time.Time, policy ReusePolicy) ([]clientv3.Cmp, []clientv3.Op, []netip.Addr) {
 	ak := s.attKey(att.ContainerID, att.IfName)
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(ak), "=", att.Rev)}
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(ak), "=", rev(att.Rev))}
 	ops := []clientv3.Op{clientv3.OpDelete(ak)}
 	if att.PodUID != "" {
 		ops = append(ops, clientv3.OpDelete(s.podPrefix(att.PodUID, att.IfName)+att.ContainerID))
+	} else {
+		// Only attachments without a pod (reservations) have notes.
+		ops = append(ops, clientv3.OpDelete(s.noteKey(att.ContainerID)))
 	}
 	var freed []netip.Addr
 	seen := map[netip.Addr]bool{}
@@ -560,7 +589,7 @@ func (s *Store) releaseOps(att *Attachment, states map[netip.Addr]IPState, keep 
 		seen[a] = true
 		st := states[a]
 		k := s.ipKey(a)
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", st.RecRev))
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev(st.RecRev)))
 		if st.Record == nil || st.Record.ContainerID != att.ContainerID || st.Record.IfName != att.IfName {
 			continue // taken over by a re-created pod, or already gone: not ours to free
 		}
@@ -588,3 +617,30 @@ func (s *Store) Ping(ctx context.Context) error {
 	_, err := s.get(ctx, s.base+"cursor/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	return err
 }
+
+// ver is the Version of an etcd revision (0, absent, is "").
+func ver(r int64) Version {
+	if r == 0 {
+		return ""
+	}
+	return Version(strconv.FormatInt(r, 10))
+}
+
+// rev is the etcd revision of a Version this store made ("" is 0, absent).
+// Anything else (a version from another backend) is a revision no key has,
+// so a guard built from it fails rather than matching.
+func rev(v Version) int64 {
+	if v == "" {
+		return 0
+	}
+	r, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil || r <= 0 {
+		return -1
+	}
+	return r
+}
+
+// Describe names the store for messages.
+func (s *Store) Describe() string { return "etcd " + s.base }
+
+var _ Backend = (*Store)(nil)

@@ -247,11 +247,11 @@ func (g *gcBench) parallel(n int, fn func(i int) error) {
 }
 
 func (g *gcBench) attachments() int {
-	resp, err := g.etcd.Get(context.Background(), g.st.Base()+"att/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	atts, err := g.st.Attachments(context.Background())
 	if err != nil {
 		g.b.Fatal(err)
 	}
-	return int(resp.Count)
+	return len(atts)
 }
 
 func (g *gcBench) expectAttachments(n int) {

@@ -35,7 +35,7 @@ func BenchmarkReconcile(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	net := controller.NewNetwork(cfg, e.Client(b))
+	net := controller.NewNetwork(cfg, store.New(e.Client(b), cfg.Etcd.Prefix, cfg.Name))
 	ctx := context.Background()
 	indexer := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	start := time.Now()

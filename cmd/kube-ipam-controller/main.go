@@ -101,7 +101,7 @@ func serveWebhook(configFile string, f webhookFlags, log *slog.Logger) (func(), 
 	if err != nil {
 		return nil, err
 	}
-	lookup := webhook.NewEtcdLookup(2 * time.Second)
+	lookup := webhook.NewBackendLookup(2 * time.Second)
 	h := webhook.NewHandler(networks, lookup.Lookup, time.Now)
 	h.AllowOnStoreError = f.allowOnStoreError
 	h.Log = log

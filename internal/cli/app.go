@@ -24,6 +24,7 @@ import (
 	"kubeipam/internal/config"
 	"kubeipam/internal/controller"
 	"kubeipam/internal/store"
+	"kubeipam/internal/stores"
 	"kubeipam/internal/version"
 )
 
@@ -413,8 +414,8 @@ func cmdFlags(cmd *command, g *globals) *pflag.FlagSet {
 	return fs
 }
 
-// open parses the config and connects one etcd client per distinct etcd
-// config; closeAll closes them.
+// open parses the config and opens every network's store (one client per
+// distinct connection); closeAll closes them.
 func (a *App) open(ctx context.Context, g *globals) ([]*Network, func(), error) {
 	path := g.config
 	if path == "" {
@@ -430,12 +431,11 @@ func (a *App) open(ctx context.Context, g *globals) ([]*Network, func(), error) 
 	if err != nil {
 		return nil, nil, &ExitError{Code: 3, Msg: err.Error()}
 	}
-	clients := map[string]*clientv3.Client{}
-	closeAll := func() {
-		for _, c := range clients {
-			_ = c.Close()
-		}
-	}
+	opener := stores.New(min(g.timeout, 5*time.Second))
+	opener.WaitReady = true // fail in seconds, naming the reason
+	opener.Kubeconfig = g.kubeconfig
+	opener.ConnectEtcd = a.Connect
+	closeAll := func() { _ = opener.Close() }
 	type kubeOrNote struct {
 		kube kubernetes.Interface
 		note string
@@ -443,23 +443,11 @@ func (a *App) open(ctx context.Context, g *globals) ([]*Network, func(), error) 
 	kubes := map[string]kubeOrNote{}
 	var nets []*Network
 	for _, cfg := range cfgs {
-		id := fmt.Sprintf("%q", []string{strings.Join(cfg.Etcd.Endpoints, ","), cfg.Etcd.CertFile, cfg.Etcd.KeyFile, cfg.Etcd.CAFile})
-		cli, ok := clients[id]
-		if !ok {
-			cli, err = a.Connect(cfg.Etcd, min(g.timeout, 5*time.Second))
-			if err == nil {
-				// Fail in seconds, naming the reason, rather than after
-				// --timeout on the first read (the client never blocks).
-				if err = store.WaitReady(ctx, cli, cfg.Etcd, min(g.timeout, 5*time.Second)); err != nil {
-					_ = cli.Close()
-				}
-			}
-			if err != nil {
-				return nil, closeAll, &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: etcd %s: %v", cfg.Name, strings.Join(cfg.Etcd.Endpoints, ","), err)}
-			}
-			clients[id] = cli
+		b, err := opener.Open(ctx, cfg)
+		if err != nil {
+			return nil, closeAll, &ExitError{Code: 3, Msg: err.Error()}
 		}
-		n := NewNetwork(cfg, cli)
+		n := NewNetwork(cfg, b)
 		kc := cfg.KubeConfig
 		if g.kubeconfig != "" {
 			kc = g.kubeconfig

@@ -298,7 +298,7 @@ const KeptStatefulSetOrdinal = "statefulset-ordinal"
 // gcRules is the controller's GC rules, run against n's store and API
 // client (kube-ipamctl never uses an informer: every owner is a fresh read).
 func gcRules(n *Network, now time.Time) (*controller.Reconciler, *controller.Network) {
-	cn := controller.NewNetwork(n.Cfg, n.Store.Client())
+	cn := controller.NewNetwork(n.Cfg, n.Store)
 	r := controller.NewReconciler([]*controller.Network{cn}, n.Kube, nil, nil,
 		controller.Options{Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler)})
 	return r, cn
@@ -347,7 +347,7 @@ func Check(ctx context.Context, w io.Writer, nets []*Network, now time.Time, for
 			ae, ok := atts[attID{r.ContainerID, r.IfName}]
 			switch {
 			case !ok:
-				add(ProblemOrphan, e.IP, e.Key, "record of %s has no attachment %satt/%s/%s", r.Owner(), n.base(), r.ContainerID, r.IfName)
+				add(ProblemOrphan, e.IP, e.Key, "record of %s has no attachment (container %s, interface %s)", r.Owner(), r.ContainerID, r.IfName)
 			case !slices.Contains(ae.Att.IPs, e.IP.String()):
 				add(ProblemOrphan, e.IP, e.Key, "record of %s: its attachment %s does not list the address", r.Owner(), ae.Key)
 			}
@@ -522,10 +522,6 @@ func Release(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, n
 		return negativef("%s on network %s changed hands before it could be released; its attachment freed %v (look again with who-has)", ip, n.Cfg.Name, freed)
 	}
 	if reservation {
-		if _, err := n.Store.Client().Delete(ctx, n.noteKey(ip)); err != nil {
-			fmt.Fprintf(w, "released reservation %s on network %s, but its note was not deleted: %v\n", ip, n.Cfg.Name, err)
-			return nil
-		}
 		fmt.Fprintf(w, "released reservation %s on network %s\n", ip, n.Cfg.Name)
 		return nil
 	}
@@ -567,12 +563,12 @@ func ownerGone(ctx context.Context, n *Network, rec *store.Record, now time.Time
 	if n.Kube == nil {
 		return negativef("refusing to release %s: cannot check whether pod %s/%s still exists: %s (use --force)", rec.IP, rec.PodNamespace, rec.PodName, n.KubeNote)
 	}
-	r, _ := gcRules(n, now)
+	r, cn := gcRules(n, now)
 	// The allocation as its record describes it: its pod, and the record
 	// itself (a StatefulSet ordinal's address names its StatefulSet).
 	att := &store.Attachment{ContainerID: rec.ContainerID, IfName: rec.IfName, IPs: []string{rec.IP},
 		PodNamespace: rec.PodNamespace, PodName: rec.PodName, PodUID: rec.PodUID, Node: rec.Node}
-	d := r.DecideAttachment(ctx, att, []*store.Record{rec})
+	d := r.DecideAttachment(ctx, cn, att, []*store.Record{rec})
 	switch d.Verdict {
 	case controller.VerdictLeaked:
 		return nil
@@ -607,7 +603,7 @@ func leakedProblems(n *Network, s *snapshot, d *controller.Decision) []problem {
 			Detail: fmt.Sprintf("%s (record of container %s interface %s, node %s)", d.Reason, store.ShortID(att.ContainerID), att.IfName, h.Rec.Node)})
 	}
 	if len(d.Held) == 0 {
-		ps = append(ps, problem{Kind: ProblemLeaked, Network: n.Cfg.Name, Key: fmt.Sprintf("%satt/%s/%s", n.base(), att.ContainerID, att.IfName),
+		ps = append(ps, problem{Kind: ProblemLeaked, Network: n.Cfg.Name, Key: att.Key,
 			Detail: fmt.Sprintf("%s (attachment of container %s interface %s, node %s, holding no address)", d.Reason, store.ShortID(att.ContainerID), att.IfName, att.Node)})
 	}
 	return ps

@@ -31,10 +31,6 @@ func isReservation(rec *store.Record) bool {
 	return rec.PodName == "" && strings.HasPrefix(rec.ContainerID, ReservedPrefix)
 }
 
-func (n *Network) noteKey(ip netip.Addr) string {
-	return n.base() + "note/" + hex.EncodeToString(ip.AsSlice())
-}
-
 // reservable checks ip as allocator.ValidateFixed does, except the fixed
 // block: inside a subnet, not its network, broadcast or gateway address.
 func reservable(cfg *config.Network, ip netip.Addr) (int, error) {
@@ -100,6 +96,7 @@ func Reserve(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, n
 	claim := &store.Claim{
 		Attachment: store.Attachment{ContainerID: cid, IfName: ReservedIfName, IPs: []string{ip.String()}, Node: ReservedNode, Created: now},
 		Items:      []store.ClaimItem{{Record: rec, Mode: store.ClaimTomb, State: st}},
+		Note:       note,
 	}
 	ok, err := n.Store.Commit(ctx, claim)
 	if err != nil {
@@ -111,11 +108,6 @@ func Reserve(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, n
 		}
 		return negativef("%s on network %s changed while it was being reserved; nothing was reserved (try again)", ip, n.Cfg.Name)
 	}
-	if note != "" {
-		if _, err := n.Store.Client().Put(ctx, n.noteKey(ip), note); err != nil {
-			return &ExitError{Code: 3, Msg: fmt.Sprintf("network %s: %s is reserved but its note was not saved: %v", n.Cfg.Name, ip, err)}
-		}
-	}
 	fmt.Fprintf(w, "reserved %s on network %s\n", ip, n.Cfg.Name)
 	return nil
 }
@@ -123,9 +115,6 @@ func Reserve(ctx context.Context, w io.Writer, nets []*Network, ip netip.Addr, n
 // readNote returns ip's reservation note, "" when there is none or it
 // cannot be read.
 func readNote(ctx context.Context, n *Network, ip netip.Addr) string {
-	resp, err := n.Store.Client().Get(ctx, n.noteKey(ip))
-	if err != nil || len(resp.Kvs) == 0 {
-		return ""
-	}
-	return string(resp.Kvs[0].Value)
+	note, _ := n.Store.Note(ctx, ip)
+	return note
 }

@@ -13,7 +13,6 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -22,7 +21,6 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 
@@ -34,13 +32,13 @@ import (
 // Network is one kube-ipam network the controller looks after.
 type Network struct {
 	Cfg    *config.Network
-	Store  *store.Store
+	Store  store.Backend
 	Policy store.ReusePolicy
 }
 
-// NewNetwork ties a parsed config to an etcd client.
-func NewNetwork(cfg *config.Network, cli *clientv3.Client) *Network {
-	return &Network{Cfg: cfg, Store: store.New(cli, cfg.Etcd.Prefix, cfg.Name), Policy: allocator.ReusePolicy(cfg)}
+// NewNetwork ties a parsed config to its store.
+func NewNetwork(cfg *config.Network, b store.Backend) *Network {
+	return &Network{Cfg: cfg, Store: b, Policy: allocator.ReusePolicy(cfg)}
 }
 
 // Options configure the reconciler.
@@ -158,76 +156,28 @@ func (r *Result) SkipSummary() []string {
 	return out
 }
 
-// snapshot is one network's key space read in one range read.
+// snapshot is one network's state as the rules read it: records by
+// address, attachments and sticky records, from one store.Snapshot.
 type snapshot struct {
 	records map[netip.Addr]recEntry
-	tombs   map[netip.Addr]*store.Tombstone
-	rel     []relEntry
 	atts    []*store.Attachment
 	sticky  []store.StickyEntry
+	full    *store.Snapshot
 }
 
 type recEntry struct {
 	Rec *store.Record
-	Rev int64
-}
-
-type relEntry struct {
-	Key string
-	At  time.Time
-	IP  netip.Addr
+	Rev store.Version
 }
 
 func readSnapshot(ctx context.Context, n *Network) (*snapshot, error) {
-	base := n.Store.Base()
-	resp, err := n.Store.Client().Get(ctx, base, clientv3.WithPrefix())
+	full, err := n.Store.Snapshot(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("network %s: reading etcd: %w", n.Cfg.Name, err)
+		return nil, fmt.Errorf("network %s: reading %s: %w", n.Cfg.Name, n.Store.Describe(), err)
 	}
-	s := &snapshot{records: map[netip.Addr]recEntry{}, tombs: map[netip.Addr]*store.Tombstone{}}
-	for _, kv := range resp.Kvs {
-		k := string(kv.Key)
-		parts := strings.Split(strings.TrimPrefix(k, base), "/")
-		switch parts[0] {
-		case "ip":
-			a, tomb, ok := n.Store.ParseIPKey(k)
-			if !ok {
-				continue
-			}
-			if tomb {
-				var t store.Tombstone
-				if json.Unmarshal(kv.Value, &t) == nil {
-					s.tombs[a] = &t
-				}
-				continue
-			}
-			var r store.Record
-			if json.Unmarshal(kv.Value, &r) == nil {
-				s.records[a] = recEntry{Rec: &r, Rev: kv.ModRevision}
-			}
-		case "att":
-			var a store.Attachment
-			if json.Unmarshal(kv.Value, &a) == nil {
-				a.Rev = kv.ModRevision
-				s.atts = append(s.atts, &a)
-			}
-		case "sticky":
-			var e store.StickyEntry
-			if json.Unmarshal(kv.Value, &e.Sticky) == nil {
-				e.Key, e.Rev = k, kv.ModRevision
-				s.sticky = append(s.sticky, e)
-			}
-		case "rel":
-			if len(parts) != 5 {
-				continue
-			}
-			var nanos int64
-			fmt.Sscanf(parts[2], "%x", &nanos)
-			a, _, ok := n.Store.ParseIPKey(base + "ip/" + parts[3] + "/" + parts[4])
-			if ok {
-				s.rel = append(s.rel, relEntry{Key: k, At: time.Unix(0, nanos), IP: a})
-			}
-		}
+	s := &snapshot{records: make(map[netip.Addr]recEntry, len(full.Records)), atts: full.Attachments, sticky: full.Stickies, full: full}
+	for _, e := range full.Records {
+		s.records[e.IP] = recEntry{Rec: e.Record, Rev: e.Version}
 	}
 	return s, nil
 }

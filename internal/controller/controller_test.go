@@ -40,7 +40,7 @@ func newEnv(t *testing.T, objs ...runtime.Object) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := &env{t: t, net: NewNetwork(cfg, e.Client(t)), kube: fake.NewClientset(objs...), now: time.Unix(1_800_000_000, 0)}
+	v := &env{t: t, net: NewNetwork(cfg, store.New(e.Client(t), cfg.Etcd.Prefix, cfg.Name)), kube: fake.NewClientset(objs...), now: time.Unix(1_800_000_000, 0)}
 	v.r = NewReconciler([]*Network{v.net}, v.kube, nil, NewMetrics(), Options{Grace: grace, Now: func() time.Time { return v.now }})
 	return v
 }
@@ -245,7 +245,7 @@ func TestStickyOfDeletedStatefulSet(t *testing.T) {
 		v.pass()
 		v.now = v.now.Add(grace)
 	}
-	if s, _ := v.net.Store.Stickies(ctx); len(s) != 1 || v.holder("10.9.0.10") != "c1" {
+	if s, _ := v.net.Store.(*store.Store).Stickies(ctx); len(s) != 1 || v.holder("10.9.0.10") != "c1" {
 		t.Fatalf("released while the pod holds it: stickies %v holder %q", s, v.holder("10.9.0.10"))
 	}
 	if err := v.kube.CoreV1().Pods("ns").Delete(ctx, "db-0", metav1.DeleteOptions{}); err != nil {
@@ -261,7 +261,7 @@ func TestStickyOfDeletedStatefulSet(t *testing.T) {
 	if err != nil || st.Record != nil || st.Tomb == nil || st.Tomb.Log == "" {
 		t.Fatalf("address not reusable: %+v %v", st, err)
 	}
-	if s, _ := v.net.Store.Stickies(ctx); len(s) != 0 {
+	if s, _ := v.net.Store.(*store.Store).Stickies(ctx); len(s) != 0 {
 		t.Fatalf("sticky left: %v", s)
 	}
 }

@@ -83,7 +83,7 @@ func newKubeEnv(t *testing.T) *kubeEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &kubeEnv{t: t, kube: k, net: NewNetwork(cfg, e.Client(t)), now: time.Unix(1_800_000_000, 0), reqs: &requests{n: map[string]int{}}}
+	return &kubeEnv{t: t, kube: k, net: NewNetwork(cfg, store.New(e.Client(t), cfg.Etcd.Prefix, cfg.Name)), now: time.Unix(1_800_000_000, 0), reqs: &requests{n: map[string]int{}}}
 }
 
 // client is a clientset of the test's API server with the given rate

@@ -2,15 +2,11 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"math/big"
-	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"kubeipam/internal/ipam"
 	"kubeipam/internal/store"
 )
 
@@ -57,44 +53,14 @@ func NewMetrics() *Metrics {
 }
 
 func (m *Metrics) observeSnapshot(n *Network, s *snapshot, now time.Time) {
-	cfg := n.Cfg
-	var pool float64
-	var dyn [][]ipam.Interval
-	for i := range cfg.RangeSets {
-		d := ipam.DynamicIntervals(cfg, i)
-		dyn = append(dyn, d)
-		f, _ := new(big.Float).SetInt(ipam.Size(d)).Float64()
-		pool += f
-	}
-	inPool := func(a netip.Addr) bool {
-		set, _, ok := cfg.SetFor(a)
-		return ok && ipam.InAny(dyn[set], a)
-	}
-	var used, fixed, cooling float64
-	for a, e := range s.records {
-		if e.Rec.Kind == store.KindFixed {
-			fixed++
-		}
-		if inPool(a) {
-			used++
-		}
-	}
-	cutoff := now.Add(-cfg.ReleaseCooldown)
-	for _, r := range s.rel {
-		t := s.tombs[r.IP]
-		if _, held := s.records[r.IP]; held || t == nil || t.Log != r.Key {
-			continue
-		}
-		if r.At.After(cutoff) && inPool(r.IP) {
-			cooling++
-		}
-	}
-	l := prometheus.Labels{"network": cfg.Name}
+	st := s.full.Stats(n.Cfg, now)
+	pool, _ := new(big.Float).SetInt(st.Pool).Float64()
+	l := prometheus.Labels{"network": n.Cfg.Name}
 	m.pool.With(l).Set(pool)
-	m.used.With(l).Set(used)
-	m.fixed.With(l).Set(fixed)
-	m.sticky.With(l).Set(float64(len(s.sticky)))
-	m.cooling.With(l).Set(cooling)
+	m.used.With(l).Set(float64(st.Used))
+	m.fixed.With(l).Set(float64(st.Fixed))
+	m.sticky.With(l).Set(float64(st.Sticky))
+	m.cooling.With(l).Set(float64(st.Cooling))
 }
 
 func (m *Metrics) observePass(network string, r Result, d time.Duration) {
@@ -103,61 +69,24 @@ func (m *Metrics) observePass(network string, r Result, d time.Duration) {
 	m.passDuration.WithLabelValues(network).Observe(d.Seconds())
 }
 
-// Watch turns the network's etcd events into the allocation, release,
-// conflict and ADD-latency metrics until ctx ends: a record key created is
-// an allocation, deleted a release; every record written by an ADD (created
-// or taken over) contributes its LostRaces and AddMillis.
+// Watch turns the network's record changes into the allocation, release,
+// conflict and ADD-latency metrics until ctx ends: a record created is an
+// allocation, deleted a release; every record written by an ADD (created or
+// taken over) contributes its LostRaces and AddMillis.
 func (m *Metrics) Watch(ctx context.Context, n *Network) {
-	cli := n.Store.Client()
-	base := n.Store.Base()
-	var rev int64
-	for ctx.Err() == nil {
-		if rev == 0 {
-			resp, err := cli.Get(ctx, base+"cursor/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-			if err != nil {
-				sleep(ctx, time.Second)
-				continue
-			}
-			rev = resp.Header.Revision + 1
-		}
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wr := range cli.Watch(wctx, base+"ip/", clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithPrevKV()) {
-			if wr.CompactRevision != 0 {
-				rev = 0 // missed events: restart from now
-				break
-			}
-			if wr.Err() != nil {
-				break
-			}
-			for _, ev := range wr.Events {
-				rev = ev.Kv.ModRevision + 1
-				m.event(n, ev)
-			}
-		}
-		cancel()
-		sleep(ctx, 100*time.Millisecond)
-	}
+	n.Store.Watch(ctx, func(ev store.RecordEvent) { m.event(n.Cfg.Name, ev) })
 }
 
-func (m *Metrics) event(n *Network, ev *clientv3.Event) {
-	_, tomb, ok := n.Store.ParseIPKey(string(ev.Kv.Key))
-	if !ok || tomb {
-		return
-	}
-	name := n.Cfg.Name
-	if ev.Type == clientv3.EventTypeDelete {
+func (m *Metrics) event(name string, ev store.RecordEvent) {
+	r := ev.Record
+	switch ev.Type {
+	case store.EventDeleted:
 		m.releases.WithLabelValues(name).Inc()
 		return
-	}
-	var r store.Record
-	if json.Unmarshal(ev.Kv.Value, &r) != nil {
-		return
-	}
-	if ev.IsCreate() {
+	case store.EventCreated:
 		m.allocations.WithLabelValues(name).Inc()
-	} else if ev.PrevKv != nil {
-		var p store.Record
-		if json.Unmarshal(ev.PrevKv.Value, &p) == nil && p.ContainerID == r.ContainerID && p.IfName == r.IfName {
+	case store.EventUpdated:
+		if p := ev.Prev; p != nil && p.ContainerID == r.ContainerID && p.IfName == r.IfName {
 			return // rewritten, not a new ADD
 		}
 	}

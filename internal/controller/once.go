@@ -114,20 +114,20 @@ func (r *Reconciler) Evaluate(ctx context.Context, n *Network) ([]Decision, erro
 	if err != nil {
 		return nil, err
 	}
-	ro := RuleOptions{Now: r.Opts.Now(), TerminatingOnNotReady: r.Opts.ReleaseTerminatingOnNotReady}
+	ro := RuleOptions{Now: r.Opts.Now(), TerminatingOnNotReady: r.Opts.ReleaseTerminatingOnNotReady, Cluster: n.Cfg.Cluster}
 	return Decide(snap, r.observe(ctx, snap, ro), ro), nil
 }
 
 // DecideAttachment decides one attachment, holding the given records, by
 // the GC rules (kube-ipamctl release): its owner is looked up as a pass
 // looks it up.
-func (r *Reconciler) DecideAttachment(ctx context.Context, att *store.Attachment, recs []*store.Record) Decision {
+func (r *Reconciler) DecideAttachment(ctx context.Context, n *Network, att *store.Attachment, recs []*store.Record) Decision {
 	snap := &snapshot{records: map[netip.Addr]recEntry{}, atts: []*store.Attachment{att}}
 	for _, rec := range recs {
 		if a, err := netip.ParseAddr(rec.IP); err == nil {
 			snap.records[a.Unmap()] = recEntry{Rec: rec}
 		}
 	}
-	ro := RuleOptions{Now: r.Opts.Now(), TerminatingOnNotReady: r.Opts.ReleaseTerminatingOnNotReady}
+	ro := RuleOptions{Now: r.Opts.Now(), TerminatingOnNotReady: r.Opts.ReleaseTerminatingOnNotReady, Cluster: n.Cfg.Cluster}
 	return Decide(snap, r.observe(ctx, snap, ro), ro)[0]
 }

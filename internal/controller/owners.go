@@ -38,7 +38,7 @@ func podFacts(p *corev1.Pod) *PodFacts {
 func (r *Reconciler) observe(ctx context.Context, s *snapshot, o RuleOptions) *Facts {
 	f := newFacts()
 	var misses []ObjectKey
-	for k, uids := range podsToLook(s) {
+	for k, uids := range podsToLook(s, o) {
 		// The informer may say that a pod exists with the UID every
 		// attachment of that name asks for (a stale cache only delays a
 		// release). A miss or another UID is confirmed by a fresh read.

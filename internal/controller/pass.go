@@ -73,7 +73,7 @@ func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Resu
 		metrics.observeSnapshot(n, snap, now)
 	}
 	name := n.Cfg.Name
-	ro := RuleOptions{Now: now, TerminatingOnNotReady: r.Opts.ReleaseTerminatingOnNotReady}
+	ro := RuleOptions{Now: now, TerminatingOnNotReady: r.Opts.ReleaseTerminatingOnNotReady, Cluster: n.Cfg.Cluster}
 	decisions := Decide(snap, r.observe(ctx, snap, ro), ro)
 	res.Attachments, res.StickyRecords = len(snap.atts), len(snap.sticky)
 
@@ -87,7 +87,7 @@ func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Resu
 			m.progress(res.Checked, len(decisions))
 		}
 		var c *Candidate
-		if d.Verdict != VerdictAlive && d.Verdict != VerdictNoOwner {
+		if d.Verdict != VerdictAlive && d.Verdict != VerdictNoOwner && d.Verdict != VerdictForeign {
 			cc := candidateOf(name, d)
 			c = &cc
 			reported = append(reported, c)
@@ -177,7 +177,7 @@ func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Resu
 // attachment, its records or the sticky record restarts the clock.
 func graceKey(network string, d *Decision) string {
 	if d.Kind == KindSticky {
-		return fmt.Sprintf("%s|sticky|%s|%d", network, d.Sticky.Key, d.Sticky.Rev)
+		return fmt.Sprintf("%s|sticky|%s|%s", network, d.Sticky.Key, d.Sticky.Rev)
 	}
 	return network + "|att|" + d.Attachment.ContainerID + "|" + d.Attachment.IfName + "|" + strings.Join(d.revs, ",")
 }

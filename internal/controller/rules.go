@@ -63,7 +63,17 @@ type RuleOptions struct {
 	// TerminatingOnNotReady > 0: a pod with a deletion timestamp at least
 	// this old whose node is NotReady (or missing) counts as gone.
 	TerminatingOnNotReady time.Duration
+	// Cluster is this cluster's identity (ipam.cluster): attachments and
+	// sticky records of another cluster sharing the store are never
+	// touched.
+	Cluster string
 }
+
+// Foreign reports whether a record written with cluster identity c belongs
+// to another cluster than own. Records without an identity (written before
+// ipam.cluster existed, or by a cluster that sets none) count as ours, so
+// naming a cluster later keeps its GC working on what it already holds.
+func Foreign(c, own string) bool { return c != "" && c != own }
 
 // ownerState is what the rules concluded about an owner.
 type ownerState int
@@ -171,6 +181,9 @@ const (
 	// VerdictNoOwner: an attachment that names no pod (a kube-ipamctl
 	// reservation). Never touched.
 	VerdictNoOwner Verdict = "no-owner"
+	// VerdictForeign: the attachment or sticky record belongs to another
+	// cluster sharing the store (ipam.cluster). Never touched.
+	VerdictForeign Verdict = "other-cluster"
 	// VerdictAlive: the owner exists (attachment), or the StatefulSet still
 	// wants the ordinal (sticky record).
 	VerdictAlive Verdict = "alive"
@@ -190,7 +203,7 @@ const (
 type Held struct {
 	IP  netip.Addr
 	Rec *store.Record
-	Rev int64
+	Rev store.Version
 }
 
 // Decision is the verdict on one attachment (Kind KindAttachment) or sticky
@@ -258,6 +271,11 @@ func Decide(s *snapshot, f *Facts, o RuleOptions) []Decision {
 	for i := range s.sticky {
 		e := &s.sticky[i]
 		d := Decision{Kind: KindSticky, Sticky: e}
+		if Foreign(e.Cluster, o.Cluster) {
+			d.Verdict, d.Reason = VerdictForeign, "the sticky record belongs to cluster "+e.Cluster
+			out = append(out, d)
+			continue
+		}
 		st, why, cause := stsState(ObjectKey{e.Namespace, e.StatefulSet}, e.StatefulSetUID, e.Ordinal, f)
 		d.Verdict, d.Reason, d.Cause = verdictOf(st), why, cause
 		out = append(out, d)
@@ -277,6 +295,10 @@ func verdictOf(st ownerState) Verdict {
 
 func decideAttachment(d Decision, f *Facts, o RuleOptions) Decision {
 	att := d.Attachment
+	if Foreign(att.Cluster, o.Cluster) {
+		d.Verdict, d.Reason = VerdictForeign, "the attachment belongs to cluster "+att.Cluster
+		return d
+	}
 	if att.PodName == "" {
 		d.Verdict, d.Reason = VerdictNoOwner, "the attachment names no pod"
 		return d
@@ -324,10 +346,10 @@ func decideAttachment(d Decision, f *Facts, o RuleOptions) Decision {
 
 // podsToLook: the owner pod of every attachment that names one, with the
 // UIDs the attachments were made for (several when a pod name was reused).
-func podsToLook(s *snapshot) map[ObjectKey][]string {
+func podsToLook(s *snapshot, o RuleOptions) map[ObjectKey][]string {
 	out := map[ObjectKey][]string{}
 	for _, att := range s.atts {
-		if att.PodName == "" {
+		if att.PodName == "" || Foreign(att.Cluster, o.Cluster) {
 			continue
 		}
 		k := ObjectKey{att.PodNamespace, att.PodName}
@@ -343,7 +365,7 @@ func podsToLook(s *snapshot) map[ObjectKey][]string {
 func nodesToLook(s *snapshot, f *Facts, o RuleOptions) map[string]bool {
 	out := map[string]bool{}
 	for _, att := range s.atts {
-		if att.PodName == "" {
+		if att.PodName == "" || Foreign(att.Cluster, o.Cluster) {
 			continue
 		}
 		key := ObjectKey{att.PodNamespace, att.PodName}
@@ -366,10 +388,12 @@ func nodesToLook(s *snapshot, f *Facts, o RuleOptions) map[string]bool {
 func statefulSetsToLook(s *snapshot, f *Facts, o RuleOptions) map[ObjectKey]bool {
 	out := map[ObjectKey]bool{}
 	for _, e := range s.sticky {
-		out[ObjectKey{e.Namespace, e.StatefulSet}] = true
+		if !Foreign(e.Cluster, o.Cluster) {
+			out[ObjectKey{e.Namespace, e.StatefulSet}] = true
+		}
 	}
 	for _, att := range s.atts {
-		if att.PodName == "" {
+		if att.PodName == "" || Foreign(att.Cluster, o.Cluster) {
 			continue
 		}
 		if st, _, _ := podState(ObjectKey{att.PodNamespace, att.PodName}, att.PodUID, f, o); st != ownerGone {

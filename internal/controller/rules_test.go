@@ -2,6 +2,7 @@ package controller
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -74,13 +75,13 @@ func snapOf(atts []attSpec, sticky ...store.StickyEntry) *snapshot {
 	ip := netip.MustParseAddr("10.0.0.10")
 	for i, a := range atts {
 		att := &store.Attachment{ContainerID: a.cid, IfName: "net1", IPs: []string{ip.String()},
-			PodNamespace: a.ns, PodName: a.pod, PodUID: a.uid, Rev: int64(100 + i)}
+			PodNamespace: a.ns, PodName: a.pod, PodUID: a.uid, Rev: store.Version(fmt.Sprint(100 + i))}
 		rec := &store.Record{IP: ip.String(), ContainerID: a.cid, IfName: "net1", PodNamespace: a.ns, PodName: a.pod, PodUID: a.uid,
 			StatefulSet: a.sts, StatefulSetUID: a.stsUID, Ordinal: a.ordinal}
 		if a.notHeld {
 			rec.ContainerID = "someone-else"
 		}
-		s.records[ip] = recEntry{Rec: rec, Rev: int64(200 + i)}
+		s.records[ip] = recEntry{Rec: rec, Rev: store.Version(fmt.Sprint(200 + i))}
 		s.atts = append(s.atts, att)
 		ip = ip.Next()
 	}
@@ -229,7 +230,7 @@ func TestLookupsNeeded(t *testing.T) {
 		{cid: "c4", ns: "ns", pod: "stuck", uid: "u4"},
 		{cid: "c5", ns: "ns", pod: "unknown", uid: "u5", sts: "cache", stsUID: "s-cache"},
 	}, store.StickyEntry{Sticky: store.Sticky{Namespace: "other", StatefulSet: "kv", StatefulSetUID: "s-kv"}})
-	pods := podsToLook(s)
+	pods := podsToLook(s, RuleOptions{})
 	if len(pods) != 4 || !slices.Equal(pods[ObjectKey{"ns", "gone"}], []string{"u3"}) {
 		t.Fatalf("pods to look up: %v", pods)
 	}

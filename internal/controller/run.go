@@ -24,7 +24,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"kubeipam/internal/config"
-	"kubeipam/internal/store"
+	"kubeipam/internal/stores"
 )
 
 // Config is the command line of kube-ipam-controller.
@@ -89,13 +89,14 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	var nets []*Network
+	opener := stores.New(5 * time.Second)
+	defer opener.Close()
 	for _, cfg := range cfgs {
-		ecli, err := store.Connect(cfg.Etcd, 5*time.Second)
+		b, err := opener.Open(ctx, cfg)
 		if err != nil {
-			return fmt.Errorf("network %s: %w", cfg.Name, err)
+			return err
 		}
-		defer ecli.Close()
-		nets = append(nets, NewNetwork(cfg, ecli))
+		nets = append(nets, NewNetwork(cfg, b))
 	}
 	rc, err := KubeClientConfig(c.Kubeconfig, c.KubeAPIQPS, c.KubeAPIBurst)
 	if err != nil {

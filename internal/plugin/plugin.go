@@ -64,7 +64,7 @@ type call struct {
 	ctx   context.Context
 	stop  context.CancelFunc
 	cli   *clientv3.Client
-	st    *store.Store
+	st    store.Backend
 	// started is when the call began.
 	started time.Time
 	// claimed: this ADD's own claim was applied (rolled back if the ADD
@@ -113,21 +113,31 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 // it fails with code 11 ("unreachable"); a shorter ipam.timeout wins.
 const DialTimeout = 5 * time.Second
 
-// connect opens the etcd client and waits (at most DialTimeout) until it is
-// connected, so that an unreachable etcd fails the call in seconds rather
-// than after the whole ipam.timeout. On a reachable etcd the wait is the
-// connection set-up the first request would do anyway.
+// connect opens the network's store. For etcd it opens the client and
+// waits (at most DialTimeout) until it is connected, so that an unreachable
+// etcd fails the call in seconds rather than after the whole ipam.timeout.
+// On a reachable etcd the wait is the connection set-up the first request
+// would do anyway.
 func (c *call) connect() error {
+	if c.net.Store == config.StoreKubernetes {
+		b, err := openKube(c.net, min(c.net.Timeout, DialTimeout))
+		if err != nil {
+			return err
+		}
+		c.st = b
+		return nil
+	}
 	dial := min(c.net.Timeout, DialTimeout)
 	cli, err := store.Connect(c.net.Etcd, dial)
 	if err != nil {
 		return err
 	}
 	c.cli = cli
-	c.st = store.New(cli, c.net.Etcd.Prefix, c.net.Name)
+	es := store.New(cli, c.net.Etcd.Prefix, c.net.Name)
 	wd := store.DefaultWatchdog()
 	wd.Log = c.log.Info
-	c.st.SetWatchdog(wd)
+	es.SetWatchdog(wd)
+	c.st = es
 	start := time.Now()
 	if err := store.WaitReady(c.ctx, cli, c.net.Etcd, dial); err != nil {
 		return err

@@ -67,9 +67,9 @@ type Backend interface {
 	// Watch calls fn for every change of an allocation record until ctx
 	// ends, resuming by itself after errors.
 	Watch(ctx context.Context, fn func(RecordEvent))
-	// Note returns the note kept with container cid's attachment ("" if
+	// Note returns the note kept with the attachment holding a ("" if
 	// none): a kube-ipamctl reservation's.
-	Note(ctx context.Context, cid string) (string, error)
+	Note(ctx context.Context, a netip.Addr) (string, error)
 	// Ping checks that the backend answers.
 	Ping(ctx context.Context) error
 	// Describe names the backend and where its state lives, for messages.
@@ -105,8 +105,8 @@ type Snapshot struct {
 	Attachments []*Attachment
 	// Stickies are the StatefulSet ordinals' remembered addresses.
 	Stickies []StickyEntry
-	// Notes are the notes of kube-ipamctl reservations, by container ID.
-	Notes map[string]string
+	// Notes are the notes of kube-ipamctl reservations, by address.
+	Notes map[netip.Addr]string
 	// Problems are stored entries that are corrupt or inconsistent.
 	Problems []Problem
 }

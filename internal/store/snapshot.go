@@ -21,7 +21,7 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap := &Snapshot{Tombs: map[netip.Addr]*Tombstone{}, Notes: map[string]string{}}
+	snap := &Snapshot{Tombs: map[netip.Addr]*Tombstone{}, Notes: map[netip.Addr]string{}}
 	bad := func(k, ip, format string, a ...any) {
 		snap.Problems = append(snap.Problems, Problem{Kind: ProblemCorrupt, IP: ip, Key: k, Detail: fmt.Sprintf(format, a...)})
 	}
@@ -97,7 +97,7 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 				bad(k, "", "attachment names container %s interface %s but its key says %s/%s", ShortID(a.ContainerID), a.IfName, ShortID(parts[1]), parts[2])
 				continue
 			}
-			a.Rev = ver(kv.ModRevision)
+			a.Rev, a.Key = ver(kv.ModRevision), k
 			snap.Attachments = append(snap.Attachments, &a)
 		case "sticky":
 			var e StickyEntry
@@ -120,11 +120,13 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 			}
 			podIndex = append(podIndex, [4]string{k, parts[1], parts[2], parts[3]})
 		case "note":
-			if len(parts) != 2 {
+			b, err := hex.DecodeString(parts[len(parts)-1])
+			a, ok := netip.AddrFromSlice(b)
+			if len(parts) != 2 || err != nil || !ok {
 				bad(k, "", "unknown key")
 				continue
 			}
-			snap.Notes[parts[1]] = string(kv.Value)
+			snap.Notes[a.Unmap()] = string(kv.Value)
 		default:
 			bad(k, "", "unknown key")
 		}

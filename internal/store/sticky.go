@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -34,9 +33,6 @@ func (s *Store) Stickies(ctx context.Context) ([]StickyEntry, error) {
 	}
 	return out, nil
 }
-
-// Base is the network's key prefix (<prefix>/v1/networks/<network>/).
-func (s *Store) Base() string { return s.base }
 
 // ReleaseSticky forgets a StatefulSet ordinal's sticky addresses (GC of a
 // deleted, re-created or scaled-down StatefulSet). It is one transaction
@@ -84,14 +80,4 @@ func (s *Store) ReleaseSticky(ctx context.Context, e StickyEntry, now time.Time,
 		return nil, false, err
 	}
 	return freed, true, nil
-}
-
-// ParseIPKey returns the address of a record key (ip/<f>/<hex>) of this
-// network; tomb reports a tombstone key.
-func (s *Store) ParseIPKey(k string) (a netip.Addr, tomb, ok bool) {
-	if !strings.HasPrefix(k, s.base+"ip/") {
-		return netip.Addr{}, false, false
-	}
-	a, ok = s.parseIPKey(k)
-	return a, strings.HasSuffix(k, "/r"), ok
 }

@@ -121,6 +121,9 @@ type Attachment struct {
 	Cluster      string    `json:"cluster,omitempty"`
 	Created      time.Time `json:"created"`
 	Rev          Version   `json:"-"`
+	// Key says where the attachment is stored (an etcd key, object names),
+	// for messages; set by the backend that read it.
+	Key string `json:"-"`
 	// Partial: some addresses of the claim that made this attachment are
 	// missing (a claim cut short between its writes). Only a backend whose
 	// claims are not one transaction (the Kubernetes API store) reports it;
@@ -192,8 +195,8 @@ func (s *Store) stickyKey(ns, uid string, ordinal int, ifname string) string {
 func (s *Store) podPrefix(uid, ifname string) string {
 	return s.base + "pod/" + uid + "/" + ifname + "/"
 }
-func (s *Store) noteKey(cid string) string { return s.base + "note/" + cid }
-func (s *Store) relPrefix(set int) string  { return s.base + "rel/" + strconv.Itoa(set) + "/" }
+func (s *Store) noteKey(a netip.Addr) string { return s.base + "note/" + addrHex(a) }
+func (s *Store) relPrefix(set int) string    { return s.base + "rel/" + strconv.Itoa(set) + "/" }
 
 func (s *Store) relKey(set int, at time.Time, a netip.Addr) string {
 	return fmt.Sprintf("%s%016x/%s/%s", s.relPrefix(set), at.UnixNano(), fam(a), addrHex(a))
@@ -227,7 +230,7 @@ func (s *Store) Attachment(ctx context.Context, cid, ifname string) (*Attachment
 	if err := json.Unmarshal(resp.Kvs[0].Value, &a); err != nil {
 		return nil, fmt.Errorf("corrupt attachment record %s: %w", resp.Kvs[0].Key, err)
 	}
-	a.Rev = ver(resp.Kvs[0].ModRevision)
+	a.Rev, a.Key = ver(resp.Kvs[0].ModRevision), string(resp.Kvs[0].Key)
 	return &a, nil
 }
 
@@ -256,7 +259,7 @@ func (s *Store) Attachments(ctx context.Context) ([]*Attachment, error) {
 		if err := json.Unmarshal(kv.Value, &a); err != nil {
 			return nil, fmt.Errorf("corrupt attachment record %s: %w", kv.Key, err)
 		}
-		a.Rev = ver(kv.ModRevision)
+		a.Rev, a.Key = ver(kv.ModRevision), string(kv.Key)
 		out = append(out, &a)
 	}
 	return out, nil
@@ -346,9 +349,9 @@ func (s *Store) DropReleased(ctx context.Context, ref ReleasedRef) error {
 	return s.del(ctx, ref.Key)
 }
 
-// Note returns the note kept with container cid's attachment ("" if none).
-func (s *Store) Note(ctx context.Context, cid string) (string, error) {
-	resp, err := s.get(ctx, s.noteKey(cid))
+// Note returns the note kept with the attachment holding a ("" if none).
+func (s *Store) Note(ctx context.Context, a netip.Addr) (string, error) {
+	resp, err := s.get(ctx, s.noteKey(a))
 	if err != nil || len(resp.Kvs) == 0 {
 		return "", err
 	}
@@ -396,8 +399,8 @@ type Claim struct {
 	Retire []Retired
 	Now    time.Time
 	Policy ReusePolicy
-	// Note, when set, is kept with the attachment (a kube-ipamctl
-	// reservation's note) and goes when it is released.
+	// Note, when set, is kept with each address of the claim (a
+	// kube-ipamctl reservation's note) and goes when it is released.
 	Note string
 }
 
@@ -450,7 +453,11 @@ func (s *Store) Commit(ctx context.Context, c *Claim) (bool, error) {
 		ops = append(ops, clientv3.OpPut(s.cursorKey(set), a.String()))
 	}
 	if c.Note != "" {
-		ops = append(ops, clientv3.OpPut(s.noteKey(att.ContainerID), c.Note))
+		for _, it := range c.Items {
+			if a, err := netip.ParseAddr(it.Record.IP); err == nil {
+				ops = append(ops, clientv3.OpPut(s.noteKey(a), c.Note))
+			}
+		}
 	}
 	if st := c.NewSticky; st != nil {
 		k := s.stickyKey(st.Namespace, st.StatefulSetUID, st.Ordinal, st.IfName)
@@ -575,9 +582,6 @@ func (s *Store) releaseOps(att *Attachment, states map[netip.Addr]IPState, keep 
 	ops := []clientv3.Op{clientv3.OpDelete(ak)}
 	if att.PodUID != "" {
 		ops = append(ops, clientv3.OpDelete(s.podPrefix(att.PodUID, att.IfName)+att.ContainerID))
-	} else {
-		// Only attachments without a pod (reservations) have notes.
-		ops = append(ops, clientv3.OpDelete(s.noteKey(att.ContainerID)))
 	}
 	var freed []netip.Addr
 	seen := map[netip.Addr]bool{}
@@ -594,6 +598,10 @@ func (s *Store) releaseOps(att *Attachment, states map[netip.Addr]IPState, keep 
 			continue // taken over by a re-created pod, or already gone: not ours to free
 		}
 		ops = append(ops, clientv3.OpDelete(k))
+		if att.PodUID == "" {
+			// Only attachments without a pod (reservations) have notes.
+			ops = append(ops, clientv3.OpDelete(s.noteKey(a)))
+		}
 		set, log, tomb := policy(a, st.Record.Kind)
 		if tomb {
 			t := Tombstone{Released: now, Kind: st.Record.Kind}

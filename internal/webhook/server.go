@@ -11,10 +11,9 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"kubeipam/internal/config"
 	"kubeipam/internal/store"
+	"kubeipam/internal/stores"
 )
 
 // Path is where the API server posts AdmissionReviews.
@@ -101,55 +100,30 @@ func (k *keyPair) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return k.loaded, nil
 }
 
-// EtcdLookup is a StoreLookup over the networks' own etcd clusters. It
-// connects on first use (so that the webhook starts while etcd is down) and
-// keeps one client per distinct etcd configuration.
-type EtcdLookup struct {
-	DialTimeout time.Duration
-	mu          sync.Mutex
-	clients     map[string]*clientv3.Client
+// BackendLookup is a StoreLookup over the networks' own stores (etcd or
+// the Kubernetes API). It connects on first use (so that the webhook starts
+// while a store is down) and keeps one client per distinct connection.
+type BackendLookup struct {
+	opener *stores.Opener
 }
 
-// NewEtcdLookup returns an EtcdLookup; Close it when done.
-func NewEtcdLookup(dialTimeout time.Duration) *EtcdLookup {
-	return &EtcdLookup{DialTimeout: dialTimeout, clients: map[string]*clientv3.Client{}}
-}
-
-func (l *EtcdLookup) client(e config.Etcd) (*clientv3.Client, error) {
-	id := fmt.Sprint(e.Endpoints, e.CertFile, e.KeyFile, e.CAFile)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if c := l.clients[id]; c != nil {
-		return c, nil
-	}
-	c, err := store.Connect(e, l.DialTimeout)
-	if err != nil {
-		return nil, err
-	}
-	l.clients[id] = c
-	return c, nil
+// NewBackendLookup returns a BackendLookup; Close it when done.
+func NewBackendLookup(dialTimeout time.Duration) *BackendLookup {
+	return &BackendLookup{opener: stores.New(dialTimeout)}
 }
 
 // Lookup is the StoreLookup.
-func (l *EtcdLookup) Lookup(ctx context.Context, n *config.Network, ip netip.Addr) (*store.Record, error) {
-	c, err := l.client(n.Etcd)
+func (l *BackendLookup) Lookup(ctx context.Context, n *config.Network, ip netip.Addr) (*store.Record, error) {
+	b, err := l.opener.Open(ctx, n)
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.New(c, n.Etcd.Prefix, n.Name).State(ctx, ip)
+	st, err := b.State(ctx, ip)
 	if err != nil {
 		return nil, err
 	}
 	return st.Record, nil
 }
 
-// Close closes the etcd clients.
-func (l *EtcdLookup) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for id, c := range l.clients {
-		_ = c.Close()
-		delete(l.clients, id)
-	}
-	return nil
-}
+// Close closes the clients.
+func (l *BackendLookup) Close() error { return l.opener.Close() }

@@ -213,7 +213,7 @@ func seed(t *testing.T, st *store.Store, cid string, rec store.Record) {
 func TestHolders(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	nets := networks(t, e.Endpoints[0])
-	lookup := NewEtcdLookup(2 * time.Second)
+	lookup := NewBackendLookup(2 * time.Second)
 	t.Cleanup(func() { lookup.Close() })
 	h := NewHandler(nets, lookup.Lookup, time.Now)
 
@@ -255,8 +255,8 @@ func TestStoreError(t *testing.T) {
 	h := NewHandler(nets, fail, nil)
 	h.AllowOnStoreError = true
 	run(t, h, []tcase{{name: "open", obj: obj, warning: "admitted unchecked"}})
-	// A real unreachable etcd, through EtcdLookup: rejected in about the dial timeout.
-	l := NewEtcdLookup(300 * time.Millisecond)
+	// A real unreachable etcd, through BackendLookup: rejected in about the dial timeout.
+	l := NewBackendLookup(300 * time.Millisecond)
 	defer l.Close()
 	run(t, NewHandler(nets, l.Lookup, nil), []tcase{{name: "unreachable", obj: obj, deny: []string{"cannot check"}}})
 }

@@ -86,7 +86,7 @@ func TestWebhookBehindAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lookup := webhook.NewEtcdLookup(2 * time.Second)
+	lookup := webhook.NewBackendLookup(2 * time.Second)
 	t.Cleanup(func() { lookup.Close() })
 	h := webhook.NewHandler(nets, lookup.Lookup, time.Now)
 

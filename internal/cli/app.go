@@ -73,13 +73,13 @@ type command struct {
 var valueFlags = map[string]bool{"--config": true, "--kubeconfig": true, "-n": true, "--namespace": true, "-o": true, "--output": true, "--timeout": true,
 	"--kube-api-qps": true, "--kube-api-burst": true,
 	// Command flags that take a value, so "--network N list" works too.
-	"--network": true, "--node": true, "--note": true}
+	"--network": true, "--node": true, "--note": true, "--to": true}
 
 func (a *App) commands() []*command {
 	var listF ListFilter
 	var relNetwork string
 	var force, dryRun bool
-	var resNetwork, resNote string
+	var resNetwork, resNote, migrateTo string
 	return []*command{
 		{
 			name: "networks", short: "Show every kube-ipam network of the config with its pool usage",
@@ -259,6 +259,41 @@ to stderr every 1000 allocations.`,
 			},
 		},
 		{
+			name: "migrate", short: "Copy every allocation into another store (etcd, Kubernetes API)",
+			long: `Copy the allocations of every network of the config into the store of the
+network with the same name in the --to config: held addresses with their
+attachments, StatefulSet sticky records, and the tombstones of released
+addresses (their cooldown and reserved StatefulSet addresses carry over).
+
+The source is only read, so an address held there never looks free: run
+migrate, switch the nodes' network config to the new store, then run migrate
+again to copy what was allocated on the old store meanwhile. Allocations
+released on the old store after the first copy stay held in the new one until
+kube-ipam-controller's GC frees them (their pods are gone). An address already
+held by the same holder in the destination is left as it is; one held by
+another holder is a conflict: it is reported, not copied, and migrate exits 1.
+See docs/stores.md.`,
+			example: `  kube-ipamctl migrate --to /etc/kube-ipam/kubernetes-store.conf --dry-run
+  kube-ipamctl migrate --to /etc/kube-ipam/kubernetes-store.conf`,
+			flags: func(fs *pflag.FlagSet) {
+				fs.StringVar(&migrateTo, "to", "", "network config (a CNI config or conflist) naming the destination store")
+				fs.BoolVar(&dryRun, "dry-run", false, "count what would be copied and write nothing")
+			},
+			run: func(ctx context.Context, a *App, g *globals, nets []*Network, _ []string) error {
+				if migrateTo == "" {
+					return usageErrorf("migrate needs --to: the network config of the destination store")
+				}
+				dst, closeDst, err := a.openPath(ctx, g, migrateTo)
+				if closeDst != nil {
+					defer closeDst()
+				}
+				if err != nil {
+					return err
+				}
+				return Migrate(ctx, a.Out, nets, dst, dryRun, g.output)
+			},
+		},
+		{
 			name: "version", short: "Print the version", noNetworks: true,
 			example: `  kube-ipamctl version`,
 			run: func(_ context.Context, a *App, _ *globals, _ []*Network, _ []string) error {
@@ -427,6 +462,11 @@ func (a *App) open(ctx context.Context, g *globals) ([]*Network, func(), error) 
 			return nil, nil, &ExitError{Code: 3, Msg: err.Error()}
 		}
 	}
+	return a.openPath(ctx, g, path)
+}
+
+// openPath is open for the network config at path.
+func (a *App) openPath(ctx context.Context, g *globals, path string) ([]*Network, func(), error) {
 	cfgs, err := config.LoadNetworks(path)
 	if err != nil {
 		return nil, nil, &ExitError{Code: 3, Msg: err.Error()}

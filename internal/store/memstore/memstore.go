@@ -11,7 +11,7 @@
 // the same way, and values are stored as the same JSON the etcd store
 // writes, so what is read back (times, copies) is what etcd gives. Versions
 // come from one counter bumped by every write, like etcd's revision; ""
-// means absent.
+// means absent. It also implements store.Importer, as the etcd store does.
 //
 // Test hooks: FailNextCommit (an *store.AmbiguousError with the claim applied
 // or not), BeforeNextCommit (a concurrent writer that runs just before a
@@ -690,6 +690,48 @@ func (s *Store) ReleaseSticky(ctx context.Context, e store.StickyEntry, now time
 		s.tombs[o.a] = kv{enc(t), v}
 	}
 	return freed, true, nil
+}
+
+var _ store.Importer = (*Store)(nil)
+
+// ImportTombstone writes a's tombstone if a has neither record nor
+// tombstone; one in the release log (t.Log set) gets a log entry of this
+// store at the same release time.
+func (s *Store) ImportTombstone(ctx context.Context, a netip.Addr, t store.Tombstone, set int) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.recs[a]; ok {
+		return false, nil
+	}
+	if _, ok := s.tombs[a]; ok {
+		return false, nil
+	}
+	v := s.next()
+	if t.Log != "" {
+		t.Log = relKey(set, t.Released, a)
+		s.rel[t.Log] = store.ReleasedRef{Key: t.Log, Set: set, IP: a, At: time.Unix(0, t.Released.UnixNano())}
+	}
+	s.tombs[a] = kv{enc(t), v}
+	return true, nil
+}
+
+// ImportSticky creates a StatefulSet ordinal's sticky record if it does not
+// exist.
+func (s *Store) ImportSticky(ctx context.Context, st store.Sticky) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := stickyKey(st.Namespace, st.StatefulSetUID, st.Ordinal, st.IfName)
+	if _, ok := s.stickies[k]; ok {
+		return false, nil
+	}
+	s.stickies[k] = kv{enc(st), s.next()}
+	return true, nil
 }
 
 // Snapshot reads everything stored for the network at once.

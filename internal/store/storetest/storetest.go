@@ -23,7 +23,8 @@
 // The cases drive the backend through allocator.New(n, backend) (as the
 // plugin does, one allocator per call, time driven through Allocator.Now)
 // and through the Backend methods directly (as GC and kube-ipamctl do).
-// They never sleep.
+// They never sleep. A case about an optional interface (store.Importer) is
+// skipped for a backend that does not implement it.
 package storetest
 
 import (
@@ -203,6 +204,7 @@ var cases = []suiteCase{
 	{"cluster", `"ranges":[[{"subnet":"10.13.0.0/24"}],[{"subnet":"fd00:13::/120"}]],"cluster":"east-1"`, cluster},
 	{"commit-guards", `"subnet":"10.14.0.0/24"`, commitGuards},
 	{"release-idempotent", `"subnet":"10.15.0.0/24"`, releaseIdempotent},
+	{"import", `"subnet":"10.16.0.0/24","rangeStart":"10.16.0.10","rangeEnd":"10.16.0.12","releaseCooldown":"30s"`, importState},
 }
 
 // distinct: 500 ADDs, 50 at a time, get 500 distinct addresses; each DEL
@@ -788,5 +790,56 @@ func releaseIdempotent(e *env) {
 	}
 	if st := e.state(a); st.Record != nil || st.Tomb == nil {
 		e.t.Fatalf("address after two DELs: %+v", st)
+	}
+}
+
+// importState (backends that are a store.Importer: kube-ipamctl migrate):
+// imported tombstones and sticky records only create, keep their cooldown
+// and their holder's claim on the address.
+func importState(e *env) {
+	imp, ok := e.b.(store.Importer)
+	if !ok {
+		e.t.Skip("the backend is not a store.Importer")
+	}
+	cooling, blocked := ip("10.16.0.10"), ip("10.16.0.11")
+	if ok, err := imp.ImportTombstone(e.ctx, cooling, store.Tombstone{Released: e.clock, Kind: store.KindDynamic, Log: "elsewhere"}, 0); !ok || err != nil {
+		e.t.Fatalf("ImportTombstone = %v, %v", ok, err)
+	}
+	if ok, err := imp.ImportTombstone(e.ctx, cooling, store.Tombstone{Released: e.clock, Kind: store.KindDynamic}, 0); ok || err != nil {
+		e.t.Fatalf("second ImportTombstone = %v, %v; want refused", ok, err)
+	}
+	if ok, err := imp.ImportTombstone(e.ctx, blocked, store.Tombstone{Released: e.clock, Kind: store.KindSticky}, 0); !ok || err != nil {
+		e.t.Fatalf("ImportTombstone of a sticky address = %v, %v", ok, err)
+	}
+	st := store.Sticky{Namespace: "ns", StatefulSet: "db", StatefulSetUID: "sts-u", Ordinal: 0, IfName: "net1", IPs: []string{blocked.String()}, Created: e.clock}
+	if ok, err := imp.ImportSticky(e.ctx, st); !ok || err != nil {
+		e.t.Fatalf("ImportSticky = %v, %v", ok, err)
+	}
+	if ok, err := imp.ImportSticky(e.ctx, st); ok || err != nil {
+		e.t.Fatalf("second ImportSticky = %v, %v; want refused", ok, err)
+	}
+	refs, err := e.b.OldestReleased(e.ctx, 0, 10)
+	if err != nil || len(refs) != 1 || refs[0].IP != cooling || !refs[0].At.Equal(e.clock) {
+		e.t.Fatalf("release log %+v (%v), want %s released at %v", refs, err, cooling, e.clock)
+	}
+	if tomb := e.state(cooling).Tomb; tomb == nil || tomb.Log != refs[0].Key {
+		e.t.Fatalf("imported tombstone %+v, want it to name this store's log entry %s", tomb, refs[0].Key)
+	}
+	// The never-used address goes first; then the imported one is cooling.
+	if got := e.add1(req("a")); got != ip("10.16.0.12") {
+		e.t.Fatalf("ADD got %s, want the never-used 10.16.0.12", got)
+	}
+	var ce *allocator.CoolingError
+	if _, err := e.allocator().Allocate(e.ctx, req("b")); !errors.As(err, &ce) || !ce.Ready.Equal(e.clock.Add(30*time.Second)) {
+		e.t.Fatalf("ADD with the imported address cooling: %v", err)
+	}
+	r := req("db0")
+	r.PodName, r.StatefulSet, r.StatefulSetUID, r.Sticky = "db-0", "db", "sts-u", true
+	if got := e.add(r); len(got) != 1 || got[0].IP != blocked || got[0].Kind != store.KindSticky {
+		e.t.Fatalf("the StatefulSet ordinal got %+v, want its imported address %s", got, blocked)
+	}
+	e.clock = e.clock.Add(30 * time.Second)
+	if got := e.add1(req("b")); got != cooling {
+		e.t.Fatalf("ADD after the cooldown got %s, want %s", got, cooling)
 	}
 }

@@ -70,7 +70,7 @@ type Store struct {
 	watching chan struct{}
 
 	commits   int
-	before    func()
+	before    func(*store.Claim)
 	failNext  bool
 	failApply bool
 }
@@ -142,10 +142,10 @@ func (s *Store) FailNextCommit(applied bool) {
 	s.failNext, s.failApply = true, applied
 }
 
-// BeforeNextCommit runs f once, when the next Commit is called and before
-// it looks at the state. f runs without the store's lock, so it may use the
-// store: a concurrent writer that wins the race.
-func (s *Store) BeforeNextCommit(f func()) {
+// BeforeNextCommit runs f once, when the next Commit is called, with its
+// claim and before the claim is looked at. f runs without the store's lock,
+// so it may use the store: a concurrent writer that wins the race.
+func (s *Store) BeforeNextCommit(f func(c *store.Claim)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.before = f
@@ -418,7 +418,7 @@ func (s *Store) Commit(ctx context.Context, c *store.Claim) (bool, error) {
 	s.before = nil
 	s.mu.Unlock()
 	if before != nil {
-		before()
+		before(c)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

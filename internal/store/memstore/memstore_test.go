@@ -54,7 +54,10 @@ func TestHooks(t *testing.T) {
 	}
 
 	b := netip.MustParseAddr("10.0.0.2")
-	s.BeforeNextCommit(func() {
+	s.BeforeNextCommit(func(c *store.Claim) {
+		if c.Attachment.ContainerID != "loser" {
+			t.Errorf("hook saw the claim of %s", c.Attachment.ContainerID)
+		}
 		if ok, err := s.Commit(ctx, claim("winner", b.String())); !ok || err != nil {
 			t.Errorf("concurrent writer: %v, %v", ok, err)
 		}

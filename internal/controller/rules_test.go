@@ -262,3 +262,55 @@ func TestSkipSummary(t *testing.T) {
 		t.Fatalf("skipped %d: %q", r.Skipped, got)
 	}
 }
+
+// An attachment holding several records (one per range set) is decided on
+// all of them: a wanted ordinal wins over a failed lookup of another of its
+// records, a failed lookup wins over unwanted ordinals (nothing is freed on
+// a guess), and unwanted reasons are not repeated.
+func TestDecideSeveralRecords(t *testing.T) {
+	limited := errors.New("client rate limiter Wait returned an error")
+	f := newFacts()
+	for _, p := range []string{"a-0", "b-0", "c-0", "d-0"} {
+		f.Pods[ObjectKey{"db", p}] = nil
+	}
+	f.StatefulSets[ObjectKey{"db", "mysql"}] = &StatefulSetFacts{UID: "s-mysql", Replicas: 1}
+	f.StatefulSets[ObjectKey{"db", "cache"}] = nil
+	f.StatefulSetErrs[ObjectKey{"db", "flaky"}] = limited
+	s := &snapshot{records: map[netip.Addr]recEntry{}}
+	type rec struct{ sts, stsUID string }
+	add := func(cid, pod string, recs ...rec) {
+		att := &store.Attachment{ContainerID: cid, IfName: "net1", PodNamespace: "db", PodName: pod, PodUID: "u-" + pod, Rev: store.Version(fmt.Sprint(100 + len(s.atts)))}
+		for i, r := range recs {
+			ip := netip.AddrFrom4([4]byte{10, byte(i), byte(len(s.atts)), 10})
+			att.IPs = append(att.IPs, ip.String())
+			s.records[ip] = recEntry{Rev: store.Version(fmt.Sprint(200 + 10*len(s.atts) + i)), Rec: &store.Record{IP: ip.String(), ContainerID: cid, IfName: "net1",
+				PodNamespace: "db", PodName: pod, PodUID: "u-" + pod, StatefulSet: r.sts, StatefulSetUID: r.stsUID}}
+		}
+		s.atts = append(s.atts, att)
+	}
+	add("c-a", "a-0", rec{"flaky", "s-flaky"}, rec{"mysql", "s-mysql"})
+	add("c-b", "b-0", rec{"cache", "s-cache"}, rec{"flaky", "s-flaky"})
+	add("c-c", "c-0", rec{"cache", "s-cache"}, rec{"cache", "s-cache"})
+	add("c-d", "d-0", rec{}, rec{})
+	for i, w := range []struct {
+		v      Verdict
+		reason string
+		cause  string
+	}{
+		{VerdictWanted, "pod db/a-0 no longer exists; StatefulSet db/mysql (1 replica(s)) still wants ordinal 0", ""},
+		{VerdictUndecided, "pod db/b-0 no longer exists; StatefulSet db/flaky could not be read: " + limited.Error(), limited.Error()},
+		{VerdictLeaked, "pod db/c-0 no longer exists; StatefulSet db/cache no longer exists", ""},
+		{VerdictLeaked, "pod db/d-0 no longer exists", ""},
+	} {
+		d := Decide(s, f, RuleOptions{Now: t0})[i]
+		if d.Verdict != w.v || d.Reason != w.reason || d.Cause != w.cause {
+			t.Errorf("%s: %s %q (cause %q), want %s %q (cause %q)", d.Attachment.ContainerID, d.Verdict, d.Reason, d.Cause, w.v, w.reason, w.cause)
+		}
+		if len(d.Held) != 2 {
+			t.Errorf("%s holds %+v, want both records", d.Attachment.ContainerID, d.Held)
+		}
+	}
+	if d := Decide(s, f, RuleOptions{Now: t0})[0]; graceKey("n", &d) != "n|att|c-a|net1|100,200,201" {
+		t.Errorf("grace key %q: want the attachment's version and both records'", graceKey("n", &d))
+	}
+}

@@ -58,9 +58,18 @@ lab-down:
 test: build vet fmt-check testbin labbin
 	KUBE_IPAM_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m ./...
 
-# Pure-logic tests only (no etcd, no root).
+# Pure-logic tests only (no etcd, no API server, no root, no other process):
+# the packages whose tests need nothing, then, by name, the pure tests of
+# packages that also hold integration tests (none of those honours -short):
+# the allocator's strategy over the in-memory store (TestStrategy*), the
+# plugin's TestUnit*, the GC rules, the store's watchdog judgement.
 unit:
-	$(GO) test -count=1 ./internal/config/ ./internal/ipam/ ./internal/pod/
+	$(GO) test -count=1 ./internal/config/ ./internal/ipam/ ./internal/pod/ ./internal/pki/ ./internal/install/ \
+		./internal/lab/ ./internal/store/memstore/ ./internal/store/storetest/
+	$(GO) test -count=1 -run '^TestStrategy' ./internal/allocator/
+	$(GO) test -count=1 -run '^TestUnit' ./internal/plugin/
+	$(GO) test -count=1 -run '^(TestOwnerGone|TestOrdinalWanted|TestDecide|TestLookupsNeeded|TestSkipSummary)' ./internal/controller/
+	$(GO) test -count=1 -run '^(TestIsUnavailableAndRefused|TestJudge)$$' ./internal/store/
 
 # Throughput and latency against host-local, and empty vs 99 % full pool.
 bench: build testbin

@@ -132,3 +132,31 @@ func TestWatch(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// As in the etcd store, a claim retiring an attachment that changed since
+// it was read fails as a whole (the suite also lets a backend commit it
+// while leaving the changed addresses alone).
+func TestRetireOfAChangedAttachmentFails(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New("n")
+	policy := func(netip.Addr, string) (int, bool, bool) { return 0, true, true }
+	c := claim("old", "10.0.0.1")
+	c.Attachment.PodUID = "pod-u"
+	if ok, err := s.Commit(ctx, c); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	att, _ := s.Attachment(ctx, "old", "net1")
+	states, _ := s.AddressStates(ctx, att)
+	if _, err := s.Release(ctx, "old", "net1", time.Now(), policy); err != nil {
+		t.Fatal(err)
+	}
+	n := claim("new", "10.0.0.2")
+	n.Attachment.PodUID = "pod-u"
+	n.Retire, n.Policy = []store.Retired{{Attachment: att, States: states}}, policy
+	if ok, err := s.Commit(ctx, n); ok || err != nil {
+		t.Fatalf("claim retiring a released attachment = %v, %v; want a lost race", ok, err)
+	}
+	if got, _ := s.Attachment(ctx, "new", "net1"); got != nil {
+		t.Fatalf("the failed claim left %+v", got)
+	}
+}

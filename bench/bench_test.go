@@ -10,7 +10,6 @@ package bench
 // internal/ipam in-process.
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -174,9 +173,8 @@ type env struct {
 	etcd     *testenv.Etcd
 	cli      *clientv3.Client
 	bins     map[string]string
-	cniPath  string
+	cni      *cniRunner
 	dir      string
-	baseEnv  []string
 	logFiles map[string]string // kube-ipam log file per phase
 }
 
@@ -185,17 +183,12 @@ func runScenario(b *testing.B) *results {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	e := &env{b: b, ctx: ctx, dir: b.TempDir(), logFiles: map[string]string{}}
-	e.cniPath = testenv.CNIPluginDir(b)
+	e.cni = newCNIRunner(ctx, testenv.CNIPluginDir(b))
 	e.etcd = testenv.StartEtcd(b)
 	e.cli = e.etcd.Client(b)
 	e.bins = map[string]string{
 		kipam:     testenv.Binary(b, "kube-ipam"),
-		hostLocal: filepath.Join(e.cniPath, "host-local"),
-	}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CNI_") {
-			e.baseEnv = append(e.baseEnv, kv)
-		}
+		hostLocal: filepath.Join(e.cni.path, "host-local"),
 	}
 	r := &results{conc: map[string]phase{}, seqEmpty: map[string]phase{}, seqFull: map[string]phase{},
 		startup: map[string]phase{}, inPlugin: map[string][]int{}}
@@ -256,7 +249,7 @@ func (e *env) runStartup(pl string, n int) phase {
 	start := time.Now()
 	for i := range n {
 		cmd := exec.CommandContext(e.ctx, e.bins[pl], args...)
-		cmd.Env = e.baseEnv
+		cmd.Env = e.cni.baseEnv
 		t := time.Now()
 		out, err := cmd.CombinedOutput()
 		p.samples[i].dur = time.Since(t)
@@ -313,97 +306,23 @@ func (e *env) hostLocalDir(tag string) string { return filepath.Join(e.dir, "hos
 // run starts n ADD processes of pl, par at a time, each with a fresh
 // container ID, and times each from start to exit.
 func (e *env) run(pl, tag, subnet string, n, par int) phase {
-	conf := e.conf(pl, tag, subnet)
-	out := make([]sample, n)
-	idx := make(chan int)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range par {
-		wg.Go(func() {
-			for i := range idx {
-				cid := fmt.Sprintf("%s-%s-%05d-%08x", pl, tag, i, rand.Uint32())
-				out[i] = e.add(e.bins[pl], conf, cid)
-			}
-		})
-	}
-	for i := range n {
-		idx <- i
-	}
-	close(idx)
-	wg.Wait()
-	return phase{samples: out, wall: time.Since(start)}
-}
-
-// add runs one ADD process.
-func (e *env) add(bin string, conf []byte, cid string) sample {
-	ctx, cancel := context.WithTimeout(e.ctx, perAddMax)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = append(slices.Clip(e.baseEnv),
-		"CNI_COMMAND=ADD", "CNI_CONTAINERID="+cid,
-		"CNI_NETNS=/var/run/netns/bench-"+cid, "CNI_NETNS_OVERRIDE=1",
-		"CNI_IFNAME="+ifName, "CNI_PATH="+e.cniPath)
-	cmd.Stdin = bytes.NewReader(conf)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
-	err := cmd.Run()
-	s := sample{cid: cid, dur: time.Since(start)}
-	if cmd.ProcessState != nil {
-		s.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	}
-	if err != nil {
-		s.err = fmt.Errorf("%v; stdout %q; stderr %q", err, stdout.String(), stderr.String())
-		return s
-	}
-	var res struct {
-		IPs []struct {
-			Address string `json:"address"`
-		} `json:"ips"`
-	}
-	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil || len(res.IPs) != 1 {
-		s.err = fmt.Errorf("want a result with one IP, got %q (%v)", stdout.String(), err)
-		return s
-	}
-	p, err := netip.ParsePrefix(res.IPs[0].Address)
-	if err != nil {
-		s.err = fmt.Errorf("result address %q: %v", res.IPs[0].Address, err)
-		return s
-	}
-	s.ip = p.Addr()
-	return s
+	return e.cni.batch(e.bins[pl], "ADD", e.conf(pl, tag, subnet), n, par, func(i int) cniCall {
+		return cniCall{cid: fmt.Sprintf("%s-%s-%05d-%08x", pl, tag, i, rand.Uint32())}
+	})
 }
 
 // mustOK fails the benchmark unless every ADD exited 0 with a distinct
 // address of subnet (and, when allowed is set, one of those addresses).
 func (e *env) mustOK(what string, p phase, subnet string, allowed map[netip.Addr]bool) {
 	e.b.Helper()
-	pfx := netip.MustParsePrefix(subnet)
-	var errs []string
-	seen := map[netip.Addr]string{}
-	for _, s := range p.samples {
-		switch {
-		case s.err != nil:
-			errs = append(errs, fmt.Sprintf("ADD %s: %v", s.cid, s.err))
-		case !pfx.Contains(s.ip):
-			errs = append(errs, fmt.Sprintf("ADD %s got %s, outside %s", s.cid, s.ip, subnet))
-		case seen[s.ip] != "":
-			errs = append(errs, fmt.Sprintf("DUPLICATE: %s given to both %s and %s", s.ip, seen[s.ip], s.cid))
-		case allowed != nil && !allowed[s.ip]:
-			errs = append(errs, fmt.Sprintf("ADD %s got %s, which the fill had already claimed", s.cid, s.ip))
-		}
-		if s.err == nil {
-			seen[s.ip] = s.cid
-		}
-	}
-	if len(errs) > 0 {
+	if errs, _, _ := addErrors(p, subnet, allowed); len(errs) > 0 {
 		e.b.Fatalf("%s: %d of %d ADDs wrong; first ones:\n%s", what, len(errs), len(p.samples), strings.Join(errs[:min(len(errs), 10)], "\n"))
 	}
 }
 
 // keyBase is the store's prefix of one network (see internal/store).
 func keyBase(network string) string {
-	return config.DefaultEtcdPrefix + "/v1/networks/" + network + "/"
+	return keyBaseAt(config.DefaultEtcdPrefix, network)
 }
 
 func ipKey(network string, a netip.Addr) string {
@@ -414,43 +333,16 @@ func ipKey(network string, a netip.Addr) string {
 // naming the container that got the address.
 func (e *env) checkEtcd(what, network string, p phase) {
 	e.b.Helper()
-	resp, err := e.cli.Get(e.ctx, keyBase(network)+"ip/4/", clientv3.WithPrefix())
-	if err != nil {
-		e.b.Fatal(err)
-	}
-	owner := map[netip.Addr]string{}
-	for _, kv := range resp.Kvs {
-		var rec store.Record
-		if err := json.Unmarshal(kv.Value, &rec); err != nil {
-			e.b.Fatalf("%s: record %s: %v", what, kv.Key, err)
-		}
-		owner[netip.MustParseAddr(rec.IP)] = rec.ContainerID
-	}
-	if len(resp.Kvs) != len(p.samples) {
-		e.b.Fatalf("%s: etcd holds %d address records after %d ADDs", what, len(resp.Kvs), len(p.samples))
-	}
-	for _, s := range p.samples {
-		if owner[s.ip] != s.cid {
-			e.b.Fatalf("%s: etcd says %s belongs to %q, but ADD %s got it", what, s.ip, owner[s.ip], s.cid)
-		}
-	}
-	n := e.count(keyBase(network) + "att/")
-	if n != len(p.samples) {
-		e.b.Fatalf("%s: etcd holds %d attachments after %d ADDs", what, n, len(p.samples))
+	if err := etcdRecordErrors(e.ctx, e.cli, config.DefaultEtcdPrefix, network, p); err != nil {
+		e.b.Fatalf("%s: %v", what, err)
 	}
 }
 
 func (e *env) checkHostLocalDir(what, tag string, want int) {
 	e.b.Helper()
-	ents, err := os.ReadDir(filepath.Join(e.hostLocalDir(tag), "hl-"+tag))
+	n, err := hostLocalReservations(filepath.Join(e.hostLocalDir(tag), "hl-"+tag))
 	if err != nil {
 		e.b.Fatal(err)
-	}
-	n := 0
-	for _, de := range ents {
-		if _, err := netip.ParseAddr(de.Name()); err == nil {
-			n++
-		}
 	}
 	if n != want {
 		e.b.Fatalf("%s: host-local's data dir holds %d reservations after %d ADDs", what, n, want)
@@ -690,32 +582,30 @@ func etcdVersion() string {
 
 func printTable(r *results) {
 	k, h := kipam, hostLocal
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "\nkube-ipam benchmark (same machine, same run: %d CPUs, %s, one process per ADD)\n", runtime.NumCPU(), etcdVersion())
-	fmt.Fprintf(&sb, "%-34s %10s %12s %8s\n", "metric", "kube-ipam", "host-local", "ratio")
-	row := func(name string, a, b float64) {
-		fmt.Fprintf(&sb, "%-34s %10.1f %12.1f %8.2f\n", name, a, b, a/b)
-	}
+	t := &table{nameW: 34, widths: []int{10, 12, 8}}
+	t.text("\nkube-ipam benchmark (same machine, same run: %d CPUs, %s, one process per ADD)", runtime.NumCPU(), etcdVersion())
+	t.row("metric", "kube-ipam", "host-local", "ratio")
+	row := func(name string, a, b float64) { t.row(name, num(a, 1), num(b, 1), num(a/b, 2)) }
 	row(fmt.Sprintf("ADDs/s, %d in flight", inFlight), r.conc[k].addsPerSec(), r.conc[h].addsPerSec())
 	row(fmt.Sprintf("p50 ms, %d in flight", inFlight), r.conc[k].p50(), r.conc[h].p50())
 	row(fmt.Sprintf("p99 ms, %d in flight", inFlight), r.conc[k].p99(), r.conc[h].p99())
 	row("p50 ms sequential, empty /16", r.seqEmpty[k].p50(), r.seqEmpty[h].p50())
 	row("p50 ms sequential, 99% /16", r.seqFull[k].p50(), r.seqFull[h].p50())
 	row("p99 ms sequential, 99% /16", r.seqFull[k].p99(), r.seqFull[h].p99())
-	fmt.Fprintf(&sb, "%-34s %10.2f %12.2f\n", "ratio full/empty (p50 sequential)",
-		r.seqFull[k].p50()/r.seqEmpty[k].p50(), r.seqFull[h].p50()/r.seqEmpty[h].p50())
+	t.row("ratio full/empty (p50 sequential)",
+		num(r.seqFull[k].p50()/r.seqEmpty[k].p50(), 2), num(r.seqFull[h].p50()/r.seqEmpty[h].p50(), 2))
 	row("p50 ms process start only", r.startup[k].p50(), r.startup[h].p50())
 	row("p50 CPU ms per ADD process", r.seqEmpty[k].cpuP50(), r.seqEmpty[h].cpuP50())
-	fmt.Fprintf(&sb, "ratio = kube-ipam / host-local (ADDs/s: higher is better for kube-ipam; ms: lower is).\n")
-	fmt.Fprintf(&sb, "%d ADDs with %d in flight; %d sequential ADDs per pool (host-local on the 99%% pool: %d);\n",
+	t.text("ratio = kube-ipam / host-local (ADDs/s: higher is better for kube-ipam; ms: lower is).")
+	t.text("%d ADDs with %d in flight; %d sequential ADDs per pool (host-local on the 99%% pool: %d);",
 		concurrentAdds, inFlight, sequentialAdds, hostLocalFullAdds)
-	fmt.Fprintf(&sb, "99%% = %d of %d addresses claimed at random positions (written in %v), the %d gaps never used.\n",
+	t.text("99%% = %d of %d addresses claimed at random positions (written in %v), the %d gaps never used.",
 		r.fillN, r.poolN, r.fillTime.Round(time.Millisecond), r.poolN-r.fillN)
-	fmt.Fprintf(&sb, "kube-ipam: %d claim races lost with %d in flight (%.2f per ADD, at most %d by one ADD); time inside the plugin (its log), p50:\n",
+	t.text("kube-ipam: %d claim races lost with %d in flight (%.2f per ADD, at most %d by one ADD); time inside the plugin (its log), p50:",
 		r.races, inFlight, float64(r.races)/float64(concurrentAdds), r.maxRaces)
-	fmt.Fprintf(&sb, "  %.0f ms with %d in flight, %.0f ms sequential empty, %.0f ms sequential 99%%; one etcd put from here: p50 %.1f ms.\n",
+	t.text("  %.0f ms with %d in flight, %.0f ms sequential empty, %.0f ms sequential 99%%; one etcd put from here: p50 %.1f ms.",
 		medianInt(r.inPlugin["conc"]), inFlight, medianInt(r.inPlugin["empty"]), medianInt(r.inPlugin["full"]), r.etcdPut.p50())
-	fmt.Print(sb.String())
+	fmt.Print(t.String())
 }
 
 // ---- micro-benchmarks of the pure rules (internal/ipam) ----

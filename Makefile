@@ -8,7 +8,7 @@ BINARIES := kube-ipam kube-multus kube-ipamctl kube-ipam-controller kube-ipam-in
 # The lab's own commands (not installed on nodes).
 LAB_BINARIES := kube-ipam-lab kube-ipam-lab-pause
 
-.PHONY: all build test unit bench vet fmt-check clean testbin labbin deps lab lab-down
+.PHONY: all build test unit bench vet fmt-check clean testbin labbin whereabouts deps lab lab-down
 
 all: build
 
@@ -36,6 +36,12 @@ testbin:
 # minutes the first time).
 labbin:
 	@hack/labbin.sh >/dev/null
+
+# The whereabouts CNI IPAM plugin (the version pinned in the script) and its
+# CRDs, for bench/kubestores_test.go, built from the Go module proxy into a
+# cache outside the repository (under 2 minutes the first time).
+whereabouts:
+	@hack/whereabouts.sh >/dev/null
 
 # Debian packages the tests and the lab need (as root; skipped when present).
 deps:
@@ -71,8 +77,9 @@ unit:
 	$(GO) test -count=1 -run '^(TestOwnerGone|TestOrdinalWanted|TestDecide|TestLookupsNeeded|TestSkipSummary)' ./internal/controller/
 	$(GO) test -count=1 -run '^(TestIsUnavailableAndRefused|TestJudge)$$' ./internal/store/
 
-# Throughput and latency against host-local, and empty vs 99 % full pool.
-bench: build testbin
+# Throughput and latency against host-local, and empty vs 99 % full pool;
+# the Kubernetes API stores against whereabouts (see bench/README.md).
+bench: build testbin whereabouts
 	KUBE_IPAM_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
 
 clean:

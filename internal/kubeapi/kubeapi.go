@@ -1,13 +1,16 @@
-// Package kubeapi reads single pod objects from the Kubernetes API with the
-// transport a kubeconfig describes (auth, TLS, exec credential plugins) and
-// one plain GET. The CNI plugins use it instead of a typed clientset, whose
+// Package kubeapi talks to the Kubernetes API with the transport a
+// kubeconfig describes (auth, TLS, exec credential plugins) and plain HTTP
+// requests: GetPod reads one pod, Do sends any request and Watch streams a
+// watch. The CNI plugins use it instead of a typed clientset, whose
 // start-up (registering every API group) costs a plugin call more CPU than
-// the lookup itself; it does not decode the object, so kube-multus, which
-// needs only labels, links no core/v1 types. Callers classify the errors:
-// kube-ipam and kube-multus map them to different CNI codes.
+// the work itself; it decodes nothing, so kube-multus, which needs only
+// labels, links no core/v1 types, and the Kubernetes API store
+// (internal/store/kubestore) brings its own structs. Callers classify the
+// errors: kube-ipam and kube-multus map them to different CNI codes.
 package kubeapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,7 +25,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// Client GETs pods from one API server.
+// Client sends requests to one API server.
 type Client struct {
 	hc   *http.Client
 	base string
@@ -40,10 +43,14 @@ func (e *ConfigError) Error() string {
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // StatusError is an answer other than 200 OK. Msg is the API's Status
-// message, else the body, at most 300 bytes.
+// message, else the body, at most 300 bytes; Reason is the Status reason
+// (AlreadyExists, Conflict, NotFound, ...) and Name the object it names,
+// when the body is a Status.
 type StatusError struct {
-	Code int
-	Msg  string
+	Code   int
+	Msg    string
+	Reason string
+	Name   string
 }
 
 func (e *StatusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Code, e.Msg) }
@@ -75,35 +82,148 @@ func NewClient(kubeconfig, userAgent string, timeout time.Duration) (*Client, er
 	return &Client{hc: hc, base: strings.TrimRight(base.String(), "/")}, nil
 }
 
-// GetPod returns the JSON of pod namespace/name (at most 8 MiB). Errors are
+// GetPod returns the JSON of pod namespace/name. Errors are
 // a *StatusError, a *TransportError, or (a request that cannot be built)
 // another error.
 func (c *Client) GetPod(ctx context.Context, namespace, name string) ([]byte, error) {
-	u := c.base + "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := c.Do(ctx, Request{Method: http.MethodGet, Path: "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)})
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "application/json")
+	if resp.Code != http.StatusOK {
+		return nil, resp.Status()
+	}
+	return resp.Body, nil
+}
+
+// Server is the API server's base URL.
+func (c *Client) Server() string { return c.base }
+
+// Request is one API request.
+type Request struct {
+	Method string
+	// Path is the absolute path (/api/..., /apis/...), already escaped.
+	Path  string
+	Query url.Values
+	// Accept defaults to application/json.
+	Accept string
+	// Body, when set, is sent as ContentType (default application/json).
+	Body        []byte
+	ContentType string
+}
+
+// Response is an API answer of any status.
+type Response struct {
+	Code   int
+	Header http.Header
+	Body   []byte
+}
+
+// Status is the answer as a *StatusError (whatever its code).
+func (r *Response) Status() *StatusError { return statusError(r.Code, r.Body) }
+
+// MaxBody bounds the answers Do reads.
+const MaxBody = 64 << 20
+
+// Do sends r and returns the answer whatever its status, the body read
+// whole (at most MaxBody). The error is a *TransportError when no complete
+// answer came (connection refused or reset, timeout, truncated body), or
+// another error when the request cannot be built.
+func (c *Client) Do(ctx context.Context, r Request) (*Response, error) {
+	req, err := c.request(ctx, r)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, &TransportError{err}
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
 	if err != nil {
 		return nil, &TransportError{fmt.Errorf("reading the answer: %w", err)}
 	}
-	if resp.StatusCode != http.StatusOK {
-		msg := strings.TrimSpace(string(body))
-		var st metav1.Status
-		if json.Unmarshal(body, &st) == nil && st.Message != "" {
-			msg = st.Message
-		}
-		if len(msg) > 300 {
-			msg = msg[:300]
-		}
-		return nil, &StatusError{Code: resp.StatusCode, Msg: msg}
+	if len(body) > MaxBody {
+		return nil, fmt.Errorf("answer to %s %s exceeds %d bytes", r.Method, r.Path, MaxBody)
 	}
-	return body, nil
+	return &Response{Code: resp.StatusCode, Header: resp.Header, Body: body}, nil
+}
+
+// Watch sends r (a GET with watch=true) and returns the response, whose
+// body streams events until the server ends the watch or ctx ends; the
+// client's request timeout does not apply. The caller closes the body. A
+// status other than 200 is returned as a *StatusError (the body read and
+// closed).
+func (c *Client) Watch(ctx context.Context, r Request) (*http.Response, error) {
+	req, err := c.request(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	hc := *c.hc
+	hc.Timeout = 0 // same transport; the stream lasts as long as ctx
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, &TransportError{err}
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if err != nil {
+			return nil, &TransportError{fmt.Errorf("reading the answer: %w", err)}
+		}
+		return nil, statusError(resp.StatusCode, body)
+	}
+	return resp, nil
+}
+
+func (c *Client) request(ctx context.Context, r Request) (*http.Request, error) {
+	u := c.base + r.Path
+	if len(r.Query) > 0 {
+		u += "?" + r.Query.Encode()
+	}
+	var body io.Reader
+	if r.Body != nil {
+		body = bytes.NewReader(r.Body)
+	}
+	method := r.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	accept := r.Accept
+	if accept == "" {
+		accept = "application/json"
+	}
+	req.Header.Set("Accept", accept)
+	if r.Body != nil {
+		ct := r.ContentType
+		if ct == "" {
+			ct = "application/json"
+		}
+		req.Header.Set("Content-Type", ct)
+	}
+	return req, nil
+}
+
+// statusError reads an error answer: the Status's message, reason and
+// object name when the body is a Status, else the body.
+func statusError(code int, body []byte) *StatusError {
+	e := &StatusError{Code: code, Msg: strings.TrimSpace(string(body))}
+	var st metav1.Status
+	if json.Unmarshal(body, &st) == nil {
+		if st.Message != "" {
+			e.Msg = st.Message
+		}
+		e.Reason = string(st.Reason)
+		if st.Details != nil {
+			e.Name = st.Details.Name
+		}
+	}
+	if len(e.Msg) > 300 {
+		e.Msg = e.Msg[:300]
+	}
+	return e
 }

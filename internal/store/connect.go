@@ -238,17 +238,31 @@ func unwrapOp(err error) error {
 	return err
 }
 
+// Unavailable is implemented by the errors of a backend other than etcd
+// (the Kubernetes API store) that mean the same as the etcd cases of
+// IsUnavailable: the backend could not answer in time, try again later.
+type Unavailable interface {
+	error
+	Unavailable() bool
+}
+
 // IsUnavailable reports whether err means etcd could not answer in time:
 // unreachable, stopped, frozen, without a leader, too slow, a lost member, a
 // broken connection, or the call's own deadline. These are worth retrying
-// later (CNI code 11), unlike a refusal (bad request, permissions).
+// later (CNI code 11), unlike a refusal (bad request, permissions). Another
+// backend's errors say so themselves with an Unavailable method (see
+// Unavailable).
 func IsUnavailable(err error) bool {
 	var (
 		ue *UnreachableError
 		ae *AmbiguousError
 		se *StallError
 		nl *NoLeaderError
+		un Unavailable
 	)
+	if errors.As(err, &un) && un.Unavailable() {
+		return true
+	}
 	if errors.As(err, &ue) || errors.As(err, &ae) || errors.As(err, &se) || errors.As(err, &nl) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||

@@ -120,7 +120,7 @@ const DialTimeout = 5 * time.Second
 // would do anyway.
 func (c *call) connect() error {
 	if c.net.Store == config.StoreKubernetes {
-		b, err := openKube(c.net, min(c.net.Timeout, DialTimeout))
+		b, err := openKube(c.net, c.net.Timeout)
 		if err != nil {
 			return err
 		}
@@ -611,7 +611,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		return c.end(err)
 	}
 	if err := c.st.Ping(c.ctx); err != nil {
-		return c.end(types.NewError(types.ErrPluginNotAvailable, "etcd is unreachable: "+err.Error(), ""))
+		return c.end(types.NewError(types.ErrPluginNotAvailable, storeName(err)+" is unreachable: "+err.Error(), ""))
 	}
 	alloc := allocator.New(c.net, c.st)
 	alloc.Now = p.Now
@@ -660,9 +660,19 @@ func toCNI(err error) *types.Error {
 	case errors.As(err, &unr):
 		return types.NewError(types.ErrTryAgainLater, err.Error()+"; try again later", "")
 	case store.IsUnavailable(err):
-		return types.NewError(types.ErrTryAgainLater, "etcd did not answer in time, try again later: "+err.Error(), "")
+		return types.NewError(types.ErrTryAgainLater, storeName(err)+" did not answer in time, try again later: "+err.Error(), "")
 	}
 	return types.NewError(CodeStoreRejected, "store error: "+err.Error(), "")
+}
+
+// storeName names the store an unavailability error comes from: the
+// Kubernetes API store's errors say so themselves (store.Unavailable).
+func storeName(err error) string {
+	var un store.Unavailable
+	if errors.As(err, &un) {
+		return "the Kubernetes API"
+	}
+	return "etcd"
 }
 
 // openLog appends to path (mode 0600); when it cannot, it logs to stderr,

@@ -506,3 +506,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Client is the API client of the kubeconfig file at path for this store,
+// each request bounded by timeout. A kubeconfig that cannot be used is a
+// *store.ConfigError (a configuration error, CNI code 7) naming the file.
+func Client(path string, timeout time.Duration) (*kubeapi.Client, error) {
+	c, err := kubeapi.NewClient(path, "kube-ipam", timeout)
+	if err != nil {
+		return nil, &store.ConfigError{Msg: fmt.Sprintf(`ipam.store "kubernetes": %v`, err)}
+	}
+	return c, nil
+}

@@ -283,7 +283,7 @@ func (s *Store) heldObject(rec *store.Record, claimIPs []string, attCreated time
 	o := &ipAllocation{
 		APIVersion: Group + "/" + Version, Kind: "IPAllocation",
 		Metadata: objectMeta{Name: s.allocName(a)},
-		Spec: allocationSpec{Network: s.network, Address: a.String(), State: StateHeld, Kind: rec.Kind, RangeSet: rec.Set, Held: h},
+		Spec:     allocationSpec{Network: s.network, Address: a.String(), State: StateHeld, Kind: rec.Kind, RangeSet: rec.Set, Held: h},
 	}
 	o.Metadata.Labels = s.labels(&o.Spec)
 	return o

@@ -1,7 +1,6 @@
 package stores
 
 import (
-
 	"kubeipam/internal/config"
 	"kubeipam/internal/kubeapi"
 	"kubeipam/internal/store"
@@ -30,4 +29,3 @@ func (o *Opener) openKube(n *config.Network) (store.Backend, error) {
 	}
 	return kubestore.New(kc.c, n.Name, n.Cluster), nil
 }
-

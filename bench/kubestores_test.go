@@ -210,8 +210,7 @@ func runKubeStores(b *testing.B) *ksResults {
 	}
 
 	// Warm-up: the first exec of each binary reads it from disk; whereabouts
-	// creates its Lease. It is also where a build without the kubernetes
-	// store says so.
+	// creates its Lease.
 	for _, pl := range ksPlugins {
 		c := r.cols[pl]
 		subnet := ksSubnets[pl]["warm"]
@@ -221,10 +220,6 @@ func runKubeStores(b *testing.B) *ksResults {
 			continue
 		}
 		c.skipped = "warm-up ADD failed: " + errs[0]
-		if pl == kipamKube && unsupportedStore.MatchString(errs[0]) {
-			c.skipped = "this build has no kubernetes store yet; the plugin answered: " + errs[0]
-			continue
-		}
 		c.problems = append(c.problems, c.skipped)
 	}
 	run := func(f func(pl string, c *ksColumn)) {
@@ -279,12 +274,6 @@ func runKubeStores(b *testing.B) *ksResults {
 	}
 	return r
 }
-
-// unsupportedStore matches kube-ipam's answer to "store": "kubernetes" when
-// the build has no such store: it says so ("the Kubernetes API store is not
-// available in this build"), or it ignored ipam.store and went to etcd,
-// which it was given no address of (builds before ipam.store existed).
-var unsupportedStore = regexp.MustCompile(`(?i)not (yet )?(available|supported|implemented)|unsupported|etcd`)
 
 // judge records what is wrong with a phase's ADDs. Every failed ADD is
 // counted; it fails the run except for whereabouts, whose ADDs give up

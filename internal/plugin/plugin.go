@@ -280,6 +280,14 @@ func (p *Plugin) add(c *call) (*current.Result, error) {
 
 	wants := pod.Wants{Netmask: -1}
 	if a.Name != "" && c.net.PodLookup {
+		if c.net.Store == config.StoreKubernetes {
+			// The kubeconfig is the store's too: one that cannot be used
+			// is a configuration error (code 7), as on DEL and CHECK, not
+			// a failed pod lookup. Opening the store reads only the file.
+			if err := c.connect(); err != nil {
+				return nil, err
+			}
+		}
 		getter, err := p.Pods(c.net)
 		if err != nil {
 			return nil, err
@@ -336,8 +344,10 @@ func (p *Plugin) add(c *call) (*current.Result, error) {
 		}
 	}
 
-	if err := c.connect(); err != nil {
-		return nil, err
+	if c.st == nil {
+		if err := c.connect(); err != nil {
+			return nil, err
+		}
 	}
 	alloc.Store, alloc.Now, alloc.Started = c.st, p.Now, c.started
 	c.log.Debug("allocating", "fixed", fmt.Sprint(req.Fixed), "sticky", req.Sticky, "endpoints", fmt.Sprint(c.net.Etcd.Endpoints))

@@ -92,6 +92,12 @@ func (e *NoLeaderError) Error() string {
 type AmbiguousError struct{ Err error }
 
 func (e *AmbiguousError) Error() string {
+	// Another backend's write (the Kubernetes API store's) is not an etcd
+	// transaction; its error names the API and the request itself.
+	var un Unavailable
+	if errors.As(e.Err, &un) {
+		return "outcome of the write unknown: " + e.Err.Error()
+	}
 	return "outcome of the etcd transaction unknown: " + e.Err.Error()
 }
 

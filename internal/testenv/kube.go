@@ -44,7 +44,8 @@ type Kube struct {
 	Etcd       *Etcd
 	Dir        string // temp dir: keys, certificates, process logs
 
-	procs []*proc // started processes, for WaitFor's liveness check
+	procs     []*proc // started processes, for WaitFor's liveness check
+	apiserver *proc   // the kube-apiserver, for the faults of kube_faults.go
 }
 
 // KubeOptions selects the optional components of StartKube.
@@ -152,6 +153,7 @@ func (k *Kube) startAPIServer(t testing.TB, bin string) {
 			return err == nil, err
 		})
 		if err == nil {
+			k.apiserver = p
 			return
 		}
 		p.stop()

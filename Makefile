@@ -50,7 +50,9 @@ deps:
 # The seed's architecture on this machine: etcd, a control plane and 3 real
 # kubelet nodes (containerd + runc, each in its own network namespace), our
 # CNI chain, the seed's manifests, then the seed's verification with PASS/FAIL.
-# LAB_KEEP=1 keeps it running; `make lab-down` removes it. See docs/lab.md.
+# LAB_KEEP=1 keeps it running; `make lab-down` removes it. LAB_STORE=kubernetes
+# keeps kube-ipam's allocations in the Kubernetes API (deploy/kubernetes-store)
+# instead of the guide's etcd. See docs/lab.md.
 lab: deps build testbin labbin
 	$(BIN)/kube-ipam-lab up
 

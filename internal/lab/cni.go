@@ -45,7 +45,8 @@ func (l *Lab) installCNI(context.Context) error {
 // NetworkConfig is the network config of deploy/configmap.yaml (the seed's
 // 10-multus.conf adapted for a deployment) with the two site values a user
 // would edit: the etcd URL (the lab's dedicated etcd) and the tier policy of
-// the ConfigMap's commented block, switched on.
+// the ConfigMap's commented block, switched on. On the Kubernetes store it
+// also says "store": "kubernetes" (the etcdConfig stays, ignored).
 func (l *Lab) NetworkConfig() ([]byte, error) {
 	path := filepath.Join(l.opts.Deploy, "configmap.yaml")
 	raw, err := os.ReadFile(path)
@@ -71,6 +72,9 @@ func (l *Lab) NetworkConfig() ([]byte, error) {
 		return nil, fmt.Errorf("%s: delegates[1] has no ipam.etcdConfig", path)
 	}
 	etcd["etcdURL"] = l.opts.EtcdURL()
+	if l.opts.KubernetesStore() {
+		ipam["store"] = StoreKubernetes
+	}
 	tier, err := commentedTier(string(raw))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

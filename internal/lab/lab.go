@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"kubeipam/internal/config"
 )
 
 // Options describe one lab. Two labs with different Name, Underlay and Dir
@@ -51,9 +53,25 @@ type Options struct {
 	// Deploy is deploy/: the installer DaemonSet, the controller, RBAC and
 	// the network ConfigMap run in the lab from a locally built image.
 	Deploy string `json:"deploy"`
+	// Store is where kube-ipam keeps its allocations: StoreEtcd (or empty:
+	// the guide's dedicated etcd) or StoreKubernetes (IPAllocation and
+	// IPSticky objects in the lab's API, installed with deploy/ and its
+	// kubernetes-store component). The kube-ipam etcd runs either way.
+	Store string `json:"store,omitempty"`
 	// Out receives progress and the replay; nil discards.
 	Out io.Writer `json:"-"`
 }
+
+// The stores a lab can run kube-ipam on (ipam "store" of the network
+// config).
+const (
+	StoreEtcd       = config.StoreEtcd
+	StoreKubernetes = config.StoreKubernetes
+)
+
+// KubernetesStore reports whether the lab keeps kube-ipam's allocations in
+// the Kubernetes API.
+func (o Options) KubernetesStore() bool { return o.Store == StoreKubernetes }
 
 // DefaultOptions is what `make lab` uses.
 func DefaultOptions(repo string) Options {
@@ -166,6 +184,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("underlay %v must be an IPv4 prefix of /27 or larger", o.Underlay)
 	case o.APIPort <= 0:
 		return fmt.Errorf("API port %d", o.APIPort)
+	case o.Store != "" && o.Store != StoreEtcd && o.Store != StoreKubernetes:
+		return fmt.Errorf("store %q: want %q or %q", o.Store, StoreEtcd, StoreKubernetes)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,6 +58,118 @@ func TestNetworkConfig(t *testing.T) {
 	}
 	if err := json.Unmarshal(c.Delegates[1]["kubeMultus"], &tier); err != nil || tier.Attach == nil || len(tier.Ingress) == 0 {
 		t.Fatalf("tier policy %s (%v): want the ConfigMap's commented policy switched on", c.Delegates[1]["kubeMultus"], err)
+	}
+}
+
+// On the Kubernetes store the config says so and keeps the rest, the
+// guide's etcdConfig included (ignored then).
+func TestNetworkConfigKubernetesStore(t *testing.T) {
+	o := DefaultOptions(moduleRoot(t))
+	etcdConf, err := (&Lab{opts: o}).NetworkConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Store = StoreKubernetes
+	conf, err := (&Lab{opts: o}).NetworkConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets, err := config.ParseNetworks(conf, "lab")
+	if err != nil || len(nets) != 1 || nets[0].Store != config.StoreKubernetes {
+		t.Fatalf("kube-ipam networks %+v, %v", nets, err)
+	}
+	var c, e struct {
+		Delegates []struct {
+			IPAM map[string]json.RawMessage `json:"ipam"`
+		} `json:"delegates"`
+	}
+	_ = json.Unmarshal(conf, &c)
+	_ = json.Unmarshal(etcdConf, &e)
+	if string(c.Delegates[1].IPAM["store"]) != `"kubernetes"` {
+		t.Errorf("ipam.store %s", c.Delegates[1].IPAM["store"])
+	}
+	delete(c.Delegates[1].IPAM, "store")
+	a, _ := json.Marshal(c)
+	b, _ := json.Marshal(e)
+	if !bytes.Equal(a, b) {
+		t.Errorf("apart from ipam.store, the configs differ:\n%s\n%s", a, b)
+	}
+}
+
+func TestSplitInstall(t *testing.T) {
+	rendered := `apiVersion: v1
+kind: Namespace
+metadata:
+  name: kube-ipam
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: ipallocations.ipam.kube-ipam.io
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kube-ipam-config
+  namespace: kube-ipam
+data:
+  00-multus.conf: |
+    {"shipped": true}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kube-ipam-controller-kubeconfig
+  namespace: kube-ipam
+data:
+  kubeconfig: |
+    apiVersion: v1
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: kube-ipam-node
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: kube-ipam-controller
+`
+	setup, workloads, crds, err := splitInstall([]byte(rendered), []byte(`{"lab": true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(crds, []string{"ipallocations.ipam.kube-ipam.io"}) {
+		t.Errorf("CRDs %q", crds)
+	}
+	for _, want := range []string{"kind: Namespace", "kind: CustomResourceDefinition", `00-multus.conf: '{"lab": true}'`, "kube-ipam-controller-kubeconfig"} {
+		if !strings.Contains(string(setup), want) {
+			t.Errorf("setup has no %q:\n%s", want, setup)
+		}
+	}
+	if strings.Contains(string(setup), "shipped") || strings.Contains(string(setup), "kind: DaemonSet") || strings.Contains(string(setup), "kind: Deployment") {
+		t.Errorf("setup:\n%s", setup)
+	}
+	if n := strings.Count(string(workloads), "\n---\n"); n != 1 || !strings.Contains(string(workloads), "kind: DaemonSet") || !strings.Contains(string(workloads), "kind: Deployment") {
+		t.Errorf("workloads:\n%s", workloads)
+	}
+	if _, _, _, err := splitInstall([]byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"), nil); err == nil {
+		t.Error("an install without the kube-ipam objects was split")
+	}
+}
+
+func TestTableRows(t *testing.T) {
+	out := `NAME                     ADDRESS        NETWORK   STATE      POD                    NODE    KIND      AGE
+0abc00da.k8snet2         10.188.0.218   k8snet2   held       default/database-1-0   node2   fixed     2m
+0abc000a.k8snet2         10.188.0.10    k8snet2   released                                  dynamic   3m
+`
+	rows := tableRows(out)
+	if len(rows) != 2 || rows[0]["POD"] != "default/database-1-0" || rows[0]["NODE"] != "node2" || rows[0]["AGE"] != "2m" ||
+		rows[1]["POD"] != "" || rows[1]["KIND"] != "dynamic" || rows[1]["STATE"] != "released" {
+		t.Errorf("%q", rows)
+	}
+	if rows := tableRows("No resources found\n"); rows != nil {
+		t.Errorf("%q", rows)
 	}
 }
 
@@ -123,8 +236,12 @@ func TestExamplesUseLabImages(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	good := DefaultOptions("/repo")
-	if err := good.validate(); err != nil {
-		t.Fatal(err)
+	for _, store := range []string{"", StoreEtcd, StoreKubernetes} {
+		o := good
+		o.Store = store
+		if err := o.validate(); err != nil {
+			t.Fatalf("store %q: %v", store, err)
+		}
 	}
 	for name, mod := range map[string]func(*Options){
 		"relative dir":  func(o *Options) { o.Dir = "lab" },
@@ -132,6 +249,7 @@ func TestValidate(t *testing.T) {
 		"one node":      func(o *Options) { o.Nodes = 1 },
 		"ipv6 underlay": func(o *Options) { o.Underlay = netip.MustParsePrefix("fd00::/64") },
 		"tiny underlay": func(o *Options) { o.Underlay = netip.MustParsePrefix("172.30.0.0/29") },
+		"unknown store": func(o *Options) { o.Store = "consul" },
 	} {
 		o := good
 		mod(&o)

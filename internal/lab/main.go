@@ -19,7 +19,9 @@ const usage = `kube-ipam-lab: the seed's web and database layering on real kubel
 
 Usage:
   kube-ipam-lab up [flags]    bring the lab up, replay the seed's sections 3-5, print
-                              PASS/FAIL, and take it down again (unless --keep)
+                              PASS/FAIL, and take it down again (unless --keep);
+                              --store kubernetes (LAB_STORE=kubernetes) keeps the
+                              allocations in the Kubernetes API instead of etcd
   kube-ipam-lab down [flags]  take down a lab kept with --keep (or left by a crash)
 
 Flags:
@@ -46,6 +48,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return err
 	})
 	fs.IntVar(&o.APIPort, "api-port", o.APIPort, "API server port on the underlay's host address")
+	o.Store = StoreEtcd
+	if v := os.Getenv("LAB_STORE"); v != "" {
+		o.Store = v
+	}
+	fs.StringVar(&o.Store, "store", o.Store, "where kube-ipam keeps its allocations: "+StoreEtcd+
+		" (the guide's dedicated etcd) or "+StoreKubernetes+" (IPAllocation objects in the API; env LAB_STORE)")
 	keep := fs.Bool("keep", envBool("LAB_KEEP"), "keep the lab running after the replay (env LAB_KEEP=1)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
@@ -100,15 +108,19 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		failed++
 	}
 	if ctx.Err() == nil && *keep {
+		registry := "kubectl " + strings.Join(IPAMCtl("networks"), " ")
+		if o.KubernetesStore() {
+			registry = "kubectl get ipallocations   # the Kubernetes store: one object per address\n  " + registry
+		}
 		fmt.Fprintf(stdout, `
 The lab is up (LAB_KEEP). Use it with:
   export KUBECONFIG=%[1]s PATH=%[2]s:$PATH
   kubectl get pod -o wide
-  kubectl %[3]s
+  %[3]s
   nsenter --net=/run/netns/%[4]s-node1 --mount=%[5]s/ns/node1.mnt --uts=%[5]s/ns/node1.uts bash   # a shell on node1
 Logs: %[6]s
 Take it down with: make lab-down
-`, o.Kubeconfig(), o.KubeBin, strings.Join(IPAMCtl("networks"), " "), o.Name, o.Dir, filepath.Join(o.Dir, "logs"))
+`, o.Kubeconfig(), o.KubeBin, registry, o.Name, o.Dir, filepath.Join(o.Dir, "logs"))
 		if failed > 0 {
 			return 1
 		}

@@ -94,7 +94,14 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 		return nil, err
 	}
 
-	r.section("2. kube-ipam on every node (deploy/: installer DaemonSet and controller)")
+	if l.opts.KubernetesStore() {
+		r.section("2. kube-ipam on every node (deploy/ with its " + StoreComponent + " component: installer DaemonSet, controller, CRDs)")
+		o, err := r.kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=kube-ipam")
+		r.check("the IPAllocation and IPSticky CRDs are installed", err == nil && strings.Contains(o, "ipallocations.ipam.kube-ipam.io") &&
+			strings.Contains(o, "ipstickies.ipam.kube-ipam.io"), "%v", err)
+	} else {
+		r.section("2. kube-ipam on every node (deploy/: installer DaemonSet and controller)")
+	}
 	r.kubectl("-n", "kube-ipam", "get", "daemonset,deployment")
 	ds, err := cs.AppsV1().DaemonSets("kube-ipam").Get(ctx, "kube-ipam-node", metav1.GetOptions{})
 	r.check(fmt.Sprintf("the installer runs on all %d nodes", len(l.state.Nodes)),
@@ -206,7 +213,70 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	r.check("kube-ipamctl who-has: 10.188.0.219 is registered to the new database-2-0 only",
 		err == nil && now != nil && len(holders) == 1 && holders[0].PodUID == now.UID && holders[0].Node == now.Spec.NodeName,
 		"%v: %s", err, strings.TrimSpace(string(b)))
+
+	if l.opts.KubernetesStore() {
+		r.section("The registry in the Kubernetes API: one IPAllocation per address")
+		o, err = r.kubectl("get", "ipallocations")
+		rows := tableRows(o)
+		for _, want := range []struct{ ip, pod, node string }{{DB1IP, "default/database-1-0", ""}, {DB2IP, "default/database-2-0", newNode}} {
+			var got []string
+			ok := false
+			for _, row := range rows {
+				if row["ADDRESS"] != want.ip {
+					continue
+				}
+				got = append(got, fmt.Sprint(row))
+				ok = row["STATE"] == "held" && row["POD"] == want.pod && row["NETWORK"] == "k8snet2" && row["KIND"] == "fixed" &&
+					(want.node == "" || row["NODE"] == want.node)
+			}
+			where := ""
+			if want.node != "" {
+				where = " on " + want.node
+			}
+			r.check(fmt.Sprintf("kubectl get ipallocations: IPAllocation %s is held by %s%s", want.ip, want.pod, where),
+				err == nil && ok && len(got) == 1, "%v: rows %q", err, got)
+		}
+	}
 	return r.results, nil
+}
+
+// tableRows reads kubectl's table output: one map per row, keyed by the
+// column headers (columns are found by the headers' positions, so empty
+// cells stay empty).
+func tableRows(out string) []map[string]string {
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) < 2 {
+		return nil
+	}
+	header := lines[0]
+	var starts []int
+	var names []string
+	for i := 0; i < len(header); i++ {
+		if header[i] != ' ' && (i == 0 || header[i-1] == ' ') {
+			starts = append(starts, i)
+			end := strings.IndexByte(header[i:], ' ')
+			if end < 0 {
+				end = len(header) - i
+			}
+			names = append(names, header[i:i+end])
+		}
+	}
+	var rows []map[string]string
+	for _, line := range lines[1:] {
+		row := map[string]string{}
+		for c, start := range starts {
+			if start >= len(line) {
+				break
+			}
+			end := len(line)
+			if c+1 < len(starts) && starts[c+1] < end {
+				end = starts[c+1]
+			}
+			row[names[c]] = strings.TrimSpace(line[start:end])
+		}
+		rows = append(rows, row)
+	}
+	return rows
 }
 
 func dsStatus(ds *appsv1.DaemonSet, err error) string {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,13 +116,22 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 	k.must(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/issuers.cert-manager.io", "crd/certificates.cert-manager.io")
 
 	t.Run("dry-run", func(t *testing.T) {
+		patches := componentPatches(t)
 		for _, rel := range manifests(t) {
+			if slices.Contains(patches, rel) {
+				continue // part of the component's install below
+			}
 			t.Run(rel, func(t *testing.T) {
 				p := filepath.Join(dir, rel)
 				args := []string{"apply", "--server-side", "--dry-run=server", "--field-manager=kube-ipam-test"}
-				if rel == "kustomization.yaml" {
+				switch rel {
+				case "kustomization.yaml":
 					args = append(args, "-k", dir)
-				} else {
+				case component + "/kustomization.yaml":
+					// A Component: the install with it, as users apply it.
+					overlay, _ := renderWithComponent(t)
+					args = append(args, "-k", overlay)
+				default:
 					args = append(args, "-f", p)
 				}
 				out, err := k.run(t, args...)
@@ -159,8 +169,11 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 		}
 	})
 
-	// RBAC for real, then ask the authorizer.
-	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "rbac.yaml"))
+	// RBAC for real (with the Kubernetes store's, and its CRDs), then ask
+	// the authorizer.
+	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "rbac.yaml"), "-f", filepath.Join(dir, component, "rbac.yaml"))
+	k.must(t, "apply", "--server-side", "-k", filepath.Join(dir, crdsDir))
+	k.must(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/ipallocations.ipam.kube-ipam.io", "crd/ipstickies.ipam.kube-ipam.io")
 	t.Run("can-i", func(t *testing.T) {
 		const plugin, ctrl = "system:serviceaccount:kube-ipam:kube-ipam-plugin", "system:serviceaccount:kube-ipam:kube-ipam-controller"
 		for _, c := range []struct {
@@ -190,6 +203,29 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 			{ctrl, []string{"create", "leases.coordination.k8s.io", "-n", "kube-system"}, false},
 			{ctrl, []string{"get", "secrets", "-n", "kube-ipam"}, false},
 			{ctrl, []string{"create", "events", "-n", "kube-ipam"}, false},
+			// The Kubernetes API store (kubernetes-store/rbac.yaml).
+			{plugin, []string{"create", "ipallocations.ipam.kube-ipam.io"}, true},
+			{plugin, []string{"update", "ipallocations.ipam.kube-ipam.io/0abc00da.k8snet2"}, true},
+			{plugin, []string{"delete", "ipallocations.ipam.kube-ipam.io/0abc00da.k8snet2"}, true},
+			{plugin, []string{"list", "ipallocations.ipam.kube-ipam.io"}, true},
+			{plugin, []string{"watch", "ipallocations.ipam.kube-ipam.io"}, false},
+			{plugin, []string{"patch", "ipallocations.ipam.kube-ipam.io/0abc00da.k8snet2"}, false},
+			{plugin, []string{"deletecollection", "ipallocations.ipam.kube-ipam.io"}, false},
+			{plugin, []string{"get", "ipstickies.ipam.kube-ipam.io/x"}, true},
+			{plugin, []string{"create", "ipstickies.ipam.kube-ipam.io"}, true},
+			{plugin, []string{"delete", "ipstickies.ipam.kube-ipam.io/x"}, true},
+			{plugin, []string{"list", "ipstickies.ipam.kube-ipam.io"}, false},
+			{plugin, []string{"update", "ipstickies.ipam.kube-ipam.io/x"}, false},
+			{plugin, []string{"create", "customresourcedefinitions.apiextensions.k8s.io"}, false},
+			{ctrl, []string{"list", "ipallocations.ipam.kube-ipam.io"}, true},
+			{ctrl, []string{"watch", "ipallocations.ipam.kube-ipam.io"}, true},
+			{ctrl, []string{"update", "ipallocations.ipam.kube-ipam.io/0abc00da.k8snet2"}, true},
+			{ctrl, []string{"delete", "ipallocations.ipam.kube-ipam.io/0abc00da.k8snet2"}, true},
+			{ctrl, []string{"create", "ipallocations.ipam.kube-ipam.io"}, false},
+			{ctrl, []string{"list", "ipstickies.ipam.kube-ipam.io"}, true},
+			{ctrl, []string{"create", "ipstickies.ipam.kube-ipam.io"}, true},
+			{ctrl, []string{"delete", "ipstickies.ipam.kube-ipam.io/x"}, true},
+			{ctrl, []string{"update", "ipstickies.ipam.kube-ipam.io/x"}, false},
 		} {
 			out, err := k.run(t, append([]string{"auth", "can-i", "--as=" + c.as}, c.args...)...)
 			// The answer is the last line (kubectl may warn before it).
@@ -266,6 +302,9 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 // expectedObjects counts the objects kubectl should report for a file.
 func expectedObjects(t *testing.T, rel string) int {
 	t.Helper()
+	if rel == component+"/kustomization.yaml" {
+		return expectedObjects(t, "kustomization.yaml") + componentObjects(t)
+	}
 	if rel != "kustomization.yaml" {
 		return len(docs(t, filepath.Join(deployDir(t), rel)))
 	}

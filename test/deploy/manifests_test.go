@@ -572,7 +572,8 @@ func TestControllerManifest(t *testing.T) {
 }
 
 // TestRBACLeastPrivilege: the plugin's ClusterRole is exactly get pods, the
-// controller's exactly what internal/controller calls.
+// controller's exactly what internal/controller calls; on the Kubernetes
+// store, each one's exactly what internal/store/kubestore calls for it.
 func TestRBACLeastPrivilege(t *testing.T) {
 	file := filepath.Join(deployDir(t), "rbac.yaml")
 	rules := func(kind, name string) []rbacv1.PolicyRule {
@@ -614,8 +615,42 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	if crb.RoleRef.Name != "kube-ipam-plugin" || len(crb.Subjects) != 1 || crb.Subjects[0].Name != "kube-ipam-plugin" || crb.Subjects[0].Namespace != "kube-ipam" {
 		t.Errorf("plugin binding %+v", crb)
 	}
+	// The Kubernetes API store: each component exactly the requests
+	// internal/store/kubestore makes for it (see the comments there).
+	storeFile := filepath.Join(deployDir(t), component, "rbac.yaml")
+	const group = "ipam.kube-ipam.io"
+	for _, c := range []struct {
+		role, sa string
+		want     []rbacv1.PolicyRule
+	}{
+		{"kube-ipam-plugin-kubernetes-store", "kube-ipam-plugin", []rbacv1.PolicyRule{
+			{APIGroups: []string{group}, Resources: []string{"ipallocations"}, Verbs: []string{"get", "list", "create", "update", "delete"}},
+			{APIGroups: []string{group}, Resources: []string{"ipstickies"}, Verbs: []string{"get", "create", "delete"}},
+		}},
+		{"kube-ipam-controller-kubernetes-store", "kube-ipam-controller", []rbacv1.PolicyRule{
+			{APIGroups: []string{group}, Resources: []string{"ipallocations"}, Verbs: []string{"get", "list", "watch", "update", "delete"}},
+			{APIGroups: []string{group}, Resources: []string{"ipstickies"}, Verbs: []string{"list", "create", "delete"}},
+		}},
+	} {
+		var r rbacv1.ClusterRole
+		decode(t, storeFile, "ClusterRole", c.role, &r)
+		gj, _ := json.Marshal(r.Rules)
+		wj, _ := json.Marshal(c.want)
+		if !bytes.Equal(gj, wj) {
+			t.Errorf("ClusterRole %s rules\n got %s\nwant %s", c.role, gj, wj)
+		}
+		var b rbacv1.ClusterRoleBinding
+		decode(t, storeFile, "ClusterRoleBinding", c.role, &b)
+		if b.RoleRef.Kind != "ClusterRole" || b.RoleRef.Name != c.role || len(b.Subjects) != 1 || b.Subjects[0].Kind != "ServiceAccount" ||
+			b.Subjects[0].Name != c.sa || b.Subjects[0].Namespace != "kube-ipam" {
+			t.Errorf("ClusterRoleBinding %s: %+v", c.role, b)
+		}
+	}
+	if n := len(docs(t, storeFile)); n != 4 {
+		t.Errorf("%s has %d objects, want the 2 ClusterRoles and their bindings", storeFile, n)
+	}
 	// Only the documented kinds, nothing bound to a built-in role.
-	for _, d := range docs(t, file) {
+	for _, d := range append(docs(t, file), docs(t, storeFile)...) {
 		if !slices.Contains([]string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}, d.kind) {
 			t.Errorf("unexpected %s %s in rbac.yaml", d.kind, d.name)
 		}
@@ -647,6 +682,9 @@ func TestKustomizationListsTheInstall(t *testing.T) {
 	for _, m := range manifests(t) {
 		switch {
 		case m == "kustomization.yaml", strings.HasPrefix(m, "examples/"), strings.Contains(m, ".example."),
+			// The Kubernetes store's component, switched on separately
+			// (store_test.go checks it).
+			strings.HasPrefix(m, component+"/"),
 			// Applied in their own steps (deploy/README.md): the webhook
 			// configuration once the controller is Ready, the certificate
 			// only with cert-manager.

@@ -2,7 +2,8 @@
 // architecture on real kubelet nodes (containerd + runc, one network
 // namespace per node), the seed's manifests applied with kubectl, and the
 // seed's verification (sections 4 and 5) replayed; then the lab is taken
-// down and the test checks that nothing is left behind.
+// down and the test checks that nothing is left behind. It runs twice: on
+// the guide's etcd, then on the Kubernetes API store.
 package lab_test
 
 import (
@@ -13,9 +14,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"kubeipam/internal/lab"
 	"kubeipam/internal/testenv"
@@ -60,30 +70,60 @@ func TestLabReplaysTheSeed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Both stores, one after the other (never two labs at once on a small
+	// machine): the guide's etcd, then the Kubernetes API store as
+	// deploy/README.md installs it. Each lab has its own names, underlay and
+	// directory, beside a `make lab` that may be running.
+	for _, v := range []struct{ store, name, underlay string }{
+		{lab.StoreEtcd, "kitest", "172.30.211.0/24"},
+		{lab.StoreKubernetes, "kitestks", "172.30.212.0/24"},
+	} {
+		t.Run(v.store, func(t *testing.T) {
+			opts := lab.DefaultOptions(root)
+			opts.Name, opts.RepoBin, opts.Store = v.name, bin, v.store
+			opts.Underlay = netip.MustParsePrefix(v.underlay)
+			opts.CNIBin = testenv.CNIPluginDir(t)
+			opts.Out = logWriter{t}
+			replayLab(t, opts)
+		})
+	}
+}
+
+// etcdPrefix is where the guide's config keeps kube-ipam's keys (the
+// default etcdPrefix), and networkKeys those of the seed's network.
+const (
+	etcdPrefix  = "/kube-ipam/"
+	networkKeys = etcdPrefix + "v1/networks/k8snet2/"
+)
+
+func replayLab(t *testing.T, opts lab.Options) {
 	dir, err := os.MkdirTemp("", "kube-ipam-lab-test-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A lab of its own beside a `make lab` that may be running: other
-	// names, another underlay, another directory.
-	opts := lab.DefaultOptions(root)
-	opts.Dir, opts.Name, opts.RepoBin = dir, "kitest", bin
-	opts.Underlay = netip.MustParsePrefix("172.30.211.0/24")
-	opts.CNIBin = testenv.CNIPluginDir(t)
-	opts.Out = logWriter{t}
+	opts.Dir = dir
 	before := hostSnapshot()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
+	var up, replayed time.Duration // for the log: how long each part took
+	t0 := time.Now()
 	l, err := lab.Up(ctx, opts)
 	if l != nil {
-		t.Cleanup(func() { down(t, l, dir, before) })
+		t.Cleanup(func() {
+			t1 := time.Now()
+			down(t, l, dir, before)
+			t.Logf("%s store: up %.0fs, replay and checks %.0fs, down %.0fs", opts.Store, up.Seconds(), replayed.Seconds(), time.Since(t1).Seconds())
+		})
 	} else {
 		os.RemoveAll(dir)
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
+	up = time.Since(t0)
+	t0 = time.Now()
+	defer func() { replayed = time.Since(t0) }()
 	results, err := l.Replay(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -91,6 +131,20 @@ func TestLabReplaysTheSeed(t *testing.T) {
 	var sum bytes.Buffer
 	if failed := lab.Summary(&sum, results); failed > 0 {
 		t.Errorf("%d of the replay's checks failed:\n%s", failed, sum.String())
+	}
+	// Where the allocations are: in etcd, or as IPAllocations in the API
+	// and nothing in etcd.
+	keys, err := l.EtcdKeys(ctx, etcdPrefix)
+	if err != nil {
+		t.Fatalf("reading the lab's kube-ipam etcd: %v", err)
+	}
+	if opts.KubernetesStore() {
+		if len(keys) > 0 {
+			t.Errorf("on the Kubernetes store, the kube-ipam etcd has keys under %s: %q", etcdPrefix, keys)
+		}
+		checkIPAllocations(ctx, t, l)
+	} else if !slices.ContainsFunc(keys, func(k string) bool { return strings.HasPrefix(k, networkKeys) }) {
+		t.Errorf("on etcd, no key under %s: %q", networkKeys, keys)
 	}
 	// Deleting the pods through the API runs every CNI DEL: kube-ipam must
 	// hold nothing afterwards, and its store must be consistent.
@@ -112,14 +166,95 @@ func TestLabReplaysTheSeed(t *testing.T) {
 	if out, err := ipamctl("check"); err != nil {
 		t.Errorf("kube-ipamctl check after the pods were deleted (%v):\n%s", err, out)
 	}
-	// The replay must have covered the seed's sections, not stopped early.
-	for _, want := range []string{"database-2-0 net1 is 10.188.0.219/16", "database-1-0 net1 is 10.188.0.218/16",
-		"pings 10.188.0.219", "database-2-0 pings 10.188.0.218", "outsider has no net1", "database-2-0 moved to another node",
-		"curl the NodePort", "dropped by the tier policy", "over eth0 (flannel)", "registered to the new database-2-0"} {
-		if !strings.Contains(sum.String(), want) {
-			t.Errorf("the replay has no check %q:\n%s", want, sum.String())
+	if opts.KubernetesStore() {
+		for _, a := range ipAllocations(ctx, t, l) {
+			if a.state == "held" {
+				t.Errorf("after every pod was deleted, IPAllocation %s (%s) is still held by %s", a.name, a.address, a.pod)
+			}
 		}
 	}
+	// The replay must have covered the seed's sections, not stopped early.
+	want := []string{"database-2-0 net1 is 10.188.0.219/16", "database-1-0 net1 is 10.188.0.218/16",
+		"pings 10.188.0.219", "database-2-0 pings 10.188.0.218", "outsider has no net1", "database-2-0 moved to another node",
+		"curl the NodePort", "dropped by the tier policy", "over eth0 (flannel)", "registered to the new database-2-0"}
+	if opts.KubernetesStore() {
+		want = append(want, "CRDs are installed", "IPAllocation 10.188.0.218 is held by default/database-1-0",
+			"IPAllocation 10.188.0.219 is held by default/database-2-0 on node")
+	}
+	for _, w := range want {
+		if !strings.Contains(sum.String(), w) {
+			t.Errorf("the replay has no check %q:\n%s", w, sum.String())
+		}
+	}
+}
+
+// ipAllocation is what the test reads of an IPAllocation object.
+type ipAllocation struct {
+	name, address, network, state, kind, pod, podUID, node string
+}
+
+var ipAllocationsGVR = schema.GroupVersionResource{Group: "ipam.kube-ipam.io", Version: "v1alpha1", Resource: "ipallocations"}
+
+// ipAllocations lists the IPAllocation objects through the API.
+func ipAllocations(ctx context.Context, t *testing.T, l *lab.Lab) []ipAllocation {
+	t.Helper()
+	dc, err := dynamic.NewForConfig(restConfig(t, l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := dc.Resource(ipAllocationsGVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("listing IPAllocations: %v", err)
+	}
+	var out []ipAllocation
+	for _, o := range list.Items {
+		str := func(path ...string) string {
+			v, _, _ := unstructured.NestedString(o.Object, append([]string{"spec"}, path...)...)
+			return v
+		}
+		out = append(out, ipAllocation{name: o.GetName(), address: str("address"), network: str("network"), state: str("state"),
+			kind: str("kind"), pod: str("held", "podNamespace") + "/" + str("held", "podName"), podUID: str("held", "podUID"), node: str("held", "node")})
+	}
+	return out
+}
+
+// checkIPAllocations: the database pods' fixed addresses are IPAllocation
+// objects held by those pods (the re-created database-2-0: its UID and
+// node), and nothing else holds them.
+func checkIPAllocations(ctx context.Context, t *testing.T, l *lab.Lab) {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(restConfig(t, l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := ipAllocations(ctx, t, l)
+	for _, want := range []struct{ ip, pod string }{{lab.DB1IP, "database-1-0"}, {lab.DB2IP, "database-2-0"}} {
+		p, err := cs.CoreV1().Pods("default").Get(ctx, want.pod, metav1.GetOptions{})
+		if err != nil {
+			t.Errorf("pod %s: %v", want.pod, err)
+			continue
+		}
+		var got []ipAllocation
+		for _, a := range allocs {
+			if a.address == want.ip {
+				got = append(got, a)
+			}
+		}
+		if len(got) != 1 || got[0].state != "held" || got[0].kind != "fixed" || got[0].network != "k8snet2" ||
+			got[0].pod != "default/"+want.pod || got[0].podUID != string(p.UID) || got[0].node != p.Spec.NodeName {
+			t.Errorf("IPAllocations of %s: %+v; want one, held (fixed, k8snet2) by default/%s (UID %s, node %s)",
+				want.ip, got, want.pod, p.UID, p.Spec.NodeName)
+		}
+	}
+}
+
+func restConfig(t *testing.T, l *lab.Lab) *rest.Config {
+	t.Helper()
+	rc, err := clientcmd.BuildConfigFromFlags("", l.Options().Kubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc
 }
 
 // snapshot is what must be the same before the lab and after its Down.

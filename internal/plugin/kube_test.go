@@ -973,7 +973,7 @@ func TestKubeStoreWithoutCRDs(t *testing.T) {
 	s.fail("ADD", conf, "c2", "net1", "IgnoreUnknown=1;IP=10.188.0.219", CodeStoreRejected, crds)
 	s.fail("CHECK", conf, "c1", "net1", "", CodeStoreRejected, crds)
 	s.fail("DEL", conf, "c1", "net1", "", CodeStoreRejected, crds)
-	s.fail("STATUS", v110(t, conf), "", "", "", types.ErrPluginNotAvailable, crds)
+	s.fail("STATUS", v110(t, conf), "", "", "", types.ErrPluginNotAvailable, "the Kubernetes API refused the check", crds)
 
 	s.k.StopAPIServer(t)
 	s.fail("ADD", conf, "c1", "net1", "", 11, "the Kubernetes API", s.k.Server, "connection refused")

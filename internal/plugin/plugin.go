@@ -621,7 +621,16 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		return c.end(err)
 	}
 	if err := c.st.Ping(c.ctx); err != nil {
-		return c.end(types.NewError(types.ErrPluginNotAvailable, storeName(err)+" is unreachable: "+err.Error(), ""))
+		what := "etcd"
+		if c.net.Store == config.StoreKubernetes {
+			what = "the Kubernetes API"
+		}
+		if store.IsUnavailable(err) {
+			what += " is unreachable: "
+		} else {
+			what += " refused the check: "
+		}
+		return c.end(types.NewError(types.ErrPluginNotAvailable, what+err.Error(), ""))
 	}
 	alloc := allocator.New(c.net, c.st)
 	alloc.Now = p.Now

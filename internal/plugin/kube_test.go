@@ -1021,7 +1021,7 @@ current-context: x
 	// The message names the user, what it was refused, the file, and
 	// every verb the file grants the plugin.
 	forbidden := []string{"RBAC forbids", `User "system:serviceaccount:kube-ipam:kube-ipam-plugin" cannot list resource "ipallocations"`,
-		"ipallocations and ipstickies of API group " + kubestore.Group, rbacFile}
+		"on ipallocations and get, create, delete on ipstickies of API group " + kubestore.Group, rbacFile}
 	var verbs []string
 	for _, d := range docs {
 		if d.Kind == "ClusterRole" && d.Metadata.Name == "kube-ipam-plugin-kubernetes-store" {

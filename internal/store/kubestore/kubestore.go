@@ -159,7 +159,7 @@ func (e *APIError) Error() string {
 	}
 	switch {
 	case e.Code == http.StatusForbidden:
-		return fmt.Sprintf("kubernetes API %s: RBAC forbids the kubeconfig's user to %s %s.%s (cluster-scoped): grant verbs get, list, watch, create, update, delete on ipallocations and ipstickies of API group %s (deploy/kubernetes-store/rbac.yaml): %s",
+		return fmt.Sprintf("kubernetes API %s: RBAC forbids the kubeconfig's user to %s %s.%s (cluster-scoped): for the plugin, grant verbs get, list, create, update, delete on ipallocations and get, create, delete on ipstickies of API group %s; for the controller, get, list, watch, update, delete on ipallocations and list, create, delete on ipstickies (deploy/kubernetes-store/rbac.yaml): %s",
 			e.Server, e.Verb, e.Resource, Group, Group, e.Msg)
 	case e.Code == http.StatusUnauthorized:
 		return fmt.Sprintf("kubernetes API %s: the kubeconfig's credentials were refused (%s %s): %s", e.Server, e.Verb, obj, e.Msg)

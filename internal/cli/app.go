@@ -265,16 +265,19 @@ network with the same name in the --to config: held addresses with their
 attachments, StatefulSet sticky records, and the tombstones of released
 addresses (their cooldown and reserved StatefulSet addresses carry over).
 
-The source is only read, so an address held there never looks free: run
-migrate, switch the nodes' network config to the new store, then run migrate
-again to copy what was allocated on the old store meanwhile. Allocations
+The source is only read, and nothing held in the destination is freed or
+taken over. Run migrate, switch the nodes' network config to the new store,
+then run migrate again (with --config naming the old config) to copy what was
+allocated on the old store meanwhile: until then those addresses look free in
+the new store, so keep the switch short. Allocations
 released on the old store after the first copy stay held in the new one until
 kube-ipam-controller's GC frees them (their pods are gone). An address already
 held by the same holder in the destination is left as it is; one held by
-another holder is a conflict: it is reported, not copied, and migrate exits 1.
-See docs/stores.md.`,
+another holder is a conflict: it is reported, none of that holder's addresses
+is copied, and migrate exits 1. See docs/stores.md.`,
 			example: `  kube-ipamctl migrate --to /etc/kube-ipam/kubernetes-store.conf --dry-run
-  kube-ipamctl migrate --to /etc/kube-ipam/kubernetes-store.conf`,
+  kube-ipamctl migrate --to /etc/kube-ipam/kubernetes-store.conf
+  kube-ipamctl --config /etc/kube-ipam/etcd-store.conf migrate --to /etc/cni/net.d/00-multus.conf`,
 			flags: func(fs *pflag.FlagSet) {
 				fs.StringVar(&migrateTo, "to", "", "network config (a CNI config or conflist) naming the destination store")
 				fs.BoolVar(&dryRun, "dry-run", false, "count what would be copied and write nothing")

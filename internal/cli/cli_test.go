@@ -66,6 +66,9 @@ type fixture struct {
 	pods  fakePods
 	noAPI bool
 	nets  map[string]*config.Network
+	// backend, when set, is the store commit and release (so seed) write
+	// to instead of etcd: the Kubernetes API store of kubestore_test.go.
+	backend func(network string) store.Backend
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -112,6 +115,15 @@ func (f *fixture) run(args ...string) (string, string, int) {
 
 func (f *fixture) store(network string) *store.Store { return store.New(f.cli, prefix, network) }
 
+// target is the store commit and release write to: f.backend's when set,
+// else etcd's.
+func (f *fixture) target(network string) store.Backend {
+	if f.backend != nil {
+		return f.backend(network)
+	}
+	return f.store(network)
+}
+
 // alloc commits one attachment through the store, as the plugin does.
 type alloc struct {
 	network, ns, pod, uid, cid, ifname, node, kind string
@@ -135,7 +147,7 @@ func (f *fixture) commit(a alloc) {
 	if a.kind == store.KindSticky {
 		c.NewSticky = &store.Sticky{Namespace: a.ns, StatefulSet: a.sts, StatefulSetUID: "uid-" + a.sts, Ordinal: a.ordinal, IfName: a.ifname, IPs: a.ips, Created: a.created}
 	}
-	ok, err := f.store(a.network).Commit(context.Background(), c)
+	ok, err := f.target(a.network).Commit(context.Background(), c)
 	if err != nil || !ok {
 		f.t.Fatalf("commit %+v: ok=%v err=%v", a, ok, err)
 	}
@@ -143,7 +155,7 @@ func (f *fixture) commit(a alloc) {
 
 func (f *fixture) release(network, cid, ifname string, at time.Time) {
 	f.t.Helper()
-	if _, err := f.store(network).Release(context.Background(), cid, ifname, at, allocator.ReusePolicy(f.nets[network])); err != nil {
+	if _, err := f.target(network).Release(context.Background(), cid, ifname, at, allocator.ReusePolicy(f.nets[network])); err != nil {
 		f.t.Fatal(err)
 	}
 }

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
+	"kubeipam/internal/config"
 	"kubeipam/internal/store"
 )
 
@@ -75,9 +77,10 @@ func groupHeld(s *store.Snapshot) []migrateGroup {
 // Migrate copies every network's allocations from its store (nets) into the
 // store of the network with the same name in dst: held addresses with their
 // attachments, StatefulSet sticky records and tombstones (release times,
-// reserved StatefulSet addresses). The source is only read, so no address
-// held there ever looks free: run migrate, switch the nodes' config to the
-// new store, run migrate again for what was allocated meanwhile. It exits 1
+// reserved StatefulSet addresses). The source is only read, and nothing
+// held in the destination is freed or taken over: run migrate, switch the
+// nodes' config to the new store, run migrate again for what was allocated
+// on the old store meanwhile (free in the new store until then). It exits 1
 // when an address is held by another holder in the destination.
 func Migrate(ctx context.Context, w io.Writer, nets, dst []*Network, dryRun bool, format string) error {
 	byName := map[string]*Network{}
@@ -90,7 +93,7 @@ func Migrate(ctx context.Context, w io.Writer, nets, dst []*Network, dryRun bool
 		if d == nil {
 			return usageErrorf("network %s is not in the destination config", n.Cfg.Name)
 		}
-		if d.Store.Describe() == n.Store.Describe() {
+		if sameStore(n, d) {
 			return usageErrorf("network %s: the destination is the source (%s)", n.Cfg.Name, n.Store.Describe())
 		}
 		imp, ok := d.Store.(store.Importer)
@@ -124,9 +127,25 @@ func Migrate(ctx context.Context, w io.Writer, nets, dst []*Network, dryRun bool
 		}
 	}
 	if conflicts > 0 {
-		return negativef("%d addresses are held by another holder in the destination and were not copied", conflicts)
+		return negativef("%d address(es) are held by another holder in the destination; their holders' addresses were not copied", conflicts)
 	}
 	return nil
+}
+
+// sameStore reports whether two networks' stores are one: the same
+// description (etcd prefix and network, or API server) and, for etcd, the
+// same endpoints (two etcd clusters may use one prefix).
+func sameStore(n, d *Network) bool {
+	if n.Store.Describe() != d.Store.Describe() {
+		return false
+	}
+	if n.Cfg.Store != config.StoreKubernetes && d.Cfg.Store != config.StoreKubernetes {
+		a, b := slices.Clone(n.Cfg.Etcd.Endpoints), slices.Clone(d.Cfg.Etcd.Endpoints)
+		slices.Sort(a)
+		slices.Sort(b)
+		return slices.Equal(a, b)
+	}
+	return true
 }
 
 func migrateNetwork(ctx context.Context, n, d *Network, imp store.Importer, dryRun bool) (MigrateNetwork, error) {
@@ -182,8 +201,8 @@ func migrateNetwork(ctx context.Context, n, d *Network, imp store.Importer, dryR
 
 // migrateGroupTo copies one holder's addresses as one claim in the
 // destination. Addresses already held there by the same holder are left as
-// they are; an address held by another holder is a conflict and nothing of
-// the group is copied.
+// they are; each address held by another holder is a conflict, and then
+// nothing of the group is copied.
 func migrateGroupTo(ctx context.Context, snap *store.Snapshot, g migrateGroup, d *Network, m *MigrateNetwork, dryRun bool) error {
 	first := g.recs[0].Record
 	att := store.Attachment{ContainerID: first.ContainerID, IfName: first.IfName, PodNamespace: first.PodNamespace,
@@ -195,6 +214,7 @@ func migrateGroupTo(ctx context.Context, snap *store.Snapshot, g migrateGroup, d
 	for attempt := 0; attempt < 8; attempt++ {
 		claim := &store.Claim{Attachment: att}
 		present := 0
+		var conflicts []string
 		for _, e := range g.recs {
 			st, err := d.Store.State(ctx, e.IP)
 			if err != nil {
@@ -205,8 +225,8 @@ func migrateGroupTo(ctx context.Context, snap *store.Snapshot, g migrateGroup, d
 					present++
 					continue
 				}
-				m.Conflicts = append(m.Conflicts, fmt.Sprintf("%s is held by %s here and by %s in %s", e.IP, r.Owner(), e.Record.Owner(), m.From))
-				return nil
+				conflicts = append(conflicts, fmt.Sprintf("%s is held by %s here and by %s in %s", e.IP, r.Owner(), e.Record.Owner(), m.From))
+				continue
 			}
 			claim.Items = append(claim.Items, store.ClaimItem{Record: *e.Record, Mode: store.ClaimTomb, State: st})
 			if note := snap.Notes[e.IP]; note != "" {
@@ -214,6 +234,11 @@ func migrateGroupTo(ctx context.Context, snap *store.Snapshot, g migrateGroup, d
 			}
 		}
 		switch {
+		case len(conflicts) > 0:
+			// Every address of the holder held by another is named; none
+			// of the holder's addresses is copied.
+			m.Conflicts = append(m.Conflicts, conflicts...)
+			return nil
 		case len(claim.Items) == 0:
 			m.Present += present
 			return nil

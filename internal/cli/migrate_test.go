@@ -11,6 +11,7 @@ import (
 
 	"kubeipam/internal/allocator"
 	"kubeipam/internal/store"
+	"kubeipam/internal/testenv"
 )
 
 // destConf writes the fixture's networks again, on another etcd prefix: a
@@ -125,4 +126,28 @@ func mustState(t *testing.T, b store.Backend, ip string) store.IPState {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// Two etcd clusters with the same prefix are two stores: migrate copies
+// from one to the other (it refuses only a destination that is its
+// source).
+func TestMigrateBetweenEtcds(t *testing.T) {
+	f := newFixture(t)
+	f.seed()
+	other := testenv.StartEtcd(t)
+	dest := filepath.Join(t.TempDir(), "other.conf")
+	if err := os.WriteFile(dest, fmt.Appendf(nil, confTmpl, other.ClientURL, prefix), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := f.run("migrate", "--to", dest)
+	if code != 0 {
+		t.Fatalf("migrate to another etcd, same prefix: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, n := range []string{"k8snet2", "k8snet3"} {
+		h1, s1, t1, _ := holders(t, f.store(n))
+		h2, s2, t2, _ := holders(t, store.New(other.Client(t), prefix, n))
+		if fmt.Sprint(h1) != fmt.Sprint(h2) || s1 != s2 || t1 != t2 {
+			t.Errorf("network %s: source holds %v, %d sticky, %d tombstones; destination %v, %d, %d", n, h1, s1, t1, h2, s2, t2)
+		}
+	}
 }

@@ -43,9 +43,10 @@ type Handler struct {
 	now      func() time.Time
 
 	// AllowOnStoreError admits an object whose addresses could not be
-	// checked against etcd (with a warning); by default it is rejected.
+	// checked against the network's store (etcd or the Kubernetes API),
+	// with a warning; by default it is rejected.
 	AllowOnStoreError bool
-	// StoreTimeout bounds the etcd lookups of one request (default 3s; keep
+	// StoreTimeout bounds the store lookups of one request (default 3s; keep
 	// it below the webhook's timeoutSeconds).
 	StoreTimeout time.Duration
 	// Log receives one line per rejection or store error; nil discards.
@@ -494,7 +495,7 @@ func (h *Handler) checkHolders(ctx context.Context, o *object, asks []wanted, v 
 		}
 		rec, err := h.lookup(ctx, a.net, a.ip)
 		if err != nil {
-			msg := fmt.Sprintf("annotation %s=%q: cannot check whether %s is free on network %q: etcd %v: %v", a.key, a.value, a.ip, a.net.Name, a.net.Etcd.Endpoints, err)
+			msg := fmt.Sprintf("annotation %s=%q: cannot check whether %s is free on network %q: %s: %v", a.key, a.value, a.ip, a.net.Name, storeOf(a.net), err)
 			if h.Log != nil {
 				h.Log.Warn("store lookup failed", "network", a.net.Name, "ip", a.ip.String(), "error", err.Error())
 			}
@@ -520,6 +521,15 @@ func (h *Handler) checkHolders(ctx context.Context, o *object, asks []wanted, v 
 		}
 		v.fail("annotation %s=%q: %s%s is already held on network %q by %s", a.key, a.value, a.ip, entry, a.net.Name, who)
 	}
+}
+
+// storeOf names network n's store for messages: its etcd endpoints, or
+// the kubeconfig of its Kubernetes API store.
+func storeOf(n *config.Network) string {
+	if n.Store == config.StoreKubernetes {
+		return "kubernetes API store (kubeconfig " + n.KubeConfig + ")"
+	}
+	return fmt.Sprintf("etcd %v", n.Etcd.Endpoints)
 }
 
 func annotationProblem(err error) string {

@@ -44,7 +44,7 @@ func main() {
 	fs.StringVar(&wh.addr, "webhook-addr", "", "address of the validating admission webhook (HTTPS, /validate); empty = off")
 	fs.StringVar(&wh.cert, "webhook-cert", "/etc/kube-ipam/webhook/tls.crt", "webhook serving certificate")
 	fs.StringVar(&wh.key, "webhook-key", "/etc/kube-ipam/webhook/tls.key", "webhook serving key")
-	fs.BoolVar(&wh.allowOnStoreError, "allow-on-store-error", false, "admit objects (with a warning) when etcd cannot be read, instead of rejecting them")
+	fs.BoolVar(&wh.allowOnStoreError, "allow-on-store-error", false, "admit objects (with a warning) when the store (etcd or the Kubernetes API) cannot be read, instead of rejecting them")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == pflag.ErrHelp {
 			os.Exit(0)
@@ -78,7 +78,7 @@ func main() {
 	// The webhook answers on every replica, leader or not: admission must
 	// not depend on who reconciles.
 	if wh.addr != "" {
-		shutdown, err := serveWebhook(c.ConfigFile, wh, c.Log)
+		shutdown, err := serveWebhook(c, wh)
 		if err != nil {
 			c.Log.Error("kube-ipam-controller: webhook", "err", err)
 			os.Exit(1)
@@ -96,12 +96,19 @@ type webhookFlags struct {
 	allowOnStoreError bool
 }
 
-func serveWebhook(configFile string, f webhookFlags, log *slog.Logger) (func(), error) {
-	networks, err := config.LoadNetworks(configFile)
+func serveWebhook(c controller.Config, f webhookFlags) (func(), error) {
+	log := c.Log
+	networks, err := config.LoadNetworks(c.ConfigFile)
 	if err != nil {
 		return nil, err
 	}
+	// The Kubernetes API store is read as the controller itself.
+	rc, err := controller.KubeClientConfig(c.Kubeconfig, c.KubeAPIQPS, c.KubeAPIBurst)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
 	lookup := webhook.NewBackendLookup(2 * time.Second)
+	lookup.UseKubeREST(rc)
 	h := webhook.NewHandler(networks, lookup.Lookup, time.Now)
 	h.AllowOnStoreError = f.allowOnStoreError
 	h.Log = log

@@ -88,8 +88,15 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
+	rc, err := KubeClientConfig(c.Kubeconfig, c.KubeAPIQPS, c.KubeAPIBurst)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
 	var nets []*Network
 	opener := stores.New(5 * time.Second)
+	// Networks on the Kubernetes API store are opened as the controller
+	// itself (their ipam.kubeConfig is the nodes' file).
+	opener.KubeREST = rc
 	defer opener.Close()
 	for _, cfg := range cfgs {
 		b, err := opener.Open(ctx, cfg)
@@ -97,10 +104,6 @@ func Run(ctx context.Context, c Config) error {
 			return err
 		}
 		nets = append(nets, NewNetwork(cfg, b))
-	}
-	rc, err := KubeClientConfig(c.Kubeconfig, c.KubeAPIQPS, c.KubeAPIBurst)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
 	}
 	kube, err := kubernetes.NewForConfig(rc)
 	if err != nil {

@@ -69,15 +69,27 @@ func NewClient(kubeconfig, userAgent string, timeout time.Duration) (*Client, er
 	if err != nil {
 		return nil, &ConfigError{kubeconfig, err}
 	}
+	c, err := NewClientForConfig(cfg, userAgent, timeout)
+	if err != nil {
+		return nil, &ConfigError{kubeconfig, err}
+	}
+	return c, nil
+}
+
+// NewClientForConfig builds a client from a client-go configuration (an
+// in-cluster one, or a long-running component's own); every request is
+// bounded by timeout. cfg is not modified.
+func NewClientForConfig(cfg *rest.Config, userAgent string, timeout time.Duration) (*Client, error) {
+	cfg = rest.CopyConfig(cfg)
 	cfg.Timeout = timeout
 	cfg.UserAgent = userAgent
 	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
-		return nil, &ConfigError{kubeconfig, err}
+		return nil, err
 	}
 	base, _, err := rest.DefaultServerUrlFor(cfg)
 	if err != nil {
-		return nil, &ConfigError{kubeconfig, fmt.Errorf("bad server address: %w", err)}
+		return nil, fmt.Errorf("bad server address: %w", err)
 	}
 	return &Client{hc: hc, base: strings.TrimRight(base.String(), "/")}, nil
 }

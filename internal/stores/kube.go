@@ -11,21 +11,32 @@ import (
 // the same file.
 type kubeConn struct{ c *kubeapi.Client }
 
-// openKube opens the Kubernetes API store of n, on the API server of
-// o.Kubeconfig when set, else of the network's ipam.kubeConfig.
+// openKube opens the Kubernetes API store of n with o.KubeREST when set,
+// else on the API server of o.Kubeconfig when set, else of the network's
+// ipam.kubeConfig.
 func (o *Opener) openKube(n *config.Network) (store.Backend, error) {
 	path := n.KubeConfig
 	if o.Kubeconfig != "" {
 		path = o.Kubeconfig
 	}
-	kc, ok := o.kube[path]
+	id := "file:" + path
+	if o.KubeREST != nil {
+		id = "rest"
+	}
+	kc, ok := o.kube[id]
 	if !ok {
-		c, err := kubestore.Client(path, n.Timeout)
+		var c *kubeapi.Client
+		var err error
+		if o.KubeREST != nil {
+			c, err = kubeapi.NewClientForConfig(o.KubeREST, "kube-ipam", n.Timeout)
+		} else {
+			c, err = kubestore.Client(path, n.Timeout)
+		}
 		if err != nil {
 			return nil, err
 		}
 		kc = kubeConn{c}
-		o.kube[path] = kc
+		o.kube[id] = kc
 	}
 	return kubestore.New(kc.c, n.Name, n.Cluster), nil
 }

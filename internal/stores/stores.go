@@ -12,6 +12,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/client-go/rest"
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/store"
@@ -28,6 +29,11 @@ type Opener struct {
 	// Kubeconfig, when set, replaces the networks' ipam.kubeConfig for the
 	// Kubernetes API store.
 	Kubeconfig string
+	// KubeREST, when set, is the API identity of every Kubernetes API store
+	// opened (a long-running component's own: its --kubeconfig or its
+	// pod's in-cluster configuration), instead of a kubeconfig file. The
+	// networks' ipam.kubeConfig is a node path, absent from such a pod.
+	KubeREST *rest.Config
 	// ConnectEtcd makes an etcd client (store.Connect unless replaced).
 	ConnectEtcd func(e config.Etcd, dialTimeout time.Duration) (*clientv3.Client, error)
 

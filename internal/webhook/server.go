@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/client-go/rest"
+
 	"kubeipam/internal/config"
 	"kubeipam/internal/store"
 	"kubeipam/internal/stores"
@@ -111,6 +113,10 @@ type BackendLookup struct {
 func NewBackendLookup(dialTimeout time.Duration) *BackendLookup {
 	return &BackendLookup{opener: stores.New(dialTimeout)}
 }
+
+// UseKubeREST makes the Kubernetes API stores open with rc (the
+// component's own identity) instead of the networks' ipam.kubeConfig.
+func (l *BackendLookup) UseKubeREST(rc *rest.Config) { l.opener.KubeREST = rc }
 
 // Lookup is the StoreLookup.
 func (l *BackendLookup) Lookup(ctx context.Context, n *config.Network, ip netip.Addr) (*store.Record, error) {

@@ -18,7 +18,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
 	"kubeipam/internal/config"
@@ -133,15 +132,15 @@ func componentObjects(t *testing.T) int {
 }
 
 // TestStoreComponentLists: a Component (kustomize refuses an overlay
-// inside its base) with the one copy of the CRDs, its RBAC and the
-// controller's kubeconfig, and every file of the directory used.
+// inside its base) with the one copy of the CRDs and its RBAC, and every
+// file of the directory used.
 func TestStoreComponentLists(t *testing.T) {
 	dir := filepath.Join(deployDir(t), component)
 	k := readKustomization(t, dir)
 	if k.APIVersion != "kustomize.config.k8s.io/v1alpha1" || k.Kind != "Component" {
 		t.Errorf("%s/kustomization.yaml is %s %s, want a kustomize Component", component, k.APIVersion, k.Kind)
 	}
-	if want := []string{path.Join("..", crdsDir), "rbac.yaml", "controller-kubeconfig.yaml"}; !slices.Equal(k.Resources, want) {
+	if want := []string{path.Join("..", crdsDir), "rbac.yaml"}; !slices.Equal(k.Resources, want) {
 		t.Errorf("resources %q, want %q", k.Resources, want)
 	}
 	used := map[string]bool{"kustomization.yaml": true}
@@ -304,21 +303,12 @@ func TestStoreComponentRenders(t *testing.T) {
 	find(t, ds, "Deployment", "kube-ipam-controller", &dep)
 	spec := dep.Spec.Template.Spec
 	etcdSecret("the controller", spec)
-	m, v := mountFor(t, spec, 0, nets[0].KubeConfig)
-	if v.ConfigMap == nil || v.ConfigMap.Name != "kube-ipam-controller-kubeconfig" || !m.ReadOnly || m.SubPath != "" ||
-		path.Join(m.MountPath, v.ConfigMap.Items[0].Path) != nets[0].KubeConfig || len(v.ConfigMap.Items) != 1 {
-		t.Fatalf("the controller's %s (ipam.kubeConfig) comes from %+v mounted %+v, want ConfigMap kube-ipam-controller-kubeconfig's kubeconfig", nets[0].KubeConfig, v.VolumeSource, m)
-	}
-	var kc corev1.ConfigMap
-	find(t, ds, "ConfigMap", "kube-ipam-controller-kubeconfig", &kc)
-	cfg, err := clientcmd.Load([]byte(kc.Data[v.ConfigMap.Items[0].Key]))
-	if err != nil {
-		t.Fatalf("the controller's kubeconfig: %v", err)
-	}
-	// client-go uses the in-cluster configuration for a kubeconfig that
-	// configures nothing (clientcmd's DeferredLoadingClientConfig).
-	if len(cfg.Clusters)+len(cfg.AuthInfos)+len(cfg.Contexts) > 0 || cfg.CurrentContext != "" {
-		t.Errorf("the controller's kubeconfig configures something (%+v): it must stay empty so that the pod's ServiceAccount is used", cfg)
+	// The controller opens the store as itself (its in-cluster
+	// configuration), so it mounts nothing at the nodes' kubeconfig path.
+	for _, m := range spec.Containers[0].VolumeMounts {
+		if strings.HasPrefix(nets[0].KubeConfig, strings.TrimRight(m.MountPath, "/")+"/") {
+			t.Errorf("the controller mounts %s over the network's ipam.kubeConfig %s: it opens the store as its own ServiceAccount", m.MountPath, nets[0].KubeConfig)
+		}
 	}
 	// The rest of the controller is deploy/'s.
 	var baseDep appsv1.Deployment

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"sort"
@@ -20,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/controller"
@@ -477,6 +479,7 @@ func (a *App) openPath(ctx context.Context, g *globals, path string) ([]*Network
 	opener := stores.New(min(g.timeout, 5*time.Second))
 	opener.WaitReady = true // fail in seconds, naming the reason
 	opener.Kubeconfig = g.kubeconfig
+	opener.InCluster = true
 	opener.ConnectEtcd = a.Connect
 	closeAll := func() { _ = opener.Close() }
 	type kubeOrNote struct {
@@ -516,6 +519,12 @@ func defaultKube(kubeconfig string, o KubeOptions) (kubernetes.Interface, error)
 		return nil, fmt.Errorf("no kubeconfig (give one with --kubeconfig, or set ipam.kubeConfig)")
 	}
 	if _, err := os.Stat(kubeconfig); err != nil {
+		// In a pod (the controller's), the network's ipam.kubeConfig is a
+		// node path: the pod's own identity is what to use there.
+		if ic, icErr := rest.InClusterConfig(); errors.Is(err, fs.ErrNotExist) && icErr == nil {
+			ic.QPS, ic.Burst, ic.Timeout = o.QPS, o.Burst, o.Timeout
+			return kubernetes.NewForConfig(ic)
+		}
 		return nil, fmt.Errorf("kubeconfig %s: %v (give one with --kubeconfig)", kubeconfig, err)
 	}
 	rc, err := controller.KubeClientConfig(kubeconfig, o.QPS, o.Burst)

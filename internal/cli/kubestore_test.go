@@ -28,6 +28,7 @@ import (
 	"kubeipam/internal/kubeapi"
 	"kubeipam/internal/store"
 	"kubeipam/internal/store/kubestore"
+	"kubeipam/internal/store/kubestore/kubestoretest"
 	"kubeipam/internal/testenv"
 )
 
@@ -41,16 +42,7 @@ type kubeStore struct {
 
 func startKubeStore(t *testing.T) *kubeStore {
 	t.Helper()
-	k := testenv.StartKube(t, testenv.KubeOptions{})
-	api, err := kubeapi.NewClient(k.Kubeconfig, "kube-ipamctl-test", 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	if err := kubestore.InstallCRDs(ctx, api); err != nil {
-		t.Fatal(err)
-	}
+	k, api := kubestoretest.Start(t, "kube-ipamctl-test")
 	const etcdConfig = `"etcdConfig": {"etcdURL": "%[1]s", "etcdPrefix": "%[2]s"},`
 	body := strings.ReplaceAll(confTmpl, etcdConfig, `"store": "kubernetes",`)
 	body = strings.ReplaceAll(body, `"/nonexistent/kubeconfig"`, strconv.Quote(k.Kubeconfig))

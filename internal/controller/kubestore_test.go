@@ -28,9 +28,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"kubeipam/internal/config"
-	"kubeipam/internal/kubeapi"
 	"kubeipam/internal/store"
 	"kubeipam/internal/store/kubestore"
+	"kubeipam/internal/store/kubestore/kubestoretest"
 	"kubeipam/internal/stores"
 	"kubeipam/internal/testenv"
 )
@@ -40,16 +40,7 @@ import (
 // identity cluster. It also returns the config file.
 func newKubeStoreEnv(t *testing.T, cluster string) (*kubeEnv, string) {
 	t.Helper()
-	k := testenv.StartKube(t, testenv.KubeOptions{})
-	api, err := kubeapi.NewClient(k.Kubeconfig, "controller-test", 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	if err := kubestore.InstallCRDs(ctx, api); err != nil {
-		t.Fatal(err)
-	}
+	k, _ := kubestoretest.Start(t, "controller-test")
 	path := filepath.Join(t.TempDir(), "10-n1.conf")
 	body := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"n1","type":"macvlan","ipam":{"type":"kube-ipam","store":"kubernetes",
 		"kubeConfig":%q,"cluster":%q,"subnet":"10.9.0.0/24","rangeStart":"10.9.0.10","rangeEnd":"10.9.0.250","releaseCooldown":"30s"}}`,
@@ -63,7 +54,7 @@ func newKubeStoreEnv(t *testing.T, cluster string) (*kubeEnv, string) {
 	}
 	opener := stores.New(5 * time.Second)
 	t.Cleanup(func() { opener.Close() })
-	b, err := opener.Open(ctx, cfgs[0])
+	b, err := opener.Open(t.Context(), cfgs[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,7 @@ import (
 	"kubeipam/internal/pod"
 	"kubeipam/internal/store"
 	"kubeipam/internal/store/kubestore"
+	"kubeipam/internal/store/kubestore/kubestoretest"
 	"kubeipam/internal/testenv"
 )
 
@@ -63,17 +64,13 @@ type kubeStore struct {
 func startKubeStore(t *testing.T, installCRDs bool) *kubeStore {
 	t.Helper()
 	bin := testenv.Binary(t, "kube-ipam")
-	k := testenv.StartKube(t, testenv.KubeOptions{})
-	api, err := kubeapi.NewClient(k.Kubeconfig, "kube-ipam-plugin-test", 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var k *testenv.Kube
+	var api *kubeapi.Client
 	if installCRDs {
-		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-		defer cancel()
-		if err := kubestore.InstallCRDs(ctx, api); err != nil {
-			t.Fatalf("installing the CRDs: %v", err)
-		}
+		k, api = kubestoretest.Start(t, "kube-ipam-plugin-test")
+	} else {
+		k = testenv.StartKube(t, testenv.KubeOptions{})
+		api = kubestoretest.Client(t, k, "kube-ipam-plugin-test")
 	}
 	s := &kubeStore{t: t, k: k, api: api, bin: bin, dir: t.TempDir()}
 	t.Cleanup(func() {

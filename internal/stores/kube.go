@@ -1,6 +1,12 @@
 package stores
 
 import (
+	"errors"
+	"io/fs"
+	"os"
+
+	"k8s.io/client-go/rest"
+
 	"kubeipam/internal/config"
 	"kubeipam/internal/kubeapi"
 	"kubeipam/internal/store"
@@ -13,22 +19,31 @@ type kubeConn struct{ c *kubeapi.Client }
 
 // openKube opens the Kubernetes API store of n with o.KubeREST when set,
 // else on the API server of o.Kubeconfig when set, else of the network's
-// ipam.kubeConfig.
+// ipam.kubeConfig; with o.InCluster, a kubeconfig file that does not exist
+// gives way to the pod's in-cluster configuration.
 func (o *Opener) openKube(n *config.Network) (store.Backend, error) {
 	path := n.KubeConfig
 	if o.Kubeconfig != "" {
 		path = o.Kubeconfig
 	}
+	rc := o.KubeREST
+	if rc == nil && o.InCluster {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			if ic, err := rest.InClusterConfig(); err == nil {
+				rc = ic
+			}
+		}
+	}
 	id := "file:" + path
-	if o.KubeREST != nil {
+	if rc != nil {
 		id = "rest"
 	}
 	kc, ok := o.kube[id]
 	if !ok {
 		var c *kubeapi.Client
 		var err error
-		if o.KubeREST != nil {
-			c, err = kubeapi.NewClientForConfig(o.KubeREST, "kube-ipam", n.Timeout)
+		if rc != nil {
+			c, err = kubeapi.NewClientForConfig(rc, "kube-ipam", n.Timeout)
 		} else {
 			c, err = kubestore.Client(path, n.Timeout)
 		}

@@ -34,6 +34,11 @@ type Opener struct {
 	// pod's in-cluster configuration), instead of a kubeconfig file. The
 	// networks' ipam.kubeConfig is a node path, absent from such a pod.
 	KubeREST *rest.Config
+	// InCluster: when the kubeconfig file to use does not exist and this
+	// runs in a pod, the Kubernetes API store is opened with the pod's
+	// in-cluster configuration (kube-ipamctl run in the controller's pod,
+	// where the network's ipam.kubeConfig, a node path, is absent).
+	InCluster bool
 	// ConnectEtcd makes an etcd client (store.Connect unless replaced).
 	ConnectEtcd func(e config.Etcd, dialTimeout time.Duration) (*clientv3.Client, error)
 

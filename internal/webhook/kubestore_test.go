@@ -17,10 +17,9 @@ import (
 
 	"kubeipam/internal/allocator"
 	"kubeipam/internal/config"
-	"kubeipam/internal/kubeapi"
 	"kubeipam/internal/store"
 	"kubeipam/internal/store/kubestore"
-	"kubeipam/internal/testenv"
+	"kubeipam/internal/store/kubestore/kubestoretest"
 )
 
 // kubeNetworks is networks() with net-a in the Kubernetes API store of
@@ -102,16 +101,7 @@ func seedHolders(t *testing.T, b store.Backend, n *config.Network) {
 // every case of TestHolders is decided the same way, with the same
 // message, on both stores.
 func TestHoldersOnKubeStore(t *testing.T) {
-	k := testenv.StartKube(t, testenv.KubeOptions{})
-	api, err := kubeapi.NewClient(k.Kubeconfig, "webhook-test", 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	if err := kubestore.InstallCRDs(ctx, api); err != nil {
-		t.Fatal(err)
-	}
+	k, api := kubestoretest.Start(t, "webhook-test")
 	endpoint := k.Etcd.Endpoints[0]
 	etcdNets, kubeNets := networks(t, endpoint), kubeNetworks(t, k.Kubeconfig, endpoint)
 	seedHolders(t, store.New(k.Etcd.Client(t), etcdNets[0].Etcd.Prefix, "net-a"), etcdNets[0])
@@ -124,7 +114,7 @@ func TestHoldersOnKubeStore(t *testing.T) {
 	t.Run("etcd", func(t *testing.T) { run(t, onEtcd, holderCases()) })
 	for _, tc := range holderCases() {
 		req := request(t, admissionv1.Create, tc.obj, nil)
-		e, ks := onEtcd.Review(ctx, req), onKube.Review(ctx, req)
+		e, ks := onEtcd.Review(t.Context(), req), onKube.Review(t.Context(), req)
 		if fmt.Sprint(e.Allowed, e.Result, e.Warnings) != fmt.Sprint(ks.Allowed, ks.Result, ks.Warnings) {
 			t.Errorf("%s: etcd and the Kubernetes API store decide differently:\n  etcd: %v %+v %q\n  kube: %v %+v %q",
 				tc.name, e.Allowed, e.Result, e.Warnings, ks.Allowed, ks.Result, ks.Warnings)

@@ -373,9 +373,9 @@ func selector(kv ...string) string {
 	return strings.Join(parts, ",")
 }
 
-// get reads one IPAllocation (nil if there is none).
-func (s *Store) get(ctx context.Context, name string) (*ipAllocation, error) {
-	r := &req{verb: "get", resource: allocations, name: name, Request: kubeapi.Request{Path: path(allocations, name)}}
+// getObject reads the object name of resource (nil if there is none).
+func getObject[T any](ctx context.Context, s *Store, resource, name string) (*T, error) {
+	r := &req{verb: "get", resource: resource, name: name, Request: kubeapi.Request{Path: path(resource, name)}}
 	resp, err := s.read(ctx, r)
 	if err != nil {
 		return nil, err
@@ -387,12 +387,20 @@ func (s *Store) get(ctx context.Context, name string) (*ipAllocation, error) {
 	default:
 		return nil, s.fail(r, resp)
 	}
-	var o ipAllocation
+	var o T
 	if err := json.Unmarshal(resp.Body, &o); err != nil {
 		return nil, fmt.Errorf("%s: undecodable answer: %w", r.op(), err)
 	}
-	s.remember(&o)
 	return &o, nil
+}
+
+// get reads one IPAllocation (nil if there is none).
+func (s *Store) get(ctx context.Context, name string) (*ipAllocation, error) {
+	o, err := getObject[ipAllocation](ctx, s, allocations, name)
+	if o != nil {
+		s.remember(o)
+	}
+	return o, err
 }
 
 // remember keeps an object as read, for exact undos.

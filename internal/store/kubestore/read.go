@@ -561,23 +561,7 @@ func (s *Store) PodAttachments(ctx context.Context, uid, ifname string) ([]strin
 
 // getSticky reads one IPSticky (nil if there is none).
 func (s *Store) getSticky(ctx context.Context, name string) (*ipSticky, error) {
-	r := &req{verb: "get", resource: stickies, name: name, Request: kubeapi.Request{Path: path(stickies, name)}}
-	resp, err := s.read(ctx, r)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case resp.Code == http.StatusOK:
-	case objectNotFound(resp):
-		return nil, nil
-	default:
-		return nil, s.fail(r, resp)
-	}
-	var o ipSticky
-	if err := json.Unmarshal(resp.Body, &o); err != nil {
-		return nil, fmt.Errorf("%s: undecodable answer: %w", r.op(), err)
-	}
-	return &o, nil
+	return getObject[ipSticky](ctx, s, stickies, name)
 }
 
 // Sticky returns the remembered addresses of a StatefulSet ordinal, or nil.

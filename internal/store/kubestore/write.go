@@ -37,24 +37,33 @@ func decode[T any](r *req, resp *kubeapi.Response) (*T, error) {
 	return &o, nil
 }
 
-// create writes a new IPAllocation: errLost if the address has one.
-func (s *Store) create(ctx context.Context, o *ipAllocation) (*ipAllocation, error) {
+// post creates object o of resource: errLost if one of that name exists.
+func (s *Store) post(ctx context.Context, resource, name string, o any) (*req, *kubeapi.Response, error) {
 	body, err := json.Marshal(o)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	r := &req{verb: "create", resource: allocations, name: o.Metadata.Name,
-		Request: kubeapi.Request{Method: http.MethodPost, Path: path(allocations, ""), Body: body}}
+	r := &req{verb: "create", resource: resource, name: name,
+		Request: kubeapi.Request{Method: http.MethodPost, Path: path(resource, ""), Body: body}}
 	resp, err := s.write(ctx, r)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch resp.Code {
 	case http.StatusCreated, http.StatusOK, http.StatusAccepted:
+		return r, resp, nil
 	case http.StatusConflict:
-		return nil, errLost
+		return nil, nil, errLost
 	default:
-		return nil, s.fail(r, resp)
+		return nil, nil, s.fail(r, resp)
+	}
+}
+
+// create writes a new IPAllocation: errLost if the address has one.
+func (s *Store) create(ctx context.Context, o *ipAllocation) (*ipAllocation, error) {
+	r, resp, err := s.post(ctx, allocations, o.Metadata.Name, o)
+	if err != nil {
+		return nil, err
 	}
 	return s.wrote(r, resp)
 }
@@ -131,22 +140,9 @@ func (s *Store) remove(ctx context.Context, resource, name string, rv store.Vers
 
 // createSticky writes a new IPSticky: errLost if the ordinal has one.
 func (s *Store) createSticky(ctx context.Context, o *ipSticky) (*ipSticky, error) {
-	body, err := json.Marshal(o)
+	r, resp, err := s.post(ctx, stickies, o.Metadata.Name, o)
 	if err != nil {
 		return nil, err
-	}
-	r := &req{verb: "create", resource: stickies, name: o.Metadata.Name,
-		Request: kubeapi.Request{Method: http.MethodPost, Path: path(stickies, ""), Body: body}}
-	resp, err := s.write(ctx, r)
-	if err != nil {
-		return nil, err
-	}
-	switch resp.Code {
-	case http.StatusCreated, http.StatusOK, http.StatusAccepted:
-	case http.StatusConflict:
-		return nil, errLost
-	default:
-		return nil, s.fail(r, resp)
 	}
 	return decode[ipSticky](r, resp)
 }

@@ -85,6 +85,9 @@ type Store struct {
 	// seen are objects as read, by name, so that the undo of an update
 	// restores exactly what was there.
 	seen map[string]*ipAllocation
+	// memo are the answers of Attachment and PodAttachments since this
+	// Store's last write that was not refused as a conflict (memoized).
+	memo map[string]memoEntry
 
 	// beforeWrite, in tests, runs before each write (verb, object name).
 	beforeWrite func(verb, name string) error
@@ -232,7 +235,12 @@ func (s *Store) read(ctx context.Context, r *req) (*kubeapi.Response, error) {
 // it was not applied (429; a connection that could not be opened). Any
 // other failure without an answer (timeout, connection reset, 5xx) is an
 // *store.AmbiguousError: the write may or may not have been applied.
-func (s *Store) write(ctx context.Context, r *req) (*kubeapi.Response, error) {
+func (s *Store) write(ctx context.Context, r *req) (resp *kubeapi.Response, err error) {
+	defer func() {
+		if err != nil || resp.Code != http.StatusConflict {
+			s.forget()
+		}
+	}()
 	if s.beforeWrite != nil {
 		if err := s.beforeWrite(r.verb, r.name); err != nil {
 			return nil, err

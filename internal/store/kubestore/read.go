@@ -417,11 +417,52 @@ func (s *Store) heldBy(ctx context.Context, cid, ifname string, cached bool) ([]
 // (A consistent LIST costs the API server one etcd read of every
 // IPAllocation when etcd predates progress notification, 3.4.31/3.5.13.)
 func (s *Store) Attachment(ctx context.Context, cid, ifname string) (*store.Attachment, error) {
-	ps, err := s.heldBy(ctx, cid, ifname, true)
+	ps, err := s.memoized(ctx, "att", cid, ifname, func() ([]*parsed, error) { return s.heldBy(ctx, cid, ifname, true) })
 	if err != nil || len(ps) == 0 {
 		return nil, err
 	}
 	return attachmentOf(ps), nil
+}
+
+// memoized answers a watch-cache LIST of held addresses (Attachment,
+// PodAttachments) again without a request while this Store has written
+// nothing since but writes the API refused as conflicts, for at most
+// ViewMaxAge like the cached view: the allocator asks
+// again after each lost race, and a race lost at the create of a fresh
+// address changed nothing this LIST shows that this process could know
+// better by asking (the LIST is from the watch cache, no newer than what
+// it already saw). Any other write, or an unknown outcome, forgets it.
+func (s *Store) memoized(ctx context.Context, kind, a, b string, f func() ([]*parsed, error)) ([]*parsed, error) {
+	key := kind + "\x00" + a + "\x00" + b
+	s.mu.Lock()
+	m, ok := s.memo[key]
+	s.mu.Unlock()
+	if ok && time.Since(m.at) < ViewMaxAge {
+		return slices.Clone(m.ps), nil
+	}
+	ps, err := f()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.memo == nil {
+		s.memo = map[string]memoEntry{}
+	}
+	s.memo[key] = memoEntry{time.Now(), slices.Clone(ps)}
+	s.mu.Unlock()
+	return ps, nil
+}
+
+type memoEntry struct {
+	at time.Time
+	ps []*parsed
+}
+
+// forget drops the memoized LISTs (a write may have changed them).
+func (s *Store) forget() {
+	s.mu.Lock()
+	clear(s.memo)
+	s.mu.Unlock()
 }
 
 // Attachments lists every attachment on the network, by container and
@@ -545,7 +586,9 @@ func parseRev(v store.Version) (map[netip.Addr]store.Version, []netip.Addr, bool
 // belong to the pod with UID uid, from the watch cache like Attachment (a
 // pod's earlier sandbox finished its ADD long before the next one starts).
 func (s *Store) PodAttachments(ctx context.Context, uid, ifname string) ([]string, error) {
-	ps, err := s.listHeld(ctx, true, LabelPodUID, labelValue(uid), LabelIfName, labelValue(ifname))
+	ps, err := s.memoized(ctx, "pod", uid, ifname, func() ([]*parsed, error) {
+		return s.listHeld(ctx, true, LabelPodUID, labelValue(uid), LabelIfName, labelValue(ifname))
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
+	"kubeipam/internal/kubeapi"
+	"kubeipam/internal/store/kubestore"
 	"kubeipam/internal/testenv"
 )
 
@@ -396,6 +398,31 @@ func (e *ksEnv) checkStore(pl, tag, subnet string, p phase) error {
 		}
 	case kipamEtcd:
 		return etcdRecordErrors(e.ctx, e.etcd, ksEtcdPrefix, ksShort[pl]+"-"+tag, p)
+	case kipamKube:
+		// What the store itself says (internal/store/kubestore), as etcd's
+		// records are read for the etcd column.
+		api, err := kubeapi.NewClient(e.kube.Kubeconfig, "kube-ipam-bench", time.Minute)
+		if err != nil {
+			return err
+		}
+		atts, err := kubestore.New(api, ksShort[pl]+"-"+tag, "").Attachments(e.ctx)
+		if err != nil {
+			return err
+		}
+		owner := map[netip.Addr]string{}
+		for _, att := range atts {
+			for _, ip := range att.IPs {
+				owner[netip.MustParseAddr(ip)] = att.ContainerID
+			}
+		}
+		for _, s := range p.samples {
+			if s.err == nil && owner[s.ip] != s.cid {
+				return fmt.Errorf("the Kubernetes API store says %s belongs to %q, but ADD %s got it", s.ip, owner[s.ip], s.cid)
+			}
+		}
+		if len(owner) != ok {
+			return countMismatch{fmt.Errorf("the Kubernetes API store holds %d addresses for %d successful ADDs", len(owner), ok)}
+		}
 	case hostLocal:
 		n, err := hostLocalReservations(filepath.Join(e.hostLocalDir(tag), ksShort[pl]+"-"+tag))
 		if err != nil {

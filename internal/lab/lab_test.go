@@ -119,7 +119,7 @@ data:
 apiVersion: v1
 kind: ConfigMap
 metadata:
-  name: kube-ipam-controller-kubeconfig
+  name: kube-ipam-other-config
   namespace: kube-ipam
 data:
   kubeconfig: |
@@ -142,7 +142,7 @@ metadata:
 	if !slices.Equal(crds, []string{"ipallocations.ipam.kube-ipam.io"}) {
 		t.Errorf("CRDs %q", crds)
 	}
-	for _, want := range []string{"kind: Namespace", "kind: CustomResourceDefinition", `00-multus.conf: '{"lab": true}'`, "kube-ipam-controller-kubeconfig"} {
+	for _, want := range []string{"kind: Namespace", "kind: CustomResourceDefinition", `00-multus.conf: '{"lab": true}'`, "kube-ipam-other-config"} {
 		if !strings.Contains(string(setup), want) {
 			t.Errorf("setup has no %q:\n%s", want, setup)
 		}

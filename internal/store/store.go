@@ -539,13 +539,20 @@ func (s *Store) ReleaseAttachment(ctx context.Context, att *Attachment, now time
 
 // AddressStates reads the state of every address att lists.
 func (s *Store) AddressStates(ctx context.Context, att *Attachment) (map[netip.Addr]IPState, error) {
+	return StatesOf(ctx, att, s.State)
+}
+
+// StatesOf reads, with state, the state of every address att lists (what
+// Backend.AddressStates returns, for a backend that reads one address at a
+// time).
+func StatesOf(ctx context.Context, att *Attachment, state func(context.Context, netip.Addr) (IPState, error)) (map[netip.Addr]IPState, error) {
 	out := map[netip.Addr]IPState{}
 	for _, ipStr := range att.IPs {
 		a, err := netip.ParseAddr(ipStr)
 		if err != nil {
 			continue
 		}
-		st, err := s.State(ctx, a)
+		st, err := state(ctx, a)
 		if err != nil {
 			return nil, err
 		}

@@ -361,19 +361,7 @@ func (s *Store) State(ctx context.Context, a netip.Addr) (store.IPState, error) 
 
 // AddressStates reads the state of every address att lists.
 func (s *Store) AddressStates(ctx context.Context, att *store.Attachment) (map[netip.Addr]store.IPState, error) {
-	out := map[netip.Addr]store.IPState{}
-	for _, ipStr := range att.IPs {
-		a, err := netip.ParseAddr(ipStr)
-		if err != nil {
-			continue
-		}
-		st, err := s.State(ctx, a)
-		if err != nil {
-			return nil, err
-		}
-		out[a] = st
-	}
-	return out, nil
+	return store.StatesOf(ctx, att, s.State)
 }
 
 // listHeld lists the held IPAllocations matching the labels kv (besides

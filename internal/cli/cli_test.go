@@ -213,23 +213,27 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
+// goldenCommands are the read commands whose output on the seeded
+// fixture is kept in golden files (testdata), on either store.
+var goldenCommands = []struct {
+	name string
+	args []string
+}{
+	{"networks", []string{"networks"}},
+	{"networks-json", []string{"networks", "-o", "json"}},
+	{"list", []string{"list"}},
+	{"list-json", []string{"list", "-o", "json"}},
+	{"list-filtered", []string{"-n", "default", "list", "--node=worker-1", "--network", "k8snet2"}},
+	{"who-has", []string{"who-has", "fd00:189::2"}},
+	{"show", []string{"show", "web-1", "-n", "default"}},
+	{"show-json", []string{"show", "db/mysql-1", "-o", "json"}},
+	{"check-clean", []string{"check"}},
+}
+
 func TestGoldenOutputs(t *testing.T) {
 	f := newFixture(t)
 	f.seed()
-	for _, c := range []struct {
-		name string
-		args []string
-	}{
-		{"networks", []string{"networks"}},
-		{"networks-json", []string{"networks", "-o", "json"}},
-		{"list", []string{"list"}},
-		{"list-json", []string{"list", "-o", "json"}},
-		{"list-filtered", []string{"-n", "default", "list", "--node=worker-1", "--network", "k8snet2"}},
-		{"who-has", []string{"who-has", "fd00:189::2"}},
-		{"show", []string{"show", "web-1", "-n", "default"}},
-		{"show-json", []string{"show", "db/mysql-1", "-o", "json"}},
-		{"check-clean", []string{"check"}},
-	} {
+	for _, c := range goldenCommands {
 		t.Run(c.name, func(t *testing.T) {
 			out, stderr, code := f.run(c.args...)
 			if code != 0 {

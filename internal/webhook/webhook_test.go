@@ -224,25 +224,7 @@ func TestHolders(t *testing.T) {
 		StatefulSet: "web", StatefulSetUID: "uid-web", Ordinal: 1})
 	seed(t, stA, "c-dep", store.Record{Network: "net-a", IP: "10.10.1.9", PodNamespace: "default", PodName: "d-5d8f7-abcde"})
 
-	run(t, h, []tcase{
-		{name: "pod conflict", obj: podObj("default", "x", ann{"kube-ipam.ip": "10.10.1.7"}),
-			deny: []string{`Pod default/x`, `kube-ipam.ip="10.10.1.7"`, `10.10.1.7 is already held on network "net-a" by pod other/holder`}},
-		{name: "pod holding its own address", obj: podObj("other", "holder", ann{"kube-ipam.ip": "10.10.1.7"})},
-		{name: "same address on another network is free", obj: podObj("default", "x", ann{"kube-ipam.ip.net-b": "10.20.0.7"})},
-		{name: "free address", obj: podObj("default", "x", ann{"kube-ipam.ip": "10.10.1.20"})},
-		{name: "own statefulset passes", obj: statefulSet("web", "uid-web", 2, ann{"kube-ipam.ip-pool": "10.10.1.10,10.10.1.8"})},
-		{name: "own statefulset pod passes", obj: stsPod("default", "web", "uid-web", 1, ann{"kube-ipam.ip-pool": "10.10.1.10,10.10.1.8"})},
-		{name: "same name, new statefulset UID", obj: statefulSet("web", "uid-new", 2, ann{"kube-ipam.ip-pool": "10.10.1.10,10.10.1.8"}),
-			deny: []string{"10.10.1.8 (entry for ordinal 1) is already held", "StatefulSet default/web ordinal 1"}},
-		{name: "own statefulset, other ordinal", obj: statefulSet("web", "uid-web", 2, ann{"kube-ipam.ip-pool": "10.10.1.8,10.10.1.10"}),
-			deny: []string{"entry for ordinal 0"}},
-		{name: "statefulset taking a pod's address", obj: statefulSet("db", "uid-db", 1, ann{"kube-ipam.ip-pool": "10.10.1.7"}),
-			deny: []string{"pod other/holder"}},
-		{name: "deployment rollout keeps its address", obj: deployment("d", 1, ann{"kube-ipam.ip": "10.10.1.9"})},
-		{name: "pod of the deployment's next ReplicaSet", obj: rsPod("d-77c9b", "77c9b", ann{"kube-ipam.ip": "10.10.1.9"})},
-		{name: "pod of another ReplicaSet", obj: rsPod("e-77c9b", "77c9b", ann{"kube-ipam.ip": "10.10.1.9"}), deny: []string{"pod default/d-5d8f7-abcde"}},
-		{name: "other deployment", obj: deployment("e", 1, ann{"kube-ipam.ip": "10.10.1.9"}), deny: []string{"pod default/d-5d8f7-abcde"}},
-	})
+	run(t, h, holderCases())
 }
 
 func TestStoreError(t *testing.T) {

@@ -122,3 +122,23 @@ func UniqueName(prefix string) string {
 	_, _ = rand.Read(b) // cannot fail since Go 1.24
 	return prefix + hex.EncodeToString(b)[:n]
 }
+
+// IPv4Addrs returns the IPv4 addresses (CIDR form) of link name inside n.
+func IPv4Addrs(t testing.TB, n ns.NetNS, name string) []string {
+	t.Helper()
+	var have []string
+	if err := n.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range addrs {
+			have = append(have, a.IPNet.String())
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("addresses of %s in %s: %v", name, n.Path(), err)
+	}
+	return have
+}

@@ -323,20 +323,7 @@ func TestMacvlanFixedIPInNetns(t *testing.T) {
 			if err != nil || len(r.IPs) != 1 || r.IPs[0].Address.String() != "10.188.0.219/16" {
 				t.Fatalf("result %+v (%v)", res, err)
 			}
-			var have []string
-			if err := podNS.Do(func(ns.NetNS) error {
-				l, err := netlink.LinkByName("net1")
-				if err != nil {
-					return err
-				}
-				addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-				for _, a := range addrs {
-					have = append(have, a.IPNet.String())
-				}
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
+			have := testenv.IPv4Addrs(t, podNS, "net1")
 			if len(have) != 1 || have[0] != "10.188.0.219/16" {
 				t.Fatalf("net1 in the pod namespace has %v, want 10.188.0.219/16", have)
 			}

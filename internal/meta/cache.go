@@ -27,6 +27,17 @@ type CacheEntry struct {
 	Policy bool `json:"policy,omitempty"`
 	// DropArgs are CNI_ARGS keys withheld from this delegate.
 	DropArgs []string `json:"dropArgs,omitempty"`
+	// Network is the network's name in network-status (namespace/name for
+	// a NetworkAttachmentDefinition).
+	Network string `json:"network,omitempty"`
+	// RuntimeConfig and Args are the pod annotation's requests (ips, mac)
+	// as runtimeConfig capabilities and CNI_ARGS; DEL and CHECK replay
+	// them.
+	RuntimeConfig map[string]any `json:"runtimeConfig,omitempty"`
+	Args          [][2]string    `json:"args,omitempty"`
+	// Gateways are the annotation's default-route: the pod's default
+	// routes go through this interface.
+	Gateways []string `json:"gateways,omitempty"`
 }
 
 // CachePath is the scratch cache of one container.

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"kubeipam/internal/netattach"
 	"kubeipam/internal/tier"
 )
 
@@ -43,6 +44,17 @@ type Conf struct {
 	RetryDeleteOnError     bool              `json:"retryDeleteOnError"`
 	Kubeconfig             string            `json:"kubeconfig"`
 	RuntimeConfig          map[string]any    `json:"runtimeConfig"`
+
+	// Kubernetes mode (multus's keys and defaults).
+	ClusterNetwork     string   `json:"clusterNetwork"`
+	DefaultNetworks    []string `json:"defaultNetworks"`
+	MultusNamespace    string   `json:"multusNamespace"`
+	SystemNamespaces   []string `json:"systemNamespaces"`
+	NamespaceIsolation bool     `json:"namespaceIsolation"`
+	GlobalNamespaces   string   `json:"globalNamespaces"`
+	// HasSystemNamespaces tells an empty list from none (default).
+	HasSystemNamespaces bool `json:"-"`
+
 	// Injected by the runtime for GC.
 	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments"`
 	// HasValidAttachments tells an empty list (nothing is valid) from none.
@@ -50,6 +62,20 @@ type Conf struct {
 
 	Delegates []*Delegate `json:"-"`
 }
+
+// Isolation is the namespace rule for the pod annotation's networks.
+func (c *Conf) Isolation() netattach.Isolation {
+	global := []string{DefaultGlobalNamespace}
+	if c.GlobalNamespaces != "" {
+		global = netattach.SplitList(c.GlobalNamespaces)
+	}
+	return netattach.Isolation{Enabled: c.NamespaceIsolation, Global: global}
+}
+
+// KubernetesMode reports whether kube-multus reads the pod (annotations,
+// NetworkAttachmentDefinitions) and writes network-status and Events: it
+// has a kubeconfig, as multus.
+func (c *Conf) KubernetesMode() bool { return c.Kubeconfig != "" }
 
 // Delegate is one entry of "delegates", ready to run.
 type Delegate struct {
@@ -64,6 +90,14 @@ type Delegate struct {
 	// the kubeMultus key, with cniVersion filled in when inherited.
 	Bytes []byte
 	Ext   tier.Config
+	// Network is the name network-status gives it: the config's name, or
+	// namespace/name for a NetworkAttachmentDefinition.
+	Network string
+	// Source says where the config came from, for messages.
+	Source string
+	// Sel is the pod annotation's element that asked for it (nil for the
+	// config's networks).
+	Sel *netattach.Selection
 }
 
 // ConfigError is an invalid meta config (CNI code 7, or Code when set).
@@ -78,11 +112,22 @@ func configErr(format string, a ...any) error {
 	return &ConfigError{Code: types.ErrInvalidNetworkConfig, Msg: fmt.Sprintf(format, a...)}
 }
 
-// kubernetesModeKeys are multus settings that only make sense with
-// NetworkAttachmentDefinitions; kube-multus refuses them rather than
-// pretending to honour them.
-var kubernetesModeKeys = []string{"clusternetwork", "defaultnetworks", "multusnamespace", "systemnamespaces",
-	"namespaceisolation", "globalnamespaces", "auxiliarycnichainname", "multusautoconfigdir", "multusconfigfile"}
+// Defaults of the Kubernetes-mode keys, as in multus v4.
+const (
+	DefaultMultusNamespace = "kube-system"
+	DefaultGlobalNamespace = "default"
+)
+
+// DefaultSystemNamespaces get no defaultNetworks (multus's default).
+var DefaultSystemNamespaces = []string{"kube-system"}
+
+// unsupportedKeys are multus settings kube-multus does not implement; it
+// refuses them rather than pretending to honour them.
+var unsupportedKeys = map[string]string{
+	"auxiliarycnichainname": "the thick plugin's auxiliary CNI chain is not implemented: chain the plugin in the network's conflist instead",
+	"multusautoconfigdir":   "it is a setting of multus's daemon, not of a network config: kube-ipam-install --cluster-network=auto builds the config",
+	"multusconfigfile":      "it is a setting of multus's daemon, not of a network config: kube-ipam-install --cluster-network=auto builds the config",
+}
 
 // Parse reads and validates the meta config.
 func Parse(data []byte) (*Conf, error) {
@@ -91,9 +136,8 @@ func Parse(data []byte) (*Conf, error) {
 		return nil, &ConfigError{Code: types.ErrDecodingFailure, Msg: fmt.Sprintf("meta config is not a JSON object: %v", err)}
 	}
 	for k := range keys {
-		if slices.Contains(kubernetesModeKeys, strings.ToLower(k)) {
-			return nil, &ConfigError{Code: types.ErrUnsupportedField, Msg: fmt.Sprintf(
-				"%q is a multus Kubernetes-mode setting (NetworkAttachmentDefinitions); kube-multus runs delegates mode only: list the networks in \"delegates\"", k)}
+		if why, ok := unsupportedKeys[strings.ToLower(k)]; ok {
+			return nil, &ConfigError{Code: types.ErrUnsupportedField, Msg: fmt.Sprintf("meta config key %q is not supported: %s", k, why)}
 		}
 	}
 	c := &Conf{}
@@ -101,6 +145,7 @@ func Parse(data []byte) (*Conf, error) {
 		return nil, &ConfigError{Code: types.ErrDecodingFailure, Msg: fmt.Sprintf("meta config: %v", err)}
 	}
 	_, c.HasValidAttachments = keys["cni.dev/valid-attachments"]
+	_, c.HasSystemNamespaces = keys["systemNamespaces"]
 	if c.Name == "" {
 		return nil, configErr("meta config: missing \"name\"")
 	}
@@ -109,8 +154,23 @@ func Parse(data []byte) (*Conf, error) {
 			return nil, &ConfigError{Code: types.ErrIncompatibleCNIVersion, Msg: fmt.Sprintf("meta config cniVersion %q: %v", c.CNIVersion, err)}
 		}
 	}
-	if len(c.RawDelegates) == 0 {
-		return nil, configErr("at least one delegate must be specified in \"delegates\"")
+	if len(c.RawDelegates) == 0 && c.ClusterNetwork == "" {
+		return nil, configErr("no cluster network: set \"delegates\" (delegates mode) or \"clusterNetwork\" (Kubernetes mode)")
+	}
+	if c.ClusterNetwork != "" && len(c.RawDelegates) > 0 {
+		// multus ignores delegates then; refusing says which one wins.
+		return nil, configErr("both \"clusterNetwork\" and \"delegates\" are set: keep one (clusterNetwork names the cluster network; defaultNetworks and the pod annotation add the others)")
+	}
+	if c.MultusNamespace == "" {
+		c.MultusNamespace = DefaultMultusNamespace
+	}
+	if !c.HasSystemNamespaces {
+		c.SystemNamespaces = DefaultSystemNamespaces
+	}
+	for i, n := range c.DefaultNetworks {
+		if strings.TrimSpace(n) == "" {
+			return nil, configErr("defaultNetworks[%d]: empty network name", i)
+		}
 	}
 	if c.CNIDir == "" {
 		c.CNIDir = DefaultCNIDir
@@ -128,7 +188,7 @@ func Parse(data []byte) (*Conf, error) {
 		return nil, configErr("logLevel %q: want debug, verbose, info, warn, warning, error or panic", c.LogLevel)
 	}
 	for i, raw := range c.RawDelegates {
-		d, err := parseDelegate(i, raw, c.CNIVersion)
+		d, err := parseDelegate(i, fmt.Sprintf("delegates[%d]", i), raw, c.CNIVersion)
 		if err != nil {
 			return nil, err
 		}
@@ -143,8 +203,9 @@ func Parse(data []byte) (*Conf, error) {
 	return c, nil
 }
 
-func parseDelegate(i int, raw json.RawMessage, metaVersion string) (*Delegate, error) {
-	where := fmt.Sprintf("delegates[%d]", i)
+// parseDelegate reads one network config (a delegates entry, a
+// NetworkAttachmentDefinition's config, a file); where names it in errors.
+func parseDelegate(i int, where string, raw json.RawMessage, metaVersion string) (*Delegate, error) {
 	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &keys); err != nil || keys == nil {
 		return nil, configErr("%s: not a JSON object", where)
@@ -158,7 +219,8 @@ func parseDelegate(i int, raw json.RawMessage, metaVersion string) (*Delegate, e
 	if err := json.Unmarshal(raw, &head); err != nil {
 		return nil, configErr("%s: %v", where, err)
 	}
-	d := &Delegate{Index: i, Name: head.Name, Type: head.Type, CNIVersion: head.CNIVersion, IsList: keys["plugins"] != nil}
+	d := &Delegate{Index: i, Name: head.Name, Type: head.Type, CNIVersion: head.CNIVersion, IsList: keys["plugins"] != nil,
+		Network: head.Name, Source: where}
 	if d.Name == "" {
 		return nil, configErr("%s: missing network \"name\"", where)
 	}

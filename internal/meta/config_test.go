@@ -89,6 +89,28 @@ func TestParseExtensionStripped(t *testing.T) {
 	}
 }
 
+func TestParseKubernetesMode(t *testing.T) {
+	c, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"m","type":"kube-multus","kubeconfig":"/k",
+		"clusterNetwork":"/etc/cni/net.d/10-flannel.conflist","defaultNetworks":["extra"],"namespaceIsolation":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MultusNamespace != "kube-system" || !slices.Equal(c.SystemNamespaces, []string{"kube-system"}) || len(c.Delegates) != 0 || !c.KubernetesMode() {
+		t.Errorf("defaults: %+v", c)
+	}
+	iso := c.Isolation()
+	if !iso.Allows("web", "default") || iso.Allows("web", "db") || !iso.Allows("db", "db") {
+		t.Errorf("isolation %+v", iso)
+	}
+	c, err = Parse([]byte(`{"name":"m","clusterNetwork":"flannel","multusNamespace":"net","systemNamespaces":[],"globalNamespaces":"a, b"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MultusNamespace != "net" || len(c.SystemNamespaces) != 0 || !slices.Equal(c.Isolation().Global, []string{"a", "b"}) || c.KubernetesMode() {
+		t.Errorf("explicit: %+v", c)
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	cases := map[string]struct {
 		conf string
@@ -97,8 +119,10 @@ func TestParseErrors(t *testing.T) {
 		"not json":          {`{`, types.ErrDecodingFailure},
 		"no name":           {`{"cniVersion":"0.3.1","delegates":[{"name":"a","type":"x"}]}`, types.ErrInvalidNetworkConfig},
 		"no delegates":      {`{"cniVersion":"0.3.1","name":"m"}`, types.ErrInvalidNetworkConfig},
-		"clusterNetwork":    {`{"cniVersion":"0.3.1","name":"m","clusterNetwork":"flannel","delegates":[{"name":"a","type":"x"}]}`, types.ErrUnsupportedField},
-		"namespaceIso":      {`{"cniVersion":"0.3.1","name":"m","namespaceIsolation":true,"delegates":[{"name":"a","type":"x"}]}`, types.ErrUnsupportedField},
+		"both masters":      {`{"cniVersion":"0.3.1","name":"m","clusterNetwork":"flannel","delegates":[{"name":"a","type":"x"}]}`, types.ErrInvalidNetworkConfig},
+		"auxiliary chain":   {`{"cniVersion":"0.3.1","name":"m","auxiliaryCNIChainName":"x","delegates":[{"name":"a","type":"x"}]}`, types.ErrUnsupportedField},
+		"daemon key":        {`{"cniVersion":"0.3.1","name":"m","multusConfigFile":"auto","clusterNetwork":"flannel"}`, types.ErrUnsupportedField},
+		"empty default net": {`{"cniVersion":"0.3.1","name":"m","clusterNetwork":"flannel","defaultNetworks":[" "]}`, types.ErrInvalidNetworkConfig},
 		"delegate no name":  {`{"cniVersion":"0.3.1","name":"m","delegates":[{"type":"x"}]}`, types.ErrInvalidNetworkConfig},
 		"delegate no type":  {`{"cniVersion":"0.3.1","name":"m","delegates":[{"name":"a"}]}`, types.ErrInvalidNetworkConfig},
 		"delegate not obj":  {`{"cniVersion":"0.3.1","name":"m","delegates":["a"]}`, types.ErrInvalidNetworkConfig},

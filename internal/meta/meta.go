@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,9 +36,10 @@ const (
 // Plugin holds what a call needs; tests replace parts of it.
 type Plugin struct {
 	Out, Stderr io.Writer
-	// ReadLabels reads a pod's labels (default tier.ReadLabels).
-	ReadLabels func(ctx context.Context, kubeconfig, namespace, name string, timeout time.Duration) (map[string]string, error)
-	// LookupTimeout bounds the pod read.
+	// NewKube builds the Kubernetes API client of Kubernetes mode
+	// (default NewKube).
+	NewKube func(kubeconfig string, timeout time.Duration) (Kube, error)
+	// LookupTimeout bounds each API request.
 	LookupTimeout time.Duration
 	// ReadinessTimeout and ReadinessPoll govern readinessindicatorfile.
 	ReadinessTimeout, ReadinessPoll time.Duration
@@ -48,7 +50,7 @@ type Plugin struct {
 // Default is the production wiring.
 func Default() *Plugin {
 	return &Plugin{
-		Out: os.Stdout, Stderr: os.Stderr, ReadLabels: tier.ReadLabels,
+		Out: os.Stdout, Stderr: os.Stderr, NewKube: NewKube,
 		LookupTimeout: 10 * time.Second, ReadinessTimeout: 45 * time.Second, ReadinessPoll: time.Second,
 	}
 }
@@ -68,6 +70,8 @@ type call struct {
 	closeLog func()
 	cni      *libcni.CNIConfig
 	ctx      context.Context
+	kubeAPI  Kube
+	podObj   *Pod // read in Kubernetes mode during ADD
 }
 
 func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
@@ -123,6 +127,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 	res, attached, err := c.add()
 	if err != nil {
+		c.failed(toCNI(err), err)
 		return c.end(err)
 	}
 	if res == nil {
@@ -168,6 +173,7 @@ func (c *call) add() (types.Result, []string, error) {
 	}
 	var master types.Result
 	var attached []string
+	results := make([]types.Result, len(plan))
 	for i, s := range plan {
 		if len(s.rules) > 0 {
 			// Before the delegate: the rules match by name, so the
@@ -186,7 +192,20 @@ func (c *call) add() (types.Result, []string, error) {
 		if i == 0 {
 			master = r
 		}
+		results[i] = r
 		attached = append(attached, s.Name+":"+s.IfName)
+	}
+	for _, s := range plan {
+		if len(s.Gateways) > 0 {
+			if err := setDefaultRoutes(c.args.Netns, s.IfName, s.Gateways); err != nil {
+				c.rollback(plan)
+				return nil, nil, types.NewError(CodeNetwork, fmt.Sprintf("[%s:%s]: default-route %v on %s: %v", c.pod.Label(), s.Name, s.Gateways, s.IfName, err), "")
+			}
+		}
+	}
+	if err := c.publish(plan, results); err != nil {
+		c.rollback(plan)
+		return nil, nil, err
 	}
 	return master, attached, nil
 }
@@ -198,12 +217,21 @@ func requireNetns(args *skel.CmdArgs) error {
 	return nil
 }
 
-// plan decides which delegates this pod gets, their interface names and
-// their policies.
+// plan decides which networks this pod gets, their interface names and
+// their policies. In Kubernetes mode it reads the pod once (labels,
+// annotations, UID) and the NetworkAttachmentDefinitions it needs.
 func (c *call) plan() ([]step, error) {
 	pod := tier.Pod{Namespace: c.pod.Namespace, Name: c.pod.Name}
+	obj, err := c.readPod()
+	if err != nil {
+		return nil, err
+	}
+	nets, err := c.networks(obj)
+	if err != nil {
+		return nil, err
+	}
 	needLabels, needNamespace := false, ""
-	for i, d := range c.conf.Delegates {
+	for i, d := range nets {
 		if (i > 0 && d.Ext.Attach.NeedsLabels()) || d.Ext.NeedsLabels() {
 			needLabels = true
 		}
@@ -216,25 +244,30 @@ func (c *call) plan() ([]step, error) {
 			"network %s selects pods, but CNI_ARGS has no K8S_POD_NAMESPACE: refusing to guess", needNamespace), "")
 	}
 	if needLabels {
-		if pod.Name == "" {
+		if obj == nil {
 			return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "a podSelector needs the pod's labels, but CNI_ARGS has no K8S_POD_NAME", "")
 		}
-		lbls, err := c.p.ReadLabels(c.ctx, c.conf.Kubeconfig, pod.Namespace, pod.Name, c.p.LookupTimeout)
-		if err != nil {
-			return nil, err
-		}
-		pod.Labels = lbls
+		pod.Labels = obj.Labels
 	}
 	var plan []step
-	for i, d := range c.conf.Delegates {
+	used := map[string]string{}
+	for i, d := range nets {
 		ifname := IfName(i, c.args.IfName)
+		if d.Sel != nil && d.Sel.InterfaceRequest != "" {
+			ifname = d.Sel.InterfaceRequest
+		}
 		if i > 0 && ifname == c.args.IfName {
 			return nil, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf(
-				"CNI_IFNAME %s is the interface name of delegates[%d] (%s)", c.args.IfName, i, d.Name), "")
+				"CNI_IFNAME %s is also the interface name of network %s (%s)", c.args.IfName, d.Network, d.Source), "")
 		}
-		if i > 0 {
+		if prev, ok := used[ifname]; ok {
+			return nil, &NetworkError{Msg: fmt.Sprintf("interface %s is asked for twice: by %s and by %s", ifname, prev, d.Source)}
+		}
+		if i > 0 && d.Sel == nil {
 			if d.Ext.Attach.Empty() {
-				c.noteUnselected(d, ifname)
+				if c.conf.ClusterNetwork == "" {
+					c.noteUnselected(d, ifname)
+				}
 			} else {
 				ok, err := d.Ext.Attach.Matches(pod)
 				if err != nil {
@@ -246,6 +279,7 @@ func (c *call) plan() ([]step, error) {
 				}
 			}
 		}
+		used[ifname] = d.Source
 		policy, err := d.Ext.PolicyFor(pod)
 		if err != nil {
 			return nil, types.NewError(CodePodLookup, fmt.Sprintf("network %s: %v", d.Name, err), "")
@@ -254,10 +288,60 @@ func (c *call) plan() ([]step, error) {
 		if err != nil {
 			return nil, types.NewError(CodePolicy, fmt.Sprintf("network %s: %v", d.Name, err), "")
 		}
-		plan = append(plan, step{CacheEntry: CacheEntry{Name: d.Name, Bytes: d.Bytes, IfName: ifname, Index: i,
-			Policy: len(rules) > 0, DropArgs: d.Ext.DropArgs}, rules: rules})
+		rc, args := requests(d.Sel)
+		e := CacheEntry{Name: d.Name, Bytes: d.Bytes, IfName: ifname, Index: i, Policy: len(rules) > 0,
+			DropArgs: d.Ext.DropArgs, Network: d.Network, RuntimeConfig: rc, Args: args}
+		if d.Sel != nil {
+			for _, gw := range d.Sel.GatewayRequest {
+				e.Gateways = append(e.Gateways, gw.String())
+			}
+		}
+		plan = append(plan, step{CacheEntry: e, rules: rules})
 	}
 	return plan, nil
+}
+
+// readPod reads the pod in Kubernetes mode (nil otherwise, or when the
+// runtime named no pod). A pod whose UID is not the sandbox's is another
+// instance of that name: its annotations are not this sandbox's.
+func (c *call) readPod() (*Pod, error) {
+	if !c.conf.KubernetesMode() || c.pod.Name == "" || c.pod.Namespace == "" {
+		return nil, nil
+	}
+	k, err := c.kube()
+	if err != nil {
+		return nil, err
+	}
+	obj, err := k.Pod(c.ctx, c.pod.Namespace, c.pod.Name)
+	var nf *NotFoundError
+	if errors.As(err, &nf) {
+		return nil, &tier.LookupError{Msg: err.Error()}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if c.pod.UID != "" && obj.UID != c.pod.UID && obj.Annotations["kubernetes.io/config.mirror"] == "" {
+		return nil, &tier.LookupError{Msg: fmt.Sprintf("pod %s/%s has UID %s, but the sandbox is for UID %s (the pod was deleted and re-created): refusing its annotations",
+			c.pod.Namespace, c.pod.Name, obj.UID, c.pod.UID)}
+	}
+	c.podObj = obj
+	return obj, nil
+}
+
+// kube is the API client, built once per call.
+func (c *call) kube() (Kube, error) {
+	if c.kubeAPI != nil {
+		return c.kubeAPI, nil
+	}
+	if !c.conf.KubernetesMode() {
+		return nil, &NetworkError{Msg: "this network is a NetworkAttachmentDefinition: set the meta config's \"kubeconfig\" so kube-multus can read it"}
+	}
+	k, err := c.p.NewKube(c.conf.Kubeconfig, c.p.LookupTimeout)
+	if err != nil {
+		return nil, err
+	}
+	c.kubeAPI = k
+	return k, nil
 }
 
 func hasTargets(rules []tier.Rule) bool {
@@ -328,7 +412,14 @@ func (c *call) rollback(done []step) {
 func (c *call) invoke(verb string, e CacheEntry) (types.Result, error) {
 	rt := &libcni.RuntimeConf{
 		ContainerID: c.args.ContainerID, NetNS: c.args.Netns, IfName: e.IfName,
-		Args: DelegateArgs(c.pod, e.DropArgs), CapabilityArgs: c.conf.RuntimeConfig,
+		Args: append(DelegateArgs(c.pod, e.DropArgs), e.Args...), CapabilityArgs: c.conf.RuntimeConfig,
+	}
+	if len(e.RuntimeConfig) > 0 {
+		rt.CapabilityArgs = maps.Clone(c.conf.RuntimeConfig)
+		if rt.CapabilityArgs == nil {
+			rt.CapabilityArgs = map[string]any{}
+		}
+		maps.Copy(rt.CapabilityArgs, e.RuntimeConfig)
 	}
 	if isList(e.Bytes) {
 		list, err := libcni.ConfListFromBytes(e.Bytes)
@@ -601,6 +692,8 @@ func toCNI(err error) *types.Error {
 	var (
 		te  *types.Error
 		ce  *ConfigError
+		ne  *NetworkError
+		nf  *NotFoundError
 		lk  *tier.LookupError
 		una *tier.UnavailableError
 	)
@@ -609,6 +702,10 @@ func toCNI(err error) *types.Error {
 		return te
 	case errors.As(err, &ce):
 		return types.NewError(ce.Code, ce.Msg, "")
+	case errors.As(err, &ne):
+		return networkErr(ne)
+	case errors.As(err, &nf):
+		return types.NewError(CodePodLookup, err.Error(), "")
 	case errors.As(err, &una):
 		return types.NewError(types.ErrTryAgainLater, "Kubernetes API unavailable, try again later: "+err.Error(), "")
 	case errors.As(err, &lk):

@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"kubeipam/internal/netattach"
 	"kubeipam/internal/tier"
 )
 
@@ -98,8 +99,8 @@ func newEnv(t *testing.T) *env {
 	}
 	e.p = Default()
 	e.p.Out, e.p.Stderr = &e.out, &e.stderr
-	e.p.ReadLabels = func(context.Context, string, string, string, time.Duration) (map[string]string, error) {
-		return nil, errors.New("unexpected pod read")
+	e.p.NewKube = func(string, time.Duration) (Kube, error) {
+		return nil, errors.New("unexpected use of the Kubernetes API")
 	}
 	e.p.ReadinessPoll, e.p.ReadinessTimeout = 10*time.Millisecond, 200*time.Millisecond
 	return e
@@ -110,17 +111,17 @@ func newEnv(t *testing.T) *env {
 func (e *env) conf(metaVersion string, extra map[string]any, delegates ...map[string]any) []byte {
 	var ds []any
 	for _, d := range delegates {
-		d = maps(d, map[string]any{"type": "fake", "log": e.log, "expectCache": CachePath(e.cniDir, "c1"), "addr": "10.99.0.1/24"})
+		d = overlay(d, map[string]any{"type": "fake", "log": e.log, "expectCache": CachePath(e.cniDir, "c1"), "addr": "10.99.0.1/24"})
 		ds = append(ds, d)
 	}
-	m := maps(map[string]any{"cniVersion": metaVersion, "name": "multus-demo", "type": "multus-cni",
+	m := overlay(map[string]any{"cniVersion": metaVersion, "name": "multus-demo", "type": "multus-cni",
 		"cniDir": e.cniDir, "binDir": e.bin, "delegates": ds, "logToStderr": true, "logLevel": "debug"}, extra)
 	b, _ := json.Marshal(m)
 	return b
 }
 
-// maps overlays b onto a copy of a... except keys a already has.
-func maps(a, b map[string]any) map[string]any {
+// overlay overlays b onto a copy of a... except keys a already has.
+func overlay(a, b map[string]any) map[string]any {
 	out := map[string]any{}
 	for k, v := range b {
 		out[k] = v
@@ -379,17 +380,16 @@ func TestSelection(t *testing.T) {
 		map[string]any{"name": "k8snet1", "addr": "10.244.1.5/24"},
 		map[string]any{"name": "k8snet2", "kubeMultus": map[string]any{"attach": map[string]any{"namespaces": []string{"db", "web"}}}},
 		map[string]any{"name": "k8snet3", "kubeMultus": map[string]any{"attach": map[string]any{"podSelector": "tier in (db)"}}})
-	reads := 0
-	labels := map[string]map[string]string{"db/database-2-0": {"tier": "db"}, "web/web-1": {"tier": "web"}, "batch/web-1": {"tier": "batch"}}
-	e.p.ReadLabels = func(_ context.Context, kc, ns, name string, _ time.Duration) (map[string]string, error) {
-		reads++
+	k := &fakeKube{pods: map[string]*Pod{
+		"db/database-2-0": {UID: "u2", Labels: map[string]string{"tier": "db"}},
+		"web/web-1":       {Labels: map[string]string{"tier": "web"}},
+		"batch/web-1":     {Labels: map[string]string{"tier": "batch"}},
+	}}
+	e.p.NewKube = func(kc string, _ time.Duration) (Kube, error) {
 		if kc != "/nonexistent/kubeconfig" {
 			t.Errorf("kubeconfig %q", kc)
 		}
-		if l, ok := labels[ns+"/"+name]; ok {
-			return l, nil
-		}
-		return nil, &tier.UnavailableError{Err: errors.New("dial tcp 127.0.0.1:6443: connection refused")}
+		return k, nil
 	}
 	run := func(args string) (string, error) {
 		_ = os.RemoveAll(e.cniDir)
@@ -405,8 +405,8 @@ func TestSelection(t *testing.T) {
 	if got, err := run("K8S_POD_NAMESPACE=batch;K8S_POD_NAME=web-1"); err != nil || got != "ADD k8snet1 kmt0" {
 		t.Errorf("batch pod: %s %v", got, err)
 	}
-	if reads != 3 {
-		t.Errorf("%d pod reads, want one per ADD", reads)
+	if k.reads != 3 {
+		t.Errorf("%d pod reads, want one per ADD", k.reads)
 	}
 	// The API is down: fail with 11, attach nothing.
 	if got, err := run("K8S_POD_NAMESPACE=db;K8S_POD_NAME=other"); code(err) != types.ErrTryAgainLater || got != "" {
@@ -543,4 +543,43 @@ func TestMissingDelegateBinary(t *testing.T) {
 	if err := e.p.Add(e.args(e.conf("1.0.0", nil, map[string]any{"name": "k8snet1"}), "kmt0", "BROKEN")); code(err) != types.ErrInvalidEnvironmentVariables {
 		t.Fatalf("bad CNI_ARGS: %v", err)
 	}
+}
+
+// fakeKube stands in for the API in these pure tests of the call flow
+// (test/meta runs the real thing against a kube-apiserver). A pod missing
+// from pods is an unreachable API.
+type fakeKube struct {
+	pods     map[string]*Pod
+	nads     map[string]*netattach.NAD
+	reads    int
+	statuses map[string]string
+	events   []Event
+}
+
+func (k *fakeKube) Pod(_ context.Context, ns, name string) (*Pod, error) {
+	k.reads++
+	if p, ok := k.pods[ns+"/"+name]; ok {
+		return p, nil
+	}
+	return nil, &tier.UnavailableError{Err: errors.New("dial tcp 127.0.0.1:6443: connection refused")}
+}
+
+func (k *fakeKube) NAD(_ context.Context, ns, name string) (*netattach.NAD, error) {
+	if n, ok := k.nads[ns+"/"+name]; ok {
+		return n, nil
+	}
+	return nil, &NotFoundError{What: "NetworkAttachmentDefinition " + ns + "/" + name}
+}
+
+func (k *fakeKube) SetNetworkStatus(_ context.Context, ns, name, _, value string) error {
+	if k.statuses == nil {
+		k.statuses = map[string]string{}
+	}
+	k.statuses[ns+"/"+name] = value
+	return nil
+}
+
+func (k *fakeKube) Event(_ context.Context, e Event) error {
+	k.events = append(k.events, e)
+	return nil
 }

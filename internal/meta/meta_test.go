@@ -583,3 +583,190 @@ func (k *fakeKube) Event(_ context.Context, e Event) error {
 	k.events = append(k.events, e)
 	return nil
 }
+
+// nadOf is a NetworkAttachmentDefinition whose config is a fake delegate.
+func (e *env) nadOf(ns, name string, conf map[string]any) *netattach.NAD {
+	conf = overlay(conf, map[string]any{"cniVersion": "1.0.0", "type": "fake", "log": e.log, "addr": "10.188.0.9/16"})
+	b, _ := json.Marshal(conf)
+	n := &netattach.NAD{}
+	n.Namespace, n.Name, n.Spec.Config = ns, name, string(b)
+	return n
+}
+
+func TestKubernetesModeAnnotation(t *testing.T) {
+	e := newEnv(t)
+	conf := e.conf("1.0.0", map[string]any{"kubeconfig": "/k"},
+		map[string]any{"name": "k8snet1", "addr": "10.244.1.5/24"},
+		map[string]any{"name": "k8snet2"})
+	k := &fakeKube{pods: map[string]*Pod{"db/database-2-0": {UID: "u2", Annotations: map[string]string{
+		netattach.NetworksAnnotation: `[{"name":"db-net","ips":["10.188.0.219/16"],"mac":"02:00:00:00:00:19","cni-args":{"x":"y"}},{"name":"other","namespace":"shared","interface":"data0"}]`}}},
+		nads: map[string]*netattach.NAD{
+			"db/db-net":     e.nadOf("db", "db-net", map[string]any{"capabilities": map[string]any{"ips": true, "mac": true}, "addr": "10.188.0.219/16"}),
+			"shared/other":  e.nadOf("shared", "other", map[string]any{"name": "other-net"}),
+			"db/unselected": e.nadOf("db", "unselected", nil),
+		}}
+	e.p.NewKube = func(string, time.Duration) (Kube, error) { return k, nil }
+	if err := e.p.Add(e.args(conf, "kmt0", kubeletArgs)); err != nil {
+		t.Fatal(err)
+	}
+	calls := e.calls()
+	// The guide's delegates keep net1; the annotation's networks follow.
+	if got := seq(calls); got != "ADD k8snet1 kmt0, ADD k8snet2 net1, ADD db-net net2, ADD other-net data0" {
+		t.Fatalf("calls: %s", got)
+	}
+	db := calls[2]
+	rc, _ := db.Stdin["runtimeConfig"].(map[string]any)
+	if ips, _ := rc["ips"].([]any); len(ips) != 1 || ips[0] != "10.188.0.219/16" || rc["mac"] != "02:00:00:00:00:19" {
+		t.Errorf("runtimeConfig: %v", db.Stdin["runtimeConfig"])
+	}
+	if !strings.Contains(db.Args, ";IP=10.188.0.219/16") || !strings.Contains(db.Args, ";MAC=02:00:00:00:00:19") {
+		t.Errorf("CNI_ARGS: %s", db.Args)
+	}
+	if args, _ := db.Stdin["args"].(map[string]any); args == nil || args["cni"].(map[string]any)["x"] != "y" {
+		t.Errorf("cni-args: %v", db.Stdin["args"])
+	}
+	if strings.Contains(calls[1].Args, "IP=") || calls[1].Stdin["runtimeConfig"] != nil {
+		t.Errorf("a request leaked to another network: %s %v", calls[1].Args, calls[1].Stdin["runtimeConfig"])
+	}
+	st, err := netattach.Decode(k.statuses["db/database-2-0"])
+	if err != nil || len(st) != 4 {
+		t.Fatalf("network-status %q: %v", k.statuses["db/database-2-0"], err)
+	}
+	want := []string{"k8snet1 kmt0 10.244.1.5 true", "k8snet2 net1 10.99.0.1 false", "db/db-net net2 10.188.0.219 false", "shared/other data0 10.188.0.9 false"}
+	for i, s := range st {
+		if got := fmt.Sprintf("%s %s %s %v", s.Name, s.Interface, strings.Join(s.IPs, ","), s.Default); got != want[i] {
+			t.Errorf("status[%d] = %s, want %s", i, got, want[i])
+		}
+	}
+	if len(k.events) != 4 || k.events[2].Reason != ReasonAdded || k.events[2].Message != "Add net2 [10.188.0.219/16] from db/db-net" ||
+		k.events[2].UID != "u2" || k.events[2].Warning {
+		t.Errorf("events: %+v", k.events)
+	}
+	// DEL needs no API: the requests are replayed from the cache, in
+	// reverse order.
+	e.p.NewKube = func(string, time.Duration) (Kube, error) { return nil, errors.New("DEL used the API") }
+	if err := e.p.Del(e.args(conf, "kmt0", kubeletArgs)); err != nil {
+		t.Fatal(err)
+	}
+	calls = e.calls()
+	if got := seq(calls); got != "DEL other-net data0, DEL db-net net2, DEL k8snet2 net1, DEL k8snet1 kmt0" {
+		t.Fatalf("DEL: %s", got)
+	}
+	if !strings.Contains(calls[1].Args, "IP=10.188.0.219/16") {
+		t.Errorf("DEL without the requested address: %s", calls[1].Args)
+	}
+}
+
+func TestKubernetesModeErrors(t *testing.T) {
+	e := newEnv(t)
+	conf := e.conf("1.0.0", map[string]any{"kubeconfig": "/k", "namespaceIsolation": true},
+		map[string]any{"name": "k8snet1"})
+	k := &fakeKube{pods: map[string]*Pod{}, nads: map[string]*netattach.NAD{
+		"db/db-net":  e.nadOf("db", "db-net", nil),
+		"db/attach":  e.nadOf("db", "attach", map[string]any{"kubeMultus": map[string]any{"attach": map[string]any{"namespaces": []string{"db"}}}}),
+		"db/badjson": nadBad("{"),
+	}}
+	e.p.NewKube = func(string, time.Duration) (Kube, error) { return k, nil }
+	for _, c := range []struct {
+		annotation, uid, want string
+		code                  uint
+		reason                string
+	}{
+		{`missing`, "u2", "cannot find NetworkAttachmentDefinition missing in namespace db", CodeNetwork, ReasonNoNetwork},
+		{`web/db-net`, "u2", "namespaceIsolation", CodeNetwork, ReasonAddFailed},
+		{`default/missing`, "u2", "cannot find", CodeNetwork, ReasonNoNetwork},
+		{`[{"name":"db-net","ips":["10.188.0.300"]}]`, "u2", `"10.188.0.300" is not an address`, CodeNetwork, ReasonAddFailed},
+		{`attach`, "u2", "pods select this network with their k8s.v1.cni.cncf.io/networks annotation", CodeNetwork, ReasonAddFailed},
+		{`badjson`, "u2", "spec.config", CodeNetwork, ReasonAddFailed},
+		{`db-net@kmt0`, "u2", "CNI_IFNAME kmt0 is also the interface name", types.ErrInvalidEnvironmentVariables, ReasonAddFailed},
+		{`db-net@net5, db-net@net5`, "u2", "interface net5 is asked for twice", CodeNetwork, ReasonAddFailed},
+		{`db-net`, "other-uid", "refusing its annotations", CodePodLookup, ReasonAddFailed},
+	} {
+		_ = os.RemoveAll(e.cniDir)
+		k.events, k.statuses = nil, nil
+		k.pods["db/database-2-0"] = &Pod{UID: c.uid, Annotations: map[string]string{netattach.NetworksAnnotation: c.annotation}}
+		err := e.p.Add(e.args(conf, "kmt0", kubeletArgs))
+		if code(err) != c.code || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: want code %d with %q, got %d: %v", c.annotation, c.code, c.want, code(err), err)
+		}
+		if got := seq(e.calls()); got != "" {
+			t.Errorf("%s: attached %s", c.annotation, got)
+		}
+		if len(k.statuses) != 0 {
+			t.Errorf("%s: network-status written", c.annotation)
+		}
+		if len(k.events) != 1 || !k.events[0].Warning || k.events[0].Reason != c.reason || !strings.Contains(k.events[0].Message, fmt.Sprintf("CNI error %d: ", c.code)) {
+			t.Errorf("%s: events %+v", c.annotation, k.events)
+		}
+	}
+	// The API is down: code 11, no Event attempted.
+	delete(k.pods, "db/database-2-0")
+	k.events = nil
+	if err := e.p.Add(e.args(conf, "kmt0", kubeletArgs)); code(err) != types.ErrTryAgainLater || len(k.events) != 0 {
+		t.Errorf("API down: %v, events %+v", err, k.events)
+	}
+}
+
+func nadBad(config string) *netattach.NAD {
+	n := &netattach.NAD{}
+	n.Namespace, n.Name, n.Spec.Config = "db", "badjson", config
+	return n
+}
+
+func TestClusterNetworkModes(t *testing.T) {
+	e := newEnv(t)
+	confDir := t.TempDir()
+	write := func(name string, m map[string]any) string {
+		m = overlay(m, map[string]any{"cniVersion": "1.0.0", "type": "fake", "log": e.log, "addr": "10.244.1.5/24"})
+		b, _ := json.Marshal(m)
+		p := filepath.Join(confDir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	flannel := write("10-flannel.conf", map[string]any{"name": "cbr0"})
+	write("20-extra.conf", map[string]any{"name": "extra", "addr": "10.77.0.2/24"})
+	mk := func(extra map[string]any) []byte {
+		m := overlay(extra, map[string]any{"cniVersion": "1.0.0", "name": "multus-cni-network", "type": "kube-multus",
+			"cniDir": e.cniDir, "binDir": e.bin, "confDir": confDir, "logToStderr": true, "logLevel": "debug"})
+		b, _ := json.Marshal(m)
+		return b
+	}
+	// Without a kubeconfig: files only (a path, then a name in confDir).
+	conf := mk(map[string]any{"clusterNetwork": flannel, "defaultNetworks": []string{"extra"}})
+	if err := e.p.Add(e.args(conf, "kmt0", kubeletArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if got := seq(e.calls()); got != "ADD cbr0 kmt0, ADD extra net1" {
+		t.Fatalf("calls: %s", got)
+	}
+	// A pod of a system namespace gets only the cluster network.
+	_ = os.RemoveAll(e.cniDir)
+	if err := e.p.Add(e.args(conf, "kmt0", "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns")); err != nil {
+		t.Fatal(err)
+	}
+	if got := seq(e.calls()); got != "ADD cbr0 kmt0" {
+		t.Fatalf("system namespace: %s", got)
+	}
+	// A missing network names the key and where it looked.
+	_ = os.RemoveAll(e.cniDir)
+	err := e.p.Add(e.args(mk(map[string]any{"clusterNetwork": "nope"}), "kmt0", kubeletArgs))
+	if code(err) != CodeNetwork || !strings.Contains(err.Error(), `clusterNetwork "nope"`) || !strings.Contains(err.Error(), confDir) {
+		t.Fatalf("missing cluster network: %v", err)
+	}
+	// With a kubeconfig: a NAD in multusNamespace wins over the file of
+	// that name, and names the network namespace/name.
+	k := &fakeKube{pods: map[string]*Pod{"db/database-2-0": {UID: "u2"}}, nads: map[string]*netattach.NAD{
+		"kube-system/cbr0": e.nadOf("kube-system", "cbr0", map[string]any{"name": "cbr0", "addr": "10.244.9.9/24"})}}
+	e.p.NewKube = func(string, time.Duration) (Kube, error) { return k, nil }
+	_ = os.RemoveAll(e.cniDir)
+	if err := e.p.Add(e.args(mk(map[string]any{"clusterNetwork": "cbr0", "defaultNetworks": []string{"extra"}, "kubeconfig": "/k"}), "kmt0", kubeletArgs)); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := netattach.Decode(k.statuses["db/database-2-0"])
+	if got := seq(e.calls()); got != "ADD cbr0 kmt0, ADD extra net1" || len(st) != 2 || st[0].Name != "kube-system/cbr0" ||
+		st[0].IPs[0] != "10.244.9.9" || !st[0].Default || st[1].Name != "extra" {
+		t.Fatalf("NAD cluster network: %s %+v", got, st)
+	}
+}

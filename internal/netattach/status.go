@@ -20,7 +20,8 @@ type Status = nadv1.NetworkStatus
 // if any) is the pod's default. Addresses go to the interface their
 // "interface" index names; addresses without one go to the last pod
 // interface, as multus does. ifname names the interface when the result
-// lists none (results of spec 0.1/0.2 have no interfaces).
+// lists none in the pod (results of spec 0.1/0.2 have no interfaces); all
+// addresses are then that interface's.
 func Statuses(r types.Result, name string, isDefault bool, ifname string) ([]Status, error) {
 	res, err := current.NewResultFromResult(r)
 	if err != nil {
@@ -65,7 +66,7 @@ func Statuses(r types.Result, name string, isDefault bool, ifname string) ([]Sta
 	}
 	for _, ip := range res.IPs {
 		j := len(out) - 1
-		if ip.Interface != nil {
+		if ip.Interface != nil && len(at) > 0 {
 			k, ok := at[*ip.Interface]
 			if !ok {
 				continue // an address of a host-side interface

@@ -173,7 +173,9 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 	// the authorizer.
 	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "rbac.yaml"), "-f", filepath.Join(dir, component, "rbac.yaml"))
 	k.must(t, "apply", "--server-side", "-k", filepath.Join(dir, crdsDir))
-	k.must(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/ipallocations.ipam.kube-ipam.io", "crd/ipstickies.ipam.kube-ipam.io")
+	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "crds", "network-attachment-definitions.yaml"))
+	k.must(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/ipallocations.ipam.kube-ipam.io", "crd/ipstickies.ipam.kube-ipam.io",
+		"crd/network-attachment-definitions.k8s.cni.cncf.io")
 	t.Run("can-i", func(t *testing.T) {
 		const plugin, ctrl = "system:serviceaccount:kube-ipam:kube-ipam-plugin", "system:serviceaccount:kube-ipam:kube-ipam-controller"
 		for _, c := range []struct {
@@ -190,6 +192,13 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 			{plugin, []string{"get", "secrets", "-n", "default"}, false},
 			{plugin, []string{"get", "statefulsets.apps", "-n", "default"}, false},
 			{plugin, []string{"get", "nodes"}, false},
+			// kube-multus, Kubernetes mode (kube-ipam-multus).
+			{plugin, []string{"get", "network-attachment-definitions.k8s.cni.cncf.io/db-net", "-n", "db"}, true},
+			{plugin, []string{"list", "network-attachment-definitions.k8s.cni.cncf.io", "-n", "db"}, false},
+			{plugin, []string{"patch", "pods", "--subresource=status", "-n", "db"}, true},
+			{plugin, []string{"patch", "pods", "-n", "db"}, false},
+			{plugin, []string{"create", "events", "-n", "db"}, true},
+			{plugin, []string{"delete", "events", "-n", "db"}, false},
 			{ctrl, []string{"list", "pods", "--all-namespaces"}, true},
 			{ctrl, []string{"watch", "pods", "--all-namespaces"}, true},
 			{ctrl, []string{"get", "pods", "-n", "default"}, true},

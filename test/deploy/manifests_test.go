@@ -594,6 +594,11 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		want       []rbacv1.PolicyRule
 	}{
 		{"ClusterRole", "kube-ipam-plugin", []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}},
+		{"ClusterRole", "kube-ipam-multus", []rbacv1.PolicyRule{
+			{APIGroups: []string{"k8s.cni.cncf.io"}, Resources: []string{"network-attachment-definitions"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/status"}, Verbs: []string{"patch"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
+		}},
 		{"ClusterRole", "kube-ipam-controller", []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"apps"}, Resources: []string{"statefulsets"}, Verbs: []string{"get"}},
@@ -614,6 +619,10 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	decode(t, file, "ClusterRoleBinding", "kube-ipam-plugin", &crb)
 	if crb.RoleRef.Name != "kube-ipam-plugin" || len(crb.Subjects) != 1 || crb.Subjects[0].Name != "kube-ipam-plugin" || crb.Subjects[0].Namespace != "kube-ipam" {
 		t.Errorf("plugin binding %+v", crb)
+	}
+	decode(t, file, "ClusterRoleBinding", "kube-ipam-multus", &crb)
+	if crb.RoleRef.Name != "kube-ipam-multus" || len(crb.Subjects) != 1 || crb.Subjects[0].Name != "kube-ipam-plugin" || crb.Subjects[0].Namespace != "kube-ipam" {
+		t.Errorf("kube-multus binding %+v", crb)
 	}
 	// The Kubernetes API store: each component exactly the requests
 	// internal/store/kubestore makes for it (see the comments there).

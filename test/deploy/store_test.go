@@ -181,7 +181,7 @@ func TestStoreComponentLists(t *testing.T) {
 			continue
 		}
 		for _, d := range docs(t, filepath.Join(deployDir(t), m)) {
-			if d.kind == "CustomResourceDefinition" {
+			if d.kind == "CustomResourceDefinition" && strings.HasSuffix(d.name, ".ipam.kube-ipam.io") {
 				t.Errorf("deploy/%s holds CRD %s: the store's CRDs have one copy, in %s", m, d.name, crdsDir)
 			}
 		}

@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"kubeipam/internal/kubeapi"
 	"kubeipam/internal/lab"
 )
 
@@ -319,5 +320,25 @@ func writeRSAKeyPair(t testing.TB, pubFile, keyFile string) {
 	}
 	if err != nil {
 		t.Fatalf("writing service-account keys: %v", err)
+	}
+}
+
+// NADCRD is the repository's NetworkAttachmentDefinition CRD, relative to
+// ModuleRoot.
+const NADCRD = "deploy/crds/network-attachment-definitions.yaml"
+
+// InstallCRDs installs CustomResourceDefinitions from YAML files of the
+// repository (paths relative to ModuleRoot, one CRD each), as deploy/
+// ships them, and waits until they are served.
+func (k *Kube) InstallCRDs(t testing.TB, files ...string) {
+	t.Helper()
+	api, err := kubeapi.NewClient(k.Kubeconfig, "testenv", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := kubeapi.InstallCRDs(ctx, api, os.DirFS(ModuleRoot(t)), files...); err != nil {
+		t.Fatalf("installing %v: %v", files, err)
 	}
 }

@@ -578,3 +578,29 @@ func ParseIPOrCIDR(s string) (IPSpec, error) {
 	}
 	return IPSpec{Addr: a.Unmap(), Bits: -1}, nil
 }
+
+// MergeRequests joins the addresses a runtime asks for through several CNI
+// conventions at once (multus sends an annotation's "ips" both as CNI_ARGS
+// IP= and as runtimeConfig.ips): the same address twice is one request,
+// keeping the prefix length whichever gave one; the same address with two
+// different prefix lengths is an error.
+func MergeRequests(specs []IPSpec) ([]IPSpec, error) {
+	var out []IPSpec
+	at := map[netip.Addr]int{}
+	for _, s := range specs {
+		i, ok := at[s.Addr]
+		if !ok {
+			at[s.Addr] = len(out)
+			out = append(out, s)
+			continue
+		}
+		switch prev := out[i]; {
+		case s.Bits == -1 || s.Bits == prev.Bits:
+		case prev.Bits == -1:
+			out[i] = s
+		default:
+			return nil, fmt.Errorf("%s is asked for as /%d and as /%d", s.Addr, prev.Bits, s.Bits)
+		}
+	}
+	return out, nil
+}

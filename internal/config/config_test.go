@@ -864,3 +864,42 @@ func TestParseIPOrCIDR(t *testing.T) {
 		})
 	}
 }
+
+func TestMergeRequests(t *testing.T) {
+	spec := func(s string) config.IPSpec {
+		p, err := config.ParseIPOrCIDR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, c := range []struct {
+		in      []string
+		want    string
+		wantErr bool
+	}{
+		{in: nil, want: "[]"},
+		{in: []string{"10.188.0.219/16", "10.188.0.219/16"}, want: "[10.188.0.219/16]"},
+		{in: []string{"10.188.0.219", "10.188.0.219/16"}, want: "[10.188.0.219/16]"},
+		{in: []string{"10.188.0.219/16", "10.188.0.219"}, want: "[10.188.0.219/16]"},
+		{in: []string{"10.188.0.219", "10.188.0.218", "10.188.0.219"}, want: "[10.188.0.219/-1 10.188.0.218/-1]"},
+		{in: []string{"10.188.0.219/16", "10.188.0.219/24"}, wantErr: true},
+	} {
+		var in []config.IPSpec
+		for _, s := range c.in {
+			in = append(in, spec(s))
+		}
+		got, err := config.MergeRequests(in)
+		if (err != nil) != c.wantErr {
+			t.Errorf("%v: err %v", c.in, err)
+			continue
+		}
+		var parts []string
+		for _, g := range got {
+			parts = append(parts, fmt.Sprintf("%s/%d", g.Addr, g.Bits))
+		}
+		if s := "[" + strings.Join(parts, " ") + "]"; !c.wantErr && s != c.want {
+			t.Errorf("%v: got %s, want %s", c.in, s, c.want)
+		}
+	}
+}

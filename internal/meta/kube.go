@@ -140,9 +140,9 @@ func (k *apiKube) NAD(ctx context.Context, namespace, name string) (*netattach.N
 
 // SetNetworkStatus merge-patches the annotation through the pods/status
 // subresource (RBAC "patch pods/status": it cannot change a pod's spec),
-// with the pod's UID in the patch, which the API server checks as a
-// precondition: the status of one sandbox never lands on a re-created pod
-// of the same name.
+// with the pod's UID in the patch, which the API server refuses to change:
+// the status of one sandbox never lands on a re-created pod of the same
+// name (TestAPIKube).
 func (k *apiKube) SetNetworkStatus(ctx context.Context, namespace, name, uid, value string) error {
 	what := fmt.Sprintf("writing %s on pod %s/%s", netattach.NetworkStatusAnnotation, namespace, name)
 	meta := map[string]any{"annotations": map[string]string{netattach.NetworkStatusAnnotation: value}}
@@ -160,9 +160,11 @@ func (k *apiKube) SetNetworkStatus(ctx context.Context, namespace, name, uid, va
 }
 
 // isUIDPrecondition: the API server refused the patch because the pod of
-// that name has another UID (409 "Precondition failed: UID in precondition").
+// that name has another UID (422 "metadata.uid: ... field is immutable"; 409
+// "Precondition failed: UID" from servers that check it as a precondition).
 func isUIDPrecondition(err error) bool {
-	return strings.Contains(err.Error(), "Precondition failed: UID")
+	m := err.Error()
+	return strings.Contains(m, "Precondition failed: UID") || (strings.Contains(m, "metadata.uid") && strings.Contains(m, "immutable"))
 }
 
 // event is the core/v1 Event kube-multus creates (its own struct: the

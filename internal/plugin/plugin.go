@@ -276,7 +276,10 @@ func (p *Plugin) add(c *call) (*current.Result, error) {
 		}
 		requested = append(requested, spec)
 	}
-	requested = append(requested, c.net.RequestedIPs...)
+	requested, err = config.MergeRequests(append(requested, c.net.RequestedIPs...))
+	if err != nil {
+		return nil, &codedError{CodeRequestInvalid, fmt.Sprintf("requested addresses (CNI_ARGS IP=, runtimeConfig.ips, args.cni.ips): %v", err)}
+	}
 
 	wants := pod.Wants{Netmask: -1}
 	if a.Name != "" && c.net.PodLookup {

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -341,4 +342,27 @@ func (k *Kube) InstallCRDs(t testing.TB, files ...string) {
 	if err := kubeapi.InstallCRDs(ctx, api, os.DirFS(ModuleRoot(t)), files...); err != nil {
 		t.Fatalf("installing %v: %v", files, err)
 	}
+}
+
+// ServiceAccountKubeconfig writes a kubeconfig that authenticates as
+// ServiceAccount namespace/name (which must exist) with a one-hour token,
+// as the installer's node kubeconfig does.
+func (k *Kube) ServiceAccountKubeconfig(t testing.TB, namespace, name string) string {
+	t.Helper()
+	exp := int64(3600)
+	tok, err := k.Client.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), name,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token of ServiceAccount %s/%s: %v", namespace, name, err)
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: k.Server, InsecureSkipTLSVerify: true}
+	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: name}
+	cfg.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), namespace+"-"+name+".kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

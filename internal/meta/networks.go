@@ -243,8 +243,8 @@ func applySelection(d *Delegate, s *netattach.Selection) error {
 }
 
 // requests are what an annotation element asks of its network's plugins:
-// runtimeConfig capabilities (ips, mac; libcni passes each only to plugins
-// that declare it) and the legacy CNI_ARGS IP= and MAC=, as multus sends
+// runtimeConfig capabilities (ips, mac, portMappings, bandwidth; libcni
+// passes each only to plugins that declare it) and the legacy CNI_ARGS IP= and MAC=, as multus sends
 // both.
 func requests(s *netattach.Selection) (rc map[string]any, args [][2]string) {
 	if s == nil {
@@ -258,6 +258,12 @@ func requests(s *netattach.Selection) (rc map[string]any, args [][2]string) {
 	if s.MacRequest != "" {
 		rc["mac"] = s.MacRequest
 		args = append(args, [2]string{"MAC", s.MacRequest})
+	}
+	if len(s.PortMappingsRequest) > 0 {
+		rc["portMappings"] = s.PortMappingsRequest
+	}
+	if s.BandwidthRequest != nil {
+		rc["bandwidth"] = s.BandwidthRequest
 	}
 	if len(rc) == 0 {
 		rc = nil

@@ -40,7 +40,9 @@ func TestBinaryErrorsAreCNIJSON(t *testing.T) {
 	}{
 		{"garbage", "ADD", "{not json", 0},
 		{"no delegates", "ADD", `{"cniVersion":"0.3.1","name":"m","type":"multus-cni"}`, 7},
-		{"kubernetes mode", "ADD", `{"cniVersion":"0.3.1","name":"m","type":"multus-cni","clusterNetwork":"flannel","delegates":[{"name":"a","type":"x"}]}`, 2},
+		{"two cluster networks", "ADD", `{"cniVersion":"0.3.1","name":"m","type":"multus-cni","clusterNetwork":"flannel","delegates":[{"name":"a","type":"x"}]}`, 7},
+		{"unsupported multus key", "ADD", `{"cniVersion":"0.3.1","name":"m","type":"multus-cni","auxiliaryCNIChainName":"x","delegates":[{"name":"a","type":"x"}]}`, 2},
+		{"cluster network not found", "ADD", `{"cniVersion":"0.3.1","name":"m","type":"multus-cni","cniDir":"` + cniDir + `","confDir":"` + cniDir + `","clusterNetwork":"flannel"}`, 123},
 		{"missing delegate plugin", "ADD", `{"cniVersion":"0.3.1","name":"m","type":"multus-cni","cniDir":"` + cniDir + `","delegates":[{"name":"a","type":"no-such-plugin"}]}`, 124},
 		{"bad policy", "ADD", `{"cniVersion":"0.3.1","name":"m","type":"multus-cni","delegates":[{"name":"a","type":"x"},{"name":"b","type":"y","kubeMultus":{"ingress":[{"ports":[{"protocol":"tcp","port":70000}]}]}}]}`, 0},
 		{"check on 0.3.1", "CHECK", `{"cniVersion":"0.3.1","name":"m","type":"multus-cni","delegates":[{"name":"a","type":"x"}]}`, 0},

@@ -32,7 +32,7 @@ ARG VERSION=dev
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -ldflags "-s -w -X kubeipam/internal/version.Version=${VERSION}" \
-      -o /out/ ./cmd/kube-ipam ./cmd/kube-multus ./cmd/kube-ipamctl ./cmd/kube-ipam-controller ./cmd/kube-ipam-install
+      -o /out/ ./cmd/kube-ipam ./cmd/kube-multus ./cmd/kube-tier ./cmd/kube-ipamctl ./cmd/kube-ipam-controller ./cmd/kube-ipam-install
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/ /kube-ipam/bin/

@@ -20,7 +20,7 @@ import (
 const ImageRef = "docker.io/library/kube-ipam:dev"
 
 // ImageBinaries are the binaries the Dockerfile puts in /kube-ipam/bin.
-var ImageBinaries = []string{"kube-ipam", "kube-multus", "kube-ipamctl", "kube-ipam-controller", "kube-ipam-install"}
+var ImageBinaries = []string{"kube-ipam", "kube-multus", "kube-tier", "kube-ipamctl", "kube-ipam-controller", "kube-ipam-install"}
 
 // kubectl runs kubectl as admin, logging the command.
 func (l *Lab) kubectl(ctx context.Context, args ...string) (string, error) {

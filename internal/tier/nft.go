@@ -18,8 +18,20 @@ import (
 // interface name follows ("kube-multus-net1").
 const TablePrefix = "kube-multus-"
 
-// TableName is the inet table holding the policy of one interface.
+// TableName is the inet table holding kube-multus's policy of one
+// interface.
 func TableName(ifname string) string { return TablePrefix + ifname }
+
+// ChainedTablePrefix starts the name of every table the kube-tier chained
+// plugin owns ("kube-tier-net1").
+const ChainedTablePrefix = "kube-tier-"
+
+// ChainedTableName is the inet table holding kube-tier's policy of one
+// interface. It differs from kube-multus's so that both policies can be
+// configured on one interface without either silently replacing the other:
+// a packet then has to pass both, and each plugin's DEL removes only its
+// own table.
+func ChainedTableName(ifname string) string { return ChainedTablePrefix + ifname }
 
 // NFTRule is one nftables rule as data: its expressions, and Desc, what
 // `nft list ruleset` shows for them (used in logs and tests).
@@ -183,13 +195,19 @@ func ctEstablished() []expr.Any {
 
 func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
 
-// Apply replaces the policy table of ifname in the network namespace at
-// nsPath with rules, atomically (one netlink batch). Rules match the
-// interface by name, so they may be installed before the interface exists:
-// nothing arrives unfiltered.
+// Apply replaces kube-multus's policy table of ifname in the network
+// namespace at nsPath with rules; see [ApplyTable].
 func Apply(nsPath, ifname string, rules []NFTRule) error {
+	return ApplyTable(nsPath, TableName(ifname), rules)
+}
+
+// ApplyTable replaces the inet table named table in the network namespace
+// at nsPath with one input chain holding rules, atomically (one netlink
+// batch). Rules match the interface by name, so they may be installed
+// before the interface exists: nothing arrives unfiltered.
+func ApplyTable(nsPath, table string, rules []NFTRule) error {
 	return inNS(nsPath, func(c *nftables.Conn) {
-		t := &nftables.Table{Name: TableName(ifname), Family: nftables.TableFamilyINet}
+		t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
 		c.AddTable(t) // create if missing, so that the delete cannot fail
 		c.DelTable(t)
 		c.AddTable(t)
@@ -202,22 +220,30 @@ func Apply(nsPath, ifname string, rules []NFTRule) error {
 	})
 }
 
-// Remove deletes the policy table of ifname; it succeeds when there is none.
-func Remove(nsPath, ifname string) error {
+// Remove deletes kube-multus's policy table of ifname; it succeeds when
+// there is none.
+func Remove(nsPath, ifname string) error { return RemoveTable(nsPath, TableName(ifname)) }
+
+// RemoveTable deletes the inet table named table; it succeeds when there is
+// none.
+func RemoveTable(nsPath, table string) error {
 	return inNS(nsPath, func(c *nftables.Conn) {
-		t := &nftables.Table{Name: TableName(ifname), Family: nftables.TableFamilyINet}
+		t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
 		c.AddTable(t)
 		c.DelTable(t)
 	})
 }
 
-// Installed reports whether the policy table of ifname exists.
-func Installed(nsPath, ifname string) (bool, error) {
+// Installed reports whether kube-multus's policy table of ifname exists.
+func Installed(nsPath, ifname string) (bool, error) { return TableInstalled(nsPath, TableName(ifname)) }
+
+// TableInstalled reports whether the inet table named table exists.
+func TableInstalled(nsPath, table string) (bool, error) {
 	var found bool
 	err := withConn(nsPath, func(c *nftables.Conn) error {
 		tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 		for _, t := range tables {
-			found = found || t.Name == TableName(ifname)
+			found = found || t.Name == table
 		}
 		return err
 	})

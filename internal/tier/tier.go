@@ -1,7 +1,10 @@
-// Package tier is kube-multus's tier security: which pods a secondary network
-// attaches to (namespaces, label selector), and an ingress policy installed
-// with nftables inside the pod's network namespace on that network's
-// interface. The policy is plain data ([Rules]) so it can be tested without
+// Package tier is the tier security of kube-multus and kube-tier: which pods
+// a secondary network attaches to (namespaces, label selector), and an
+// ingress policy installed with nftables inside the pod's network namespace
+// on that network's interface. kube-multus applies it to its delegates
+// (the kubeMultus extension, [Config]); [Chained] is the same policy as a
+// chained CNI plugin (cmd/kube-tier) that any meta plugin can run after
+// macvlan. The policy is plain data ([Rules]) so it can be tested without
 // privileges; [Apply] and [Remove] talk to the kernel.
 package tier
 

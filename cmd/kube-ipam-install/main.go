@@ -1,8 +1,10 @@
 // Command kube-ipam-install is the node installer of kube-ipam, run by the
 // DaemonSet of deploy/daemonset.yaml: it copies the plugins into the node's
 // CNI bin dir, writes their kubeconfig and etcd TLS files, and installs the
-// validated network config, then keeps them up to date. See
-// deploy/README.md and package internal/install.
+// validated network config (with --cluster-network=auto, built around the
+// node's own cluster network config; with --ipam-only, none: another multus
+// runs the plugins), then keeps them up to date. See deploy/README.md and
+// package internal/install.
 package main
 
 import (

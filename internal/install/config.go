@@ -47,40 +47,17 @@ type ReferencedFile struct{ Key, Path string }
 // kube-multus and libcni do). name is the file name the config is installed
 // under: its extension decides how the runtime reads it.
 func CheckConfig(data []byte, name string) (*CheckedConfig, error) {
-	ext := filepath.Ext(name)
-	if !slices.Contains(ConfigExtensions, ext) {
-		return nil, fmt.Errorf("config file name %q: the container runtime only loads %s files", name, strings.Join(ConfigExtensions, ", "))
-	}
 	var head struct {
 		Type      string          `json:"type"`
-		Plugins   json.RawMessage `json:"plugins"`
 		Delegates json.RawMessage `json:"delegates"`
+	}
+	if err := checkCNIFile(data, name); err != nil {
+		return nil, err
 	}
 	if err := json.Unmarshal(data, &head); err != nil {
 		return nil, fmt.Errorf("%s is not a JSON object: %v", name, err)
 	}
 	c := &CheckedConfig{}
-	switch {
-	case head.Plugins != nil:
-		if ext != ".conflist" {
-			return nil, fmt.Errorf("%s has \"plugins\" (a conflist): name it *.conflist, or the runtime reads it as a single plugin config", name)
-		}
-		if _, err := libcni.ConfListFromBytes(data); err != nil {
-			return nil, fmt.Errorf("%s: the container runtime would refuse it: %v", name, err)
-		}
-	default:
-		if ext == ".conflist" {
-			return nil, fmt.Errorf("%s has no \"plugins\" list: a single plugin config must be named *.conf or *.json", name)
-		}
-		pc, err := libcni.NetworkPluginConfFromBytes(data)
-		if err == nil {
-			//nolint:staticcheck // the single-plugin form is what runtimes convert .conf files with
-			_, err = libcni.ConfListFromConf(pc)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: the container runtime would refuse it: %v", name, err)
-		}
-	}
 	if head.Delegates != nil || slices.Contains(metaTypes, head.Type) {
 		m, err := meta.Parse(data)
 		if err != nil {
@@ -95,10 +72,68 @@ func CheckConfig(data []byte, name string) (*CheckedConfig, error) {
 		if m.Kubeconfig != "" {
 			c.Files = append(c.Files, ReferencedFile{"kubeconfig", m.Kubeconfig})
 		}
+		// In Kubernetes mode the networks may all come from
+		// NetworkAttachmentDefinitions: none in the file is fine.
+		if m.KubernetesMode() && !hasKubeIPAM(data) {
+			c.Warnings = append(c.Warnings, fmt.Sprintf("%s names no kube-ipam network itself: kube-ipam runs only for the NetworkAttachmentDefinitions that name it", name))
+			return c, nil
+		}
 	}
-	nets, err := config.ParseNetworks(data, name)
-	if err != nil {
+	if err := c.addNetworks(data, name); err != nil {
 		return nil, fmt.Errorf("kube-ipam would refuse it: %v", err)
+	}
+	return c, nil
+}
+
+// checkCNIFile checks data the way a container runtime loads a file named
+// name from its conf dir (libcni, as containerd and CRI-O use it): the
+// extension decides between a conflist and a single plugin config.
+func checkCNIFile(data []byte, name string) error {
+	ext := filepath.Ext(name)
+	if !slices.Contains(ConfigExtensions, ext) {
+		return fmt.Errorf("config file name %q: the container runtime only loads %s files", name, strings.Join(ConfigExtensions, ", "))
+	}
+	var head struct {
+		Plugins json.RawMessage `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return fmt.Errorf("%s is not a JSON object: %v", name, err)
+	}
+	if head.Plugins != nil {
+		if ext != ".conflist" {
+			return fmt.Errorf("%s has \"plugins\" (a conflist): name it *.conflist, or the runtime reads it as a single plugin config", name)
+		}
+		if _, err := libcni.ConfListFromBytes(data); err != nil {
+			return fmt.Errorf("%s: the container runtime would refuse it: %v", name, err)
+		}
+		return nil
+	}
+	if ext == ".conflist" {
+		return fmt.Errorf("%s has no \"plugins\" list: a single plugin config must be named *.conf or *.json", name)
+	}
+	if err := checkSingle(data); err != nil {
+		return fmt.Errorf("%s: the container runtime would refuse it: %v", name, err)
+	}
+	return nil
+}
+
+// checkSingle parses a single plugin config as runtimes convert it.
+func checkSingle(data []byte) error {
+	pc, err := libcni.NetworkPluginConfFromBytes(data)
+	if err != nil {
+		return err
+	}
+	//nolint:staticcheck // the single-plugin form is what runtimes convert .conf files with
+	_, err = libcni.ConfListFromConf(pc)
+	return err
+}
+
+// addNetworks parses every kube-ipam network of data and the files they
+// name.
+func (c *CheckedConfig) addNetworks(data []byte, where string) error {
+	nets, err := config.ParseNetworks(data, where)
+	if err != nil {
+		return err
 	}
 	c.Networks = nets
 	for _, n := range nets {
@@ -118,6 +153,84 @@ func CheckConfig(data []byte, name string) (*CheckedConfig, error) {
 		for _, w := range n.Warnings {
 			c.Warnings = append(c.Warnings, fmt.Sprintf("network %q: %s", n.Name, w))
 		}
+	}
+	return nil
+}
+
+// hasKubeIPAM reports whether a config holds a plugin with ipam type
+// kube-ipam, where config.ParseNetworks looks for one (the config itself,
+// "plugins", "delegates").
+func hasKubeIPAM(data []byte) bool {
+	var root map[string]any
+	if json.Unmarshal(data, &root) != nil {
+		return false
+	}
+	var walk func(map[string]any) bool
+	walk = func(obj map[string]any) bool {
+		if ipam, ok := obj["ipam"].(map[string]any); ok && ipam["type"] == config.IPAMType {
+			return true
+		}
+		for _, key := range []string{"plugins", "delegates"} {
+			list, _ := obj[key].([]any)
+			for _, item := range list {
+				if m, ok := item.(map[string]any); ok && walk(m) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return walk(root)
+}
+
+// CheckNetworks validates the networks file of an IPAM-only install: the
+// kube-ipam networks the controller (--config) reads, which the nodes get
+// from NetworkAttachmentDefinitions, not from this file. It is one NAD's
+// config (a conflist or a single plugin config, as in spec.config), or a
+// JSON object whose "delegates" list holds several (the form in which the
+// controller's loader, config.LoadNetworks, reads many networks from one
+// file). Each config must be one the runtime's libcni accepts, with a
+// "name" (the network name kube-ipam keeps its allocations under, which the
+// NAD's config must share), and every kube-ipam network must parse.
+func CheckNetworks(data []byte, where string) (*CheckedConfig, error) {
+	var root struct {
+		Delegates []json.RawMessage `json:"delegates"`
+	}
+	if err := json.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s is not a JSON object: %v", where, err)
+	}
+	entries := root.Delegates
+	if entries == nil {
+		entries = []json.RawMessage{data}
+	}
+	for i, e := range entries {
+		what := where
+		if root.Delegates != nil {
+			what = fmt.Sprintf("%s delegates[%d]", where, i)
+		}
+		var head struct {
+			Name    string          `json:"name"`
+			Plugins json.RawMessage `json:"plugins"`
+		}
+		if err := json.Unmarshal(e, &head); err != nil {
+			return nil, fmt.Errorf("%s is not a JSON object: %v", what, err)
+		}
+		if head.Name == "" {
+			return nil, fmt.Errorf("%s has no \"name\": kube-ipam keeps a network's allocations under its name, which the NetworkAttachmentDefinition's config must share", what)
+		}
+		var err error
+		if head.Plugins != nil {
+			_, err = libcni.ConfListFromBytes(e)
+		} else {
+			err = checkSingle(e)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s (%s): the container runtime would refuse it: %v", what, head.Name, err)
+		}
+	}
+	c := &CheckedConfig{}
+	if err := c.addNetworks(data, where); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

@@ -54,6 +54,7 @@ type env struct {
 	token, ca              string
 	o                      Options
 	kubeMultus, kubeIPAMBi []byte
+	kubeTier               []byte
 }
 
 func newEnv(t *testing.T) *env {
@@ -67,10 +68,12 @@ func newEnv(t *testing.T) *env {
 	e.token, e.ca = filepath.Join(sa, "token"), filepath.Join(sa, "ca.crt")
 	e.kubeIPAMBi = []byte("#!/bin/sh\necho kube-ipam\n")
 	e.kubeMultus = []byte("#!/bin/sh\necho kube-multus\n")
+	e.kubeTier = []byte("#!/bin/sh\necho kube-tier\n")
 	caPEM, certPEM, keyPEM := testPKI(t)
 	for p, c := range map[string][]byte{
 		filepath.Join(e.binSrc, "kube-ipam"):   e.kubeIPAMBi,
 		filepath.Join(e.binSrc, "kube-multus"): e.kubeMultus,
+		filepath.Join(e.binSrc, "kube-tier"):   e.kubeTier,
 		e.confSrc:                              []byte(validConf),
 		filepath.Join(e.etcd, "ca.crt"):        caPEM,
 		filepath.Join(e.etcd, "tls.crt"):       certPEM,
@@ -181,12 +184,14 @@ func TestPassInstallsEverything(t *testing.T) {
 	}
 	want := []string{
 		"etc/cni/net.d/00-multus.conf",
+		"etc/cni/net.d/kube-ipam.d/00-multus.conf.sha256",
 		"etc/cni/net.d/kube-ipam.d/etcd/ca.crt",
 		"etc/cni/net.d/kube-ipam.d/etcd/tls.crt",
 		"etc/cni/net.d/kube-ipam.d/etcd/tls.key",
 		"etc/cni/net.d/kube-ipam.d/kubeconfig",
 		"opt/cni/bin/kube-ipam",
 		"opt/cni/bin/kube-multus",
+		"opt/cni/bin/kube-tier",
 		"opt/cni/bin/multus-cni",
 	}
 	if got := e.hostFiles(); !slices.Equal(got, want) {
@@ -195,13 +200,15 @@ func TestPassInstallsEverything(t *testing.T) {
 	if len(res.Changed) != len(want) {
 		t.Errorf("changed %q", res.Changed)
 	}
-	// The config comes last: the runtime may use it as soon as it exists.
-	if last := res.Changed[len(res.Changed)-1]; filepath.Base(last) != "00-multus.conf" {
+	// The config comes last (the runtime may use it as soon as it exists),
+	// then the record of what was written.
+	if n := len(res.Changed); filepath.Base(res.Changed[n-2]) != "00-multus.conf" || filepath.Base(res.Changed[n-1]) != "00-multus.conf.sha256" {
 		t.Errorf("config not written last: %q", res.Changed)
 	}
 	for rel, m := range map[string]fs.FileMode{
 		"opt/cni/bin/kube-ipam":                  0o755,
 		"opt/cni/bin/kube-multus":                0o755,
+		"opt/cni/bin/kube-tier":                  0o755,
 		"opt/cni/bin/multus-cni":                 0o755,
 		"etc/cni/net.d/00-multus.conf":           0o644,
 		"etc/cni/net.d/kube-ipam.d/kubeconfig":   0o600,
@@ -216,7 +223,8 @@ func TestPassInstallsEverything(t *testing.T) {
 		}
 	}
 	if !bytes.Equal(read(t, filepath.Join(e.host, "opt/cni/bin/multus-cni")), e.kubeMultus) ||
-		!bytes.Equal(read(t, filepath.Join(e.host, "opt/cni/bin/kube-ipam")), e.kubeIPAMBi) {
+		!bytes.Equal(read(t, filepath.Join(e.host, "opt/cni/bin/kube-ipam")), e.kubeIPAMBi) ||
+		!bytes.Equal(read(t, filepath.Join(e.host, "opt/cni/bin/kube-tier")), e.kubeTier) {
 		t.Error("binary content differs from the image's")
 	}
 	if got := read(t, filepath.Join(e.host, "etc/cni/net.d/00-multus.conf")); string(got) != validConf {
@@ -362,7 +370,11 @@ func TestBadConfigIsNeverInstalled(t *testing.T) {
 		{"kube-ipam bad subnet", strings.Replace(validConf, `"10.188.0.0/16"`, `"10.188.0.0/33"`, 1), "kube-ipam would refuse it"},
 		{"range outside subnet", strings.Replace(validConf, `"rangeEnd": "10.188.0.200"`, `"rangeEnd": "10.189.0.200"`, 1), "kube-ipam would refuse it"},
 		{"no etcd", strings.Replace(validConf, `"etcdURL": "https://192.168.1.50:2379"`, `"etcdURL": ""`, 1), "etcdURL is empty"},
-		{"no kube-ipam network", strings.Replace(validConf, `"type": "kube-ipam"`, `"type": "host-local"`, 1), `no plugin with "ipam": {"type": "kube-ipam"}`},
+		// Without a kubeconfig (delegates mode only: no
+		// NetworkAttachmentDefinitions), the config must have a network.
+		{"no kube-ipam network", strings.NewReplacer(`"type": "kube-ipam"`, `"type": "host-local"`, `"kubeconfig": "/etc/cni/net.d/kube-ipam.d/kubeconfig",`, ``,
+			`,
+     "kubeMultus": {"attach": {"podSelector": "tier in (web,db)"}}`, ``).Replace(validConf), `no plugin with "ipam": {"type": "kube-ipam"}`},
 		{"delegate without type", strings.Replace(validConf, `"type": "flannel", `, ``, 1), `missing "type"`},
 		{"missing etcd file", strings.Replace(validConf, `etcd/tls.key`, `etcd/client.key`, 1), "etcdKeyFile /etc/cni/net.d/kube-ipam.d/etcd/client.key"},
 	}
@@ -488,7 +500,7 @@ func TestWithoutKubeconfigAndEtcdTLS(t *testing.T) {
 	if _, err := e.pass(); err != nil {
 		t.Fatalf("%v\n%s", err, plain)
 	}
-	want := []string{"etc/cni/net.d/00-multus.conf", "opt/cni/bin/kube-ipam", "opt/cni/bin/kube-multus"}
+	want := []string{"etc/cni/net.d/00-multus.conf", "etc/cni/net.d/kube-ipam.d/00-multus.conf.sha256", "opt/cni/bin/kube-ipam", "opt/cni/bin/kube-multus", "opt/cni/bin/kube-tier"}
 	if got := e.hostFiles(); !slices.Equal(got, want) {
 		t.Fatalf("host files %q, want %q", got, want)
 	}
@@ -567,7 +579,7 @@ func TestRunLoopAndShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not stop")
 	}
-	if len(e.hostFiles()) != 8 {
+	if len(e.hostFiles()) != 10 {
 		t.Errorf("files after shutdown: %q", e.hostFiles())
 	}
 

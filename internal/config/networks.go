@@ -2,9 +2,13 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
+
+	"github.com/containernetworking/cni/libcni"
 )
 
 // IPAMType is the ipam "type" of a kube-ipam network.
@@ -14,12 +18,67 @@ const IPAMType = "kube-ipam"
 // conflist, or a multus meta config whose delegates are either — and returns
 // every kube-ipam network it describes, in file order. A network that
 // appears twice (same etcd endpoints, prefix and name) is returned once.
+//
+// path may also be a directory (a mounted ConfigMap): every config file in
+// it (.conf, .conflist, .json, in lexical order, as libcni lists them) is
+// read, files without a kube-ipam network are skipped, and it is an error
+// only if none has one. This is how the controller finds networks that
+// nodes get from NetworkAttachmentDefinitions: their conflists sit in the
+// ConfigMap beside (or instead of) the meta config.
 func LoadNetworks(path string) ([]*Network, error) {
-	data, err := os.ReadFile(path)
+	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
-	return ParseNetworks(data, path)
+	if !fi.IsDir() {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		return ParseNetworks(data, path)
+	}
+	files, err := libcni.ConfFiles(path, []string{".conf", ".conflist", ".json"})
+	if err != nil {
+		return nil, err
+	}
+	var out []*Network
+	seen := map[string]bool{}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		nets, err := ParseNetworks(data, f)
+		var none *NoNetworkError
+		if errors.As(err, &none) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range nets {
+			if id := n.identity(); !seen[id] {
+				seen[id] = true
+				out = append(out, n)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, &NoNetworkError{Where: path + " (" + strconv.Itoa(len(files)) + " config files)"}
+	}
+	return out, nil
+}
+
+// NoNetworkError: a config has no kube-ipam network.
+type NoNetworkError struct{ Where string }
+
+func (e *NoNetworkError) Error() string {
+	return fmt.Sprintf("%s has no plugin with \"ipam\": {\"type\": %q} (looked at the config itself, \"plugins\" and multus \"delegates\")", e.Where, IPAMType)
+}
+
+// identity tells networks apart: the same name on the same store is one.
+func (n *Network) identity() string {
+	return strings.Join(n.Etcd.Endpoints, ",") + "|" + n.Etcd.Prefix + "|" + n.Name
 }
 
 // ParseNetworks is LoadNetworks on bytes; where names the source in errors.
@@ -33,7 +92,7 @@ func ParseNetworks(data []byte, where string) ([]*Network, error) {
 	var found []map[string]any
 	collect(root, "", "", &found)
 	if len(found) == 0 {
-		return nil, fmt.Errorf("%s has no plugin with \"ipam\": {\"type\": %q} (looked at the config itself, \"plugins\" and multus \"delegates\")", where, IPAMType)
+		return nil, &NoNetworkError{Where: where}
 	}
 	var out []*Network
 	seen := map[string]bool{}
@@ -44,7 +103,7 @@ func ParseNetworks(data []byte, where string) ([]*Network, error) {
 			name, _ := obj["name"].(string)
 			return nil, fmt.Errorf("%s: network %q: %v", where, name, err)
 		}
-		id := strings.Join(n.Etcd.Endpoints, ",") + "|" + n.Etcd.Prefix + "|" + n.Name
+		id := n.identity()
 		if seen[id] {
 			continue
 		}

@@ -1,6 +1,8 @@
 package config_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -46,5 +48,36 @@ func TestConfigForms(t *testing.T) {
 	}
 	if _, err := config.LoadNetworks("testdata/does-not-exist.conf"); err == nil {
 		t.Fatal("a missing file was loaded")
+	}
+}
+
+// TestLoadNetworksDirectory: a mounted ConfigMap with the meta config and a
+// NAD's conflist gives every kube-ipam network once; files without one are
+// skipped; a directory without any is an error.
+func TestLoadNetworksDirectory(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("00-multus.conf", `{"cniVersion":"0.3.1","name":"m","type":"kube-multus","kubeconfig":"/k","clusterNetwork":"/etc/cni/net.d/10-flannel.conflist"}`)
+	if _, err := config.LoadNetworks(dir); err == nil || !strings.Contains(err.Error(), "1 config files") {
+		t.Fatalf("no kube-ipam network: %v", err)
+	}
+	write("k8snet2.conflist", `{"cniVersion":"0.3.1","name":"k8snet2","plugins":[{"type":"macvlan","ipam":{"type":"kube-ipam","etcdConfig":{"etcdURL":"http://127.0.0.1:2379"},"subnet":"10.188.0.0/16"}},{"type":"kube-tier"}]}`)
+	write("db2.conf", `{"cniVersion":"0.3.1","name":"k8snet2","type":"macvlan","ipam":{"type":"kube-ipam","etcdConfig":{"etcdURL":"http://127.0.0.1:2379"},"subnet":"10.188.0.0/16"}}`)
+	write("README", `not a config`)
+	nets, err := config.LoadNetworks(dir)
+	if err != nil || len(nets) != 1 || nets[0].Name != "k8snet2" {
+		t.Fatalf("networks %v %v", nets, err)
+	}
+	write("k8snet3.json", `{"cniVersion":"0.3.1","name":"k8snet3","type":"macvlan","ipam":{"type":"kube-ipam","etcdConfig":{"etcdURL":"http://127.0.0.1:2379"},"subnet":"10.189.0.0/16"}}`)
+	if nets, err = config.LoadNetworks(dir); err != nil || len(nets) != 2 {
+		t.Fatalf("two networks: %v %v", nets, err)
+	}
+	write("bad.conf", `{"cniVersion":"0.3.1","name":"bad","type":"macvlan","ipam":{"type":"kube-ipam","subnet":"nope"}}`)
+	if _, err := config.LoadNetworks(dir); err == nil || !strings.Contains(err.Error(), "bad.conf") {
+		t.Fatalf("a broken network is an error naming its file: %v", err)
 	}
 }

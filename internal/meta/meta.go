@@ -27,8 +27,11 @@ import (
 // Error codes of kube-multus (documented in docs/kube-multus.md). Delegate
 // errors keep the delegate's own code.
 const (
-	CodePodLookup    = 120 // the pod could not be read for a label selector (not transient)
-	CodePolicy       = 121 // the nftables policy could not be installed, removed or found
+	// 120, the pod could not be read for a label selector (not transient),
+	// and 121, the nftables policy could not be installed, removed or
+	// found, are the tier policy's, shared with kube-tier.
+	CodePodLookup    = tier.CodePodLookup
+	CodePolicy       = tier.CodePolicy
 	CodeIfaceExists  = 122 // an interface kube-multus would create already exists (duplicate ADD)
 	CodeDelegateExec = 124 // a delegate could not be run or failed without a CNI error
 )

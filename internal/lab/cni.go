@@ -39,6 +39,9 @@ func (l *Lab) installCNI(context.Context) error {
 			return err
 		}
 	}
+	if l.opts.NADs() {
+		return l.writeFlannelConflist()
+	}
 	return nil
 }
 
@@ -136,4 +139,67 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return os.Rename(tmp, to)
+}
+
+// NADFile is the guide's database network as a NetworkAttachmentDefinition,
+// relative to Examples.
+const NADFile = "nad/db-net.yaml"
+
+// NADConfig is spec.config of deploy/examples/nad/db-net.yaml with the site
+// value a user would edit, the etcd URL (the lab's dedicated etcd), and on
+// the Kubernetes store "store": "kubernetes", as NetworkConfig does for the
+// ConfigMap.
+func (l *Lab) NADConfig() (nad map[string]any, config []byte, err error) {
+	path := filepath.Join(l.opts.Examples, NADFile)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := yaml.Unmarshal(raw, &nad); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	spec, _ := nad["spec"].(map[string]any)
+	text, _ := spec["config"].(string)
+	var conf map[string]any
+	if err := json.Unmarshal([]byte(text), &conf); err != nil {
+		return nil, nil, fmt.Errorf("%s: spec.config: %w", path, err)
+	}
+	plugins, _ := conf["plugins"].([]any)
+	var ipam map[string]any
+	for _, p := range plugins {
+		if m, _ := p.(map[string]any); m != nil {
+			if i, _ := m["ipam"].(map[string]any); i != nil && i["type"] == "kube-ipam" {
+				ipam = i
+			}
+		}
+	}
+	etcd, _ := ipam["etcdConfig"].(map[string]any)
+	if etcd == nil {
+		return nil, nil, fmt.Errorf("%s: no kube-ipam plugin with an etcdConfig in spec.config", path)
+	}
+	etcd["etcdURL"] = l.opts.EtcdURL()
+	if l.opts.KubernetesStore() {
+		ipam["store"] = StoreKubernetes
+	}
+	config, err = json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return nil, nil, err
+	}
+	spec["config"] = string(config)
+	return nad, config, nil
+}
+
+// NADManifest writes the lab's db-net.yaml (NADConfig) under the lab dir
+// and returns its path, for `kubectl apply -f`.
+func (l *Lab) NADManifest() (string, error) {
+	nad, _, err := l.NADConfig()
+	if err != nil {
+		return "", err
+	}
+	b, err := yaml.Marshal(nad)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(l.opts.Dir, "manifests", "db-net.yaml")
+	return path, os.WriteFile(path, b, 0o644)
 }

@@ -32,27 +32,39 @@ func (l *Lab) kubectl(ctx context.Context, args ...string) (string, error) {
 // to, from the locally built image: namespace and RBAC, the etcd client
 // Secret, the webhook's serving Secret, the network ConfigMap, then the
 // installer DaemonSet (which puts the plugins and the config on every node)
-// and the controller. On the Kubernetes store it installs deploy/ with its
-// kubernetes-store component instead (kubernetesStoreSteps).
+// and the controller. On the Kubernetes store, and in the NAD modes, it
+// installs deploy/ with the matching kustomize components instead
+// (kustomizeSteps).
 func (l *Lab) deployKubeIPAM(ctx context.Context) error {
 	if err := l.ca.issue(certSpec{"webhook", pki.Leaf{CN: "kube-ipam-webhook.kube-ipam.svc", Server: true,
 		DNS: []string{"kube-ipam-webhook", "kube-ipam-webhook.kube-ipam", "kube-ipam-webhook.kube-ipam.svc"},
 		IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}}); err != nil {
 		return err
 	}
-	conf, err := l.NetworkConfig()
-	if err != nil {
-		return err
-	}
 	webhookSecret := []string{"-n", "kube-ipam", "create", "secret", "tls", "kube-ipam-webhook-tls",
 		"--cert=" + l.pki("webhook.crt"), "--key=" + l.pki("webhook.key")}
+	etcdSecret := []string{"-n", "kube-ipam", "create", "secret", "generic", "kube-ipam-etcd", "--type=kubernetes.io/tls",
+		"--from-file=tls.crt=" + l.pki("etcd-client.crt"), "--from-file=tls.key=" + l.pki("etcd-client.key"),
+		"--from-file=ca.crt=" + l.pki("etcd-ca.crt")}
 	var steps [][]string
-	if l.opts.KubernetesStore() {
-		steps, err = l.kubernetesStoreSteps(ctx, conf, webhookSecret)
+	if l.opts.KubernetesStore() || l.opts.NADs() {
+		data, err := l.configMapData()
+		if err != nil {
+			return err
+		}
+		secrets := [][]string{webhookSecret}
+		if !l.opts.KubernetesStore() {
+			secrets = append(secrets, etcdSecret)
+		}
+		steps, err = l.kustomizeSteps(ctx, data, secrets)
 		if err != nil {
 			return err
 		}
 	} else {
+		conf, err := l.NetworkConfig()
+		if err != nil {
+			return err
+		}
 		d := l.opts.Deploy
 		confFile := filepath.Join(l.opts.Dir, ConfigKey)
 		if err := os.WriteFile(confFile, conf, 0o644); err != nil {
@@ -60,9 +72,7 @@ func (l *Lab) deployKubeIPAM(ctx context.Context) error {
 		}
 		steps = [][]string{
 			{"apply", "-f", filepath.Join(d, "namespace.yaml"), "-f", filepath.Join(d, "rbac.yaml")},
-			{"-n", "kube-ipam", "create", "secret", "generic", "kube-ipam-etcd", "--type=kubernetes.io/tls",
-				"--from-file=tls.crt=" + l.pki("etcd-client.crt"), "--from-file=tls.key=" + l.pki("etcd-client.key"),
-				"--from-file=ca.crt=" + l.pki("etcd-ca.crt")},
+			etcdSecret,
 			webhookSecret,
 			{"-n", "kube-ipam", "create", "configmap", "kube-ipam-config", "--from-file=" + ConfigKey + "=" + confFile},
 			{"apply", "-f", filepath.Join(d, "daemonset.yaml"), "-f", filepath.Join(d, "controller.yaml")},
@@ -77,11 +87,18 @@ func (l *Lab) deployKubeIPAM(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := poll(ctx, 2*time.Minute, "the installer DaemonSet's config on every node", func() (bool, string, error) {
+	// What the installer writes on every node: the meta config, or with
+	// --ipam-only the plugins' kubeconfig (the cluster's multus owns the
+	// config).
+	want := ConfigKey
+	if l.opts.UpstreamMultus() {
+		want = "kube-ipam.d/kubeconfig"
+	}
+	if err := poll(ctx, 2*time.Minute, "the installer DaemonSet's files on every node", func() (bool, string, error) {
 		for _, n := range l.state.Nodes {
-			if _, err := os.Stat(filepath.Join(n.FS("/etc/cni/net.d"), ConfigKey)); err != nil {
+			if _, err := os.Stat(filepath.Join(n.FS("/etc/cni/net.d"), want)); err != nil {
 				ds, _ := cs.AppsV1().DaemonSets("kube-ipam").Get(ctx, "kube-ipam-node", metav1.GetOptions{})
-				why := n.Name + " has no /etc/cni/net.d/" + ConfigKey
+				why := n.Name + " has no /etc/cni/net.d/" + want
 				if ds != nil {
 					why += fmt.Sprintf(" (installer pods ready: %d/%d)", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled)
 				}
@@ -91,6 +108,11 @@ func (l *Lab) deployKubeIPAM(ctx context.Context) error {
 		return true, "", nil
 	}); err != nil {
 		return err
+	}
+	if l.opts.UpstreamMultus() {
+		if err := l.installMultus(ctx); err != nil {
+			return err
+		}
 	}
 	if err := l.waitNodesReady(ctx, cs); err != nil {
 		return err
@@ -108,17 +130,87 @@ func (l *Lab) deployKubeIPAM(ctx context.Context) error {
 	})
 }
 
-// StoreComponent is the kustomize Component of deploy/ that moves
-// kube-ipam's allocations to the Kubernetes API.
-const StoreComponent = "kubernetes-store"
+// The kustomize Components of deploy/ the lab can switch on.
+const (
+	// StoreComponent moves kube-ipam's allocations to the Kubernetes API.
+	StoreComponent = "kubernetes-store"
+	// AutoComponent builds each node's meta config around its cluster
+	// network (kube-ipam-install --cluster-network=auto).
+	AutoComponent = "auto-cluster-network"
+	// IPAMOnlyComponent installs kube-ipam beside another multus.
+	IPAMOnlyComponent = "ipam-only"
+)
 
-// kubernetesStoreSteps are the kubectl steps of deploy/README.md's install
-// on the Kubernetes store: deploy/ with its kubernetes-store component (the
-// CRDs, their RBAC, no etcd Secret), rendered by kubectl's kustomize from
-// an overlay in the lab dir. The lab's network config replaces the
-// ConfigMap's; the CRDs, RBAC and ConfigMaps are applied, and the CRDs
-// Established, before the installer DaemonSet and the controller.
-func (l *Lab) kubernetesStoreSteps(ctx context.Context, conf []byte, webhookSecret []string) ([][]string, error) {
+// NADConfigKey is the ConfigMap key of the database network's config in
+// the NAD modes: the controller reads it (the nodes run the NAD).
+const NADConfigKey = "db-net.conflist"
+
+// components are the kustomize Components of this lab's install.
+func (o Options) components() []string {
+	var c []string
+	if o.KubernetesStore() {
+		c = append(c, StoreComponent)
+	}
+	switch o.Mode {
+	case ModeNAD:
+		c = append(c, AutoComponent)
+	case ModeMultus:
+		c = append(c, IPAMOnlyComponent)
+	}
+	return c
+}
+
+// KubernetesModeConfig is the ConfigMap's meta config in ModeNAD:
+// kube-multus in Kubernetes mode with no network of its own. The installer
+// (--cluster-network=auto) adds the node's cluster network (flannel's
+// conflist) as delegates[0]; every other network is a NAD a pod asks for.
+func KubernetesModeConfig() []byte {
+	return []byte(`{
+  "cniVersion": "0.3.1",
+  "name": "multus-cni-network",
+  "type": "kube-multus",
+  "kubeconfig": "/etc/cni/net.d/kube-ipam.d/kubeconfig",
+  "logFile": "/var/log/kube-multus.log",
+  "logLevel": "verbose"
+}
+`)
+}
+
+// configMapData is ConfigMap kube-ipam-config's data: the guide's network
+// config, or in the NAD modes the database network's NAD config for the
+// controller (and, for kube-multus, the Kubernetes-mode meta config).
+func (l *Lab) configMapData() (map[string]string, error) {
+	if !l.opts.NADs() {
+		conf, err := l.NetworkConfig()
+		return map[string]string{ConfigKey: string(conf)}, err
+	}
+	_, nad, err := l.NADConfig()
+	if err != nil {
+		return nil, err
+	}
+	data := map[string]string{NADConfigKey: string(nad)}
+	if l.opts.Mode == ModeNAD {
+		data[ConfigKey] = string(KubernetesModeConfig())
+	}
+	return data, nil
+}
+
+// controllerReadsDir is ModeNAD's patch of the controller: it reads every
+// network of the mounted ConfigMap (the NAD's config beside the meta
+// config), as deploy/ipam-only's does.
+const controllerReadsDir = `- op: replace
+  path: /spec/template/spec/containers/0/args/0
+  value: --config=/etc/kube-ipam/config
+- op: remove
+  path: /spec/template/spec/volumes/0/configMap/items
+`
+
+// kustomizeSteps are the kubectl steps of deploy/README.md's install with
+// this lab's components, rendered by kubectl's kustomize from an overlay in
+// the lab dir. data replaces the ConfigMap's; the CRDs, RBAC and
+// ConfigMaps are applied, and the CRDs Established, before the secrets,
+// the installer DaemonSet and the controller.
+func (l *Lab) kustomizeSteps(ctx context.Context, data map[string]string, secrets [][]string) ([][]string, error) {
 	deploy, err := filepath.Abs(l.opts.Deploy)
 	if err != nil {
 		return nil, err
@@ -133,14 +225,21 @@ func (l *Lab) kubernetesStoreSteps(ctx context.Context, conf []byte, webhookSecr
 	if err != nil {
 		return nil, err
 	}
-	overlay := fmt.Sprintf(`# The lab's install: deploy/ with its %[2]s component.
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - %[1]s
-components:
-  - %[1]s/%[2]s
-`, filepath.ToSlash(base), StoreComponent)
+	base = filepath.ToSlash(base)
+	overlay := fmt.Sprintf("# The lab's install: deploy/ with %v.\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\n",
+		l.opts.components(), base)
+	if cs := l.opts.components(); len(cs) > 0 {
+		overlay += "components:\n"
+		for _, c := range cs {
+			overlay += "  - " + base + "/" + c + "\n"
+		}
+	}
+	if l.opts.Mode == ModeNAD {
+		if err := os.WriteFile(filepath.Join(dir, "controller-patch.yaml"), []byte(controllerReadsDir), 0o644); err != nil {
+			return nil, err
+		}
+		overlay += "patches:\n  - path: controller-patch.yaml\n    target:\n      group: apps\n      version: v1\n      kind: Deployment\n      name: kube-ipam-controller\n"
+	}
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
 		return nil, err
 	}
@@ -152,7 +251,7 @@ components:
 	if err != nil {
 		return nil, err
 	}
-	setup, workloads, crds, err := splitInstall(rendered, conf)
+	setup, workloads, crds, err := splitInstall(rendered, data)
 	if err != nil {
 		return nil, fmt.Errorf("kubectl kustomize %s: %w", dir, err)
 	}
@@ -162,23 +261,23 @@ components:
 			return nil, err
 		}
 	}
-	wait := []string{"wait", "--for=condition=Established", "--timeout=60s"}
-	for _, c := range crds {
-		wait = append(wait, "crd/"+c)
+	steps := [][]string{{"apply", "-f", filepath.Join(dir, "setup.yaml")}}
+	if len(crds) > 0 {
+		wait := []string{"wait", "--for=condition=Established", "--timeout=60s"}
+		for _, c := range crds {
+			wait = append(wait, "crd/"+c)
+		}
+		steps = append(steps, wait)
 	}
-	return [][]string{
-		{"apply", "-f", filepath.Join(dir, "setup.yaml")},
-		wait,
-		webhookSecret,
-		{"apply", "-f", filepath.Join(dir, "workloads.yaml")},
-	}, nil
+	steps = append(steps, secrets...)
+	return append(steps, []string{"apply", "-f", filepath.Join(dir, "workloads.yaml")}), nil
 }
 
 // splitInstall splits a rendered install into what must exist first
 // (namespace, CRDs, RBAC, ConfigMaps, Services, …) and the workloads that
-// use it (the DaemonSet and the Deployment), with conf as the data of
+// use it (the DaemonSet and the Deployment), with data as the data of
 // ConfigMap kube-ipam-config; it also returns the CRDs' names.
-func splitInstall(rendered, conf []byte) (setup, workloads []byte, crds []string, err error) {
+func splitInstall(rendered []byte, data map[string]string) (setup, workloads []byte, crds []string, err error) {
 	var cm, ds, dep bool
 	for _, d := range strings.Split("\n"+string(rendered), "\n---\n") {
 		var obj map[string]any
@@ -195,7 +294,7 @@ func splitInstall(rendered, conf []byte) (setup, workloads []byte, crds []string
 		switch kind {
 		case "ConfigMap":
 			if name == "kube-ipam-config" {
-				obj["data"] = map[string]any{ConfigKey: string(conf)}
+				obj["data"] = data
 				cm = true
 			}
 		case "CustomResourceDefinition":
@@ -214,8 +313,8 @@ func splitInstall(rendered, conf []byte) (setup, workloads []byte, crds []string
 		}
 		*to = append(*to, b...)
 	}
-	if !cm || !ds || !dep || len(crds) == 0 {
-		return nil, nil, nil, fmt.Errorf("want ConfigMap kube-ipam-config, a DaemonSet, a Deployment and CRDs; have %v, %v, %v, %q", cm, ds, dep, crds)
+	if !cm || !ds || !dep {
+		return nil, nil, nil, fmt.Errorf("want ConfigMap kube-ipam-config, a DaemonSet and a Deployment; have %v, %v, %v", cm, ds, dep)
 	}
 	return setup, workloads, crds, nil
 }

@@ -58,6 +58,15 @@ type Options struct {
 	// IPSticky objects in the lab's API, installed with deploy/ and its
 	// kubernetes-store component). The kube-ipam etcd runs either way.
 	Store string `json:"store,omitempty"`
+	// Mode is how pods get the database network: ModeDelegates (or empty:
+	// the guide's kube-multus delegates mode), ModeNAD (kube-multus in
+	// Kubernetes mode, the network a NetworkAttachmentDefinition that pods
+	// ask for) or ModeMultus (the same NAD under upstream multus, with
+	// kube-ipam installed IPAM-only).
+	Mode string `json:"mode,omitempty"`
+	// MultusBin has upstream multus's thin plugin, "multus" (hack/multus.sh);
+	// only ModeMultus uses it.
+	MultusBin string `json:"multusBin,omitempty"`
 	// Out receives progress and the replay; nil discards.
 	Out io.Writer `json:"-"`
 }
@@ -73,12 +82,33 @@ const (
 // the Kubernetes API.
 func (o Options) KubernetesStore() bool { return o.Store == StoreKubernetes }
 
+// The ways a lab gives pods the database network (Options.Mode).
+const (
+	ModeDelegates = "delegates"
+	ModeNAD       = "nad"
+	ModeMultus    = "multus"
+)
+
+// NADs reports whether the database network is a NetworkAttachmentDefinition
+// that pods ask for (ModeNAD, ModeMultus).
+func (o Options) NADs() bool { return o.Mode == ModeNAD || o.Mode == ModeMultus }
+
+// UpstreamMultus reports whether the nodes run upstream multus.
+func (o Options) UpstreamMultus() bool { return o.Mode == ModeMultus }
+
+// MultusVersion is the upstream multus release hack/multus.sh builds.
+const MultusVersion = "v4.2.4"
+
+// MultusBinDir is where hack/multus.sh puts upstream multus:
+// $KUBE_IPAM_MULTUS, else the user cache directory.
+func MultusBinDir() string { return cacheDir("KUBE_IPAM_MULTUS", "multus-"+MultusVersion) }
+
 // DefaultOptions is what `make lab` uses.
 func DefaultOptions(repo string) Options {
 	return Options{
 		Dir: "/var/tmp/kube-ipam-lab", Name: "kilab", Nodes: 3,
 		Underlay: netip.MustParsePrefix("172.30.0.0/24"), APIPort: 16443,
-		RepoBin: filepath.Join(repo, "bin"), KubeBin: KubeBinDir(), CNIBin: "/usr/lib/cni", LabBin: LabBinDir(),
+		RepoBin: filepath.Join(repo, "bin"), KubeBin: KubeBinDir(), CNIBin: "/usr/lib/cni", LabBin: LabBinDir(), MultusBin: MultusBinDir(),
 		Examples: filepath.Join(repo, "deploy", "examples"), Deploy: filepath.Join(repo, "deploy"),
 	}
 }
@@ -186,6 +216,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("API port %d", o.APIPort)
 	case o.Store != "" && o.Store != StoreEtcd && o.Store != StoreKubernetes:
 		return fmt.Errorf("store %q: want %q or %q", o.Store, StoreEtcd, StoreKubernetes)
+	case o.Mode != "" && o.Mode != ModeDelegates && o.Mode != ModeNAD && o.Mode != ModeMultus:
+		return fmt.Errorf("mode %q: want %q, %q or %q", o.Mode, ModeDelegates, ModeNAD, ModeMultus)
+	case o.UpstreamMultus() && o.KubernetesStore():
+		return fmt.Errorf("mode %q runs on the etcd store only", ModeMultus)
 	}
 	return nil
 }

@@ -135,7 +135,7 @@ kind: Deployment
 metadata:
   name: kube-ipam-controller
 `
-	setup, workloads, crds, err := splitInstall([]byte(rendered), []byte(`{"lab": true}`))
+	setup, workloads, crds, err := splitInstall([]byte(rendered), map[string]string{"00-multus.conf": `{"lab": true}`})
 	if err != nil {
 		t.Fatal(err)
 	}

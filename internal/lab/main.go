@@ -21,7 +21,10 @@ Usage:
   kube-ipam-lab up [flags]    bring the lab up, replay the seed's sections 3-5, print
                               PASS/FAIL, and take it down again (unless --keep);
                               --store kubernetes (LAB_STORE=kubernetes) keeps the
-                              allocations in the Kubernetes API instead of etcd
+                              allocations in the Kubernetes API instead of etcd;
+                              --mode nad|multus (LAB_MODE) gives pods the database
+                              network as a NetworkAttachmentDefinition under
+                              kube-multus's Kubernetes mode or upstream multus
   kube-ipam-lab down [flags]  take down a lab kept with --keep (or left by a crash)
 
 Flags:
@@ -54,6 +57,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	fs.StringVar(&o.Store, "store", o.Store, "where kube-ipam keeps its allocations: "+StoreEtcd+
 		" (the guide's dedicated etcd) or "+StoreKubernetes+" (IPAllocation objects in the API; env LAB_STORE)")
+	o.Mode = ModeDelegates
+	if v := os.Getenv("LAB_MODE"); v != "" {
+		o.Mode = v
+	}
+	fs.StringVar(&o.Mode, "mode", o.Mode, "how pods get the database network: "+ModeDelegates+" (the guide: kube-multus delegates mode), "+
+		ModeNAD+" (a NetworkAttachmentDefinition under kube-multus in Kubernetes mode) or "+ModeMultus+
+		" (the same NAD under upstream multus "+MultusVersion+", kube-ipam installed IPAM-only; hack/multus.sh); env LAB_MODE")
 	keep := fs.Bool("keep", envBool("LAB_KEEP"), "keep the lab running after the replay (env LAB_KEEP=1)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2

@@ -110,8 +110,20 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	r.check("kube-ipamctl networks lists k8snet2 (10.188.0.0/16)", err == nil && strings.Contains(o, "k8snet2") &&
 		strings.Contains(o, "10.188.0.0/16"), "%v", err)
 
-	r.section("3. Create the pods (deploy/examples: the seed's manifests, corrected)")
-	for _, f := range []string{"db.yaml", "web.yaml", "web-svc.yaml", "web-ingress.yaml"} {
+	manifests := []string{"db.yaml", "web.yaml", "web-svc.yaml", "web-ingress.yaml"}
+	if l.opts.NADs() {
+		r.section("3. Create the database network and the pods (deploy/examples/nad: the NAD way)")
+		r.kubectl("get", "crd", "network-attachment-definitions.k8s.cni.cncf.io")
+		nad, err := l.NADManifest()
+		if r.check("deploy/examples/nad/db-net.yaml rendered for the lab's etcd", err == nil, "%v", err) {
+			_, err = r.kubectl("apply", "-f", nad)
+			r.check("kubectl apply -f db-net.yaml (NetworkAttachmentDefinition db-net)", err == nil, "%v", err)
+		}
+		manifests = []string{"nad/db.yaml", "nad/web.yaml", "web-svc.yaml", "web-ingress.yaml"}
+	} else {
+		r.section("3. Create the pods (deploy/examples: the seed's manifests, corrected)")
+	}
+	for _, f := range manifests {
 		_, err := r.kubectl("apply", "-f", f)
 		r.check("kubectl apply -f "+f, err == nil, "%v", err)
 	}
@@ -151,7 +163,11 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 
 	r.section("Tier security: a pod outside the tier")
 	out1, _ := r.kubectl("exec", "outsider", "--", "ip", "address")
-	r.check("outsider has no net1 (kube-multus attach selector)", strings.Contains(out1, "eth0") && !strings.Contains(out1, "net1"),
+	why := "kube-multus attach selector"
+	if l.opts.NADs() {
+		why = "it asks for no network"
+	}
+	r.check("outsider has no net1 ("+why+")", strings.Contains(out1, "eth0") && !strings.Contains(out1, "net1"),
 		"its interfaces: %s", strings.TrimSpace(out1))
 	r.ping("outsider", DB2IP, false)
 	if ip, node := r.webAcross(cs, "outsider"); ip != "" {
@@ -161,7 +177,11 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	}
 
 	r.section("Tier security: the database pods' net1 policy")
-	fmt.Fprintln(out, "(kube-multus put an nftables table into each database pod: net1 accepts ping and tcp/3306 from 10.188.0.0/16 and drops the rest;")
+	who := "kube-multus"
+	if l.opts.NADs() {
+		who = "kube-tier, chained after macvlan in the NAD,"
+	}
+	fmt.Fprintf(out, "(%s put an nftables table into each database pod: net1 accepts ping and tcp/3306 from 10.188.0.0/16 and drops the rest;\n", who)
 	fmt.Fprintln(out, " nothing listens on 3306 in the lab, so an allowed connection is refused by the pod, a dropped one times out)")
 	o, _ = r.kubectl("exec", web, "--", "nc", "-w", "2", DB2IP, "3306")
 	r.check("web to database-2 tcp/3306 reaches the pod (refused: nothing listens)", strings.Contains(o, "refused"), "nc said %q", strings.TrimSpace(o))
@@ -196,6 +216,9 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 		"was on %s, now on %q (%v)", old.Spec.NodeName, newNode, err)
 	r.net1("database-2-0", DB2IP)
 	r.ping(web, DB2IP, true)
+
+	r.section("The pod's network-status and Events (written by " + l.metaPlugin() + ")")
+	r.networkStatus(now)
 
 	r.section("The registry: who holds 10.188.0.219 (kube-ipamctl in a controller pod, as deploy/README.md shows)")
 	o, err = r.kubectl(IPAMCtl("who-has", DB2IP)...)
@@ -238,6 +261,45 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 		}
 	}
 	return r.results, nil
+}
+
+// networkStatus shows and checks the re-created database-2-0's
+// k8s.v1.cni.cncf.io/network-status annotation (net1 with the fixed
+// address) and its AddedInterface Event.
+func (r *replay) networkStatus(pod *corev1.Pod) {
+	o, err := r.kubectl("get", "pod", "database-2-0", "-o", `jsonpath={.metadata.annotations.k8s\.v1\.cni\.cncf\.io/network-status}`)
+	var st []struct {
+		Name, Interface string
+		IPs             []string
+		Default         bool
+	}
+	if err == nil {
+		err = json.Unmarshal([]byte(strings.TrimSpace(o)), &st)
+	}
+	ok := false
+	for _, s := range st {
+		if s.Interface == "net1" && slices.Equal(s.IPs, []string{DB2IP}) && !s.Default {
+			ok = true
+		}
+	}
+	r.check("network-status of database-2-0 lists net1 with "+DB2IP, err == nil && ok && len(st) == 2 && st[0].Default, "%v: %+v", err, st)
+	if pod == nil {
+		return
+	}
+	o, err = r.kubectl("get", "events", "--field-selector", "involvedObject.uid="+string(pod.UID), "--sort-by=.lastTimestamp")
+	r.check("an AddedInterface Event says net1 got "+DB2IP+"/16", err == nil && strings.Contains(o, "AddedInterface") &&
+		strings.Contains(o, "Add net1 ["+DB2IP+"/16]"), "%v", err)
+}
+
+// metaPlugin names the lab's meta plugin.
+func (l *Lab) metaPlugin() string {
+	switch {
+	case l.opts.UpstreamMultus():
+		return "upstream multus " + MultusVersion
+	case l.opts.NADs():
+		return "kube-multus in Kubernetes mode"
+	}
+	return "kube-multus in delegates mode"
 }
 
 // tableRows reads kubectl's table output: one map per row, keyed by the
@@ -287,10 +349,12 @@ func dsStatus(ds *appsv1.DaemonSet, err error) string {
 }
 
 // IPAMCtl is the kubectl command line that runs kube-ipamctl args in a
-// controller pod, with the network config the controller reads.
+// controller pod, with the network configs the controller reads: the
+// mounted ConfigMap's directory (the guide's 00-multus.conf, or in the NAD
+// modes the database network's conflist).
 func IPAMCtl(args ...string) []string {
 	return append([]string{"-n", "kube-ipam", "exec", "deploy/kube-ipam-controller", "--",
-		"kube-ipamctl", "--config", "/etc/kube-ipam/config/" + ConfigKey}, args...)
+		"kube-ipamctl", "--config", "/etc/kube-ipam/config"}, args...)
 }
 
 // IPAMCtl runs kube-ipamctl in a controller pod and returns its stdout.

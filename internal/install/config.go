@@ -2,7 +2,9 @@ package install
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -72,14 +74,16 @@ func CheckConfig(data []byte, name string) (*CheckedConfig, error) {
 		if m.Kubeconfig != "" {
 			c.Files = append(c.Files, ReferencedFile{"kubeconfig", m.Kubeconfig})
 		}
+	}
+	err := c.addNetworks(data, name)
+	var none *config.NoNetworkError
+	if errors.As(err, &none) && c.Meta != nil && c.Meta.KubernetesMode() {
 		// In Kubernetes mode the networks may all come from
 		// NetworkAttachmentDefinitions: none in the file is fine.
-		if m.KubernetesMode() && !hasKubeIPAM(data) {
-			c.Warnings = append(c.Warnings, fmt.Sprintf("%s names no kube-ipam network itself: kube-ipam runs only for the NetworkAttachmentDefinitions that name it", name))
-			return c, nil
-		}
+		c.Warnings = append(c.Warnings, fmt.Sprintf("%s names no kube-ipam network itself: kube-ipam runs only for the NetworkAttachmentDefinitions that name it", name))
+		return c, nil
 	}
-	if err := c.addNetworks(data, name); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("kube-ipam would refuse it: %v", err)
 	}
 	return c, nil
@@ -157,37 +161,11 @@ func (c *CheckedConfig) addNetworks(data []byte, where string) error {
 	return nil
 }
 
-// hasKubeIPAM reports whether a config holds a plugin with ipam type
-// kube-ipam, where config.ParseNetworks looks for one (the config itself,
-// "plugins", "delegates").
-func hasKubeIPAM(data []byte) bool {
-	var root map[string]any
-	if json.Unmarshal(data, &root) != nil {
-		return false
-	}
-	var walk func(map[string]any) bool
-	walk = func(obj map[string]any) bool {
-		if ipam, ok := obj["ipam"].(map[string]any); ok && ipam["type"] == config.IPAMType {
-			return true
-		}
-		for _, key := range []string{"plugins", "delegates"} {
-			list, _ := obj[key].([]any)
-			for _, item := range list {
-				if m, ok := item.(map[string]any); ok && walk(m) {
-					return true
-				}
-			}
-		}
-		return false
-	}
-	return walk(root)
-}
-
-// CheckNetworks validates the networks file of an IPAM-only install: the
-// kube-ipam networks the controller (--config) reads, which the nodes get
-// from NetworkAttachmentDefinitions, not from this file. It is one NAD's
-// config (a conflist or a single plugin config, as in spec.config), or a
-// JSON object whose "delegates" list holds several (the form in which the
+// CheckNetworks validates a networks file of an IPAM-only install: kube-ipam
+// networks the controller (--config) reads, which the nodes get from
+// NetworkAttachmentDefinitions, not from this file. It is one NAD's config
+// (a conflist or a single plugin config, as in spec.config), or a JSON
+// object whose "delegates" list holds several (a form in which the
 // controller's loader, config.LoadNetworks, reads many networks from one
 // file). Each config must be one the runtime's libcni accepts, with a
 // "name" (the network name kube-ipam keeps its allocations under, which the
@@ -248,4 +226,49 @@ func checkDelegate(d *meta.Delegate) error {
 	//nolint:staticcheck // the single-plugin form is what delegates use
 	_, err = libcni.ConfListFromConf(pc)
 	return err
+}
+
+// CheckNetworksAt is CheckNetworks on the file at path, or, when path is a
+// directory (a mounted ConfigMap), on each of its config files (*.conf,
+// *.conflist, *.json), the way the controller's config.LoadNetworks reads
+// one: files without a kube-ipam network are skipped, and it is an error if
+// none has one.
+func CheckNetworksAt(path string) (*CheckedConfig, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		return CheckNetworks(data, filepath.Base(path))
+	}
+	names, err := configFiles(path)
+	if err != nil {
+		return nil, err
+	}
+	all := &CheckedConfig{}
+	for _, n := range names {
+		data, err := os.ReadFile(filepath.Join(path, n))
+		if err != nil {
+			return nil, err
+		}
+		c, err := CheckNetworks(data, n)
+		var none *config.NoNetworkError
+		if errors.As(err, &none) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		all.Networks = append(all.Networks, c.Networks...)
+		all.Files = append(all.Files, c.Files...)
+		all.Warnings = append(all.Warnings, c.Warnings...)
+	}
+	if len(all.Networks) == 0 {
+		return nil, fmt.Errorf("%s holds no config file (%s) with a kube-ipam network", path, strings.Join(ConfigExtensions, ", "))
+	}
+	return all, nil
 }

@@ -74,8 +74,9 @@ type Options struct {
 	MultusAlias string
 
 	// ConfigSource is the network config to install (a ConfigMap file).
-	// With IPAMOnly it is the networks file the controller reads, checked
-	// but never installed, and only when given.
+	// With IPAMOnly it is the networks the controller reads (a file, or a
+	// directory of them: the mounted ConfigMap), checked but never
+	// installed, and only when given.
 	ConfigSource string
 	// ConfDir is the node's CNI conf dir (/etc/cni/net.d). IPAMOnly never
 	// writes there (only into the directories of Kubeconfig and
@@ -157,7 +158,7 @@ func FlagSet(o *Options) *pflag.FlagSet {
 	fs.StringVar(&o.BinDir, "bin-dir", o.BinDir, "the node's CNI bin dir, as mounted in this pod")
 	fs.StringSliceVar(&o.Binaries, "binaries", o.Binaries, "binaries copied from --bin-source-dir to --bin-dir (with --ipam-only the default is "+strings.Join(IPAMOnlyBinaries, ",")+")")
 	fs.StringVar(&o.MultusAlias, "multus-alias", o.MultusAlias, "also install kube-multus under this name (the seed's \"type\": \"multus-cni\"); empty = none (with --ipam-only: none, and nothing else is allowed)")
-	fs.StringVar(&o.ConfigSource, "config", o.ConfigSource, "network config to install (mounted ConfigMap file); it is validated first and never installed when invalid. With --ipam-only, when given: the networks the controller reads, checked but never installed")
+	fs.StringVar(&o.ConfigSource, "config", o.ConfigSource, "network config to install (mounted ConfigMap file); it is validated first and never installed when invalid. With --ipam-only, when given: the networks the controller reads (a file or a directory of them), checked but never installed")
 	fs.StringVar(&o.ClusterNetwork, "cluster-network", o.ClusterNetwork, "where delegates[0] (the cluster network, eth0) of the installed config comes from: \"config\" (--config's own delegates[0]), \"auto\" (the first CNI config file of --conf-dir, followed as it changes), or that file's name (e.g. 10-calico.conflist: waits for exactly that file)")
 	fs.BoolVar(&o.IPAMOnly, "ipam-only", o.IPAMOnly, "install only kube-ipam and kube-tier, the kubeconfig and the etcd files, and no network config: for a cluster that already runs multus (its 00-multus.conf and every other file of the conf dir are left alone)")
 	fs.StringVar(&o.ConfDir, "conf-dir", o.ConfDir, "the node's CNI conf dir, as mounted in this pod")
@@ -389,11 +390,7 @@ func (in *Installer) planConfig(res *Result) (*configPlan, error) {
 		if src == "" {
 			return &configPlan{}, nil
 		}
-		data, err := os.ReadFile(src)
-		if err != nil {
-			return nil, fmt.Errorf("networks file: %w", err)
-		}
-		checked, err := CheckNetworks(data, filepath.Base(src))
+		checked, err := CheckNetworksAt(src)
 		if err != nil {
 			return nil, fmt.Errorf("networks file %s (read by the controller): %w", src, err)
 		}

@@ -1,6 +1,7 @@
 package install
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -178,6 +179,48 @@ func TestIPAMOnlyChecksTheNetworksFile(t *testing.T) {
 			}
 		})
 	}
+	// A directory, as a ConfigMap is mounted (keys are links into ..data):
+	// every config file with a kube-ipam network, the others skipped, as
+	// the controller reads it.
+	e = ipamOnlyEnv(t)
+	cm := filepath.Join(e.root, "configmap-dir")
+	data := filepath.Join(cm, "..2026_12_05_08_00_00.1")
+	var nets struct{ Delegates []json.RawMessage }
+	if err := json.Unmarshal([]byte(networksFile), &nets); err != nil {
+		t.Fatal(err)
+	}
+	e.write(filepath.Join(data, "db-net.conflist"), nets.Delegates[0], 0o644)
+	e.write(filepath.Join(data, "web-net.conflist"), nets.Delegates[1], 0o644)
+	e.write(filepath.Join(data, "10-flannel.conflist"), []byte(flannelConflist), 0o644)
+	e.write(filepath.Join(data, "README"), []byte("not a config"), 0o644)
+	if err := os.Symlink(filepath.Base(data), filepath.Join(cm, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"db-net.conflist", "web-net.conflist", "10-flannel.conflist", "README"} {
+		if err := os.Symlink(filepath.Join("..data", k), filepath.Join(cm, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.o.ConfigSource = cm
+	if _, err := e.pass(); err != nil {
+		t.Fatalf("networks directory: %v", err)
+	}
+	if c, err := CheckNetworksAt(cm); err != nil || len(c.Networks) != 2 || c.Networks[0].Name != "db-net" || len(c.Files) != 7 {
+		t.Errorf("CheckNetworksAt: %v %+v", err, c)
+	}
+	e.write(filepath.Join(data, "web-net.conflist"), []byte(`{"name": "web-net", "plugins": [`), 0o644)
+	if _, err := e.pass(); err == nil || !strings.Contains(err.Error(), "web-net.conflist is not a JSON object") {
+		t.Errorf("a broken file in the directory: %v", err)
+	}
+	for _, k := range []string{"db-net.conflist", "web-net.conflist"} {
+		if err := os.Remove(filepath.Join(cm, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.pass(); err == nil || !strings.Contains(err.Error(), "holds no config file (.conf, .conflist, .json) with a kube-ipam network") {
+		t.Errorf("a directory without a network: %v", err)
+	}
+
 	// Not given: not read (the default path may not be mounted).
 	e = ipamOnlyEnv(t)
 	e.o.ConfigSource = Defaults().ConfigSource

@@ -113,10 +113,14 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	k.must(t, "apply", "--server-side", "-f", crds)
-	k.must(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/issuers.cert-manager.io", "crd/certificates.cert-manager.io")
+	// The NetworkAttachmentDefinitions of examples/ need theirs (applied
+	// again below: the same object, no conflict).
+	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "crds", "network-attachment-definitions.yaml"))
+	k.must(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/issuers.cert-manager.io", "crd/certificates.cert-manager.io",
+		"crd/network-attachment-definitions.k8s.cni.cncf.io")
 
 	t.Run("dry-run", func(t *testing.T) {
-		patches := componentPatches(t)
+		patches := allComponentPatches(t)
 		for _, rel := range manifests(t) {
 			if slices.Contains(patches, rel) {
 				continue // part of the component's install below
@@ -132,6 +136,11 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 					overlay, _ := renderWithComponent(t)
 					args = append(args, "-k", overlay)
 				default:
+					if c, ok := modeComponent(rel); ok {
+						overlay, _ := renderWith(t, c)
+						args = append(args, "-k", overlay)
+						break
+					}
 					args = append(args, "-f", p)
 				}
 				out, err := k.run(t, args...)
@@ -313,6 +322,10 @@ func expectedObjects(t *testing.T, rel string) int {
 	t.Helper()
 	if rel == component+"/kustomization.yaml" {
 		return expectedObjects(t, "kustomization.yaml") + componentObjects(t)
+	}
+	if c, ok := modeComponent(rel); ok {
+		_, ds := renderWith(t, c) // checked in modes_test.go
+		return len(ds)
 	}
 	if rel != "kustomization.yaml" {
 		return len(docs(t, filepath.Join(deployDir(t), rel)))

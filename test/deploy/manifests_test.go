@@ -299,8 +299,8 @@ func TestNetworkConfigAndInstaller(t *testing.T) {
 	if _, v := mountFor(t, spec, 0, o.EtcdCertSource); v.Secret == nil || v.Secret.SecretName != "kube-ipam-etcd" {
 		t.Errorf("--etcd-cert-source %s is not from Secret kube-ipam-etcd: %+v", o.EtcdCertSource, v.VolumeSource)
 	}
-	if o.MultusAlias != "multus-cni" || !slices.Equal(o.Binaries, []string{"kube-ipam", "kube-multus"}) {
-		t.Errorf("binaries %q alias %q", o.Binaries, o.MultusAlias)
+	if !slices.Equal(o.InstalledBinaries(), []string{"kube-ipam", "kube-multus", "kube-tier", "multus-cni"}) || o.ClusterNetwork != install.ClusterNetworkConfig || o.IPAMOnly {
+		t.Errorf("binaries %q, cluster network %q, ipam-only %v", o.InstalledBinaries(), o.ClusterNetwork, o.IPAMOnly)
 	}
 	// The pod: host network, every taint tolerated, node-critical, the
 	// plugin's ServiceAccount, root without capabilities, read-only root.
@@ -692,8 +692,9 @@ func TestKustomizationListsTheInstall(t *testing.T) {
 		switch {
 		case m == "kustomization.yaml", strings.HasPrefix(m, "examples/"), strings.Contains(m, ".example."),
 			// The Kubernetes store's component, switched on separately
-			// (store_test.go checks it).
-			strings.HasPrefix(m, component+"/"),
+			// (store_test.go checks it), and the installer's mode
+			// components (modes_test.go).
+			strings.HasPrefix(m, component+"/"), slices.ContainsFunc(modeComponents, func(c string) bool { return strings.HasPrefix(m, c+"/") }),
 			// Applied in their own steps (deploy/README.md): the webhook
 			// configuration once the controller is Ready, the certificate
 			// only with cert-manager.

@@ -273,16 +273,16 @@ func TestAutoFollowsTheClusterConfig(t *testing.T) {
 	if ds := e.delegates("00-multus.conf"); !strings.Contains(string(ds[0]), `"name":"cilium"`) {
 		t.Errorf("delegates[0] %s", ds[0])
 	}
-	// Our own file removed by hand: written again.
+	// Our own file removed by hand: written again, the same.
+	gen := read(t, e.conf("00-multus.conf"))
 	if err := os.Remove(e.conf("00-multus.conf")); err != nil {
 		t.Fatal(err)
 	}
-	before := e.hostFiles()
 	if res, err = in.Pass(); err != nil || !slices.Equal(res.Changed, []string{e.conf("00-multus.conf")}) {
 		t.Fatalf("after removal changed %q, err %v", res.Changed, err)
 	}
-	if got := e.hostFiles(); !slices.Equal(got, append(slices.Clone(before), "etc/cni/net.d/00-multus.conf")) && len(got) != len(before)+1 {
-		t.Errorf("files %q", got)
+	if !bytes.Equal(read(t, e.conf("00-multus.conf")), gen) {
+		t.Error("regenerated config differs")
 	}
 }
 
@@ -331,7 +331,7 @@ func TestAutoWaits(t *testing.T) {
 			if !errors.As(err, &w) || !strings.Contains(w.Msg, c.want) || w.Level != c.level {
 				t.Fatalf("err %v (%T), want a WaitError at %v with %q", err, err, c.level, c.want)
 			}
-			if after := e.snapshot(); !maps(before, after) {
+			if after := e.snapshot(); !sameFiles(before, after) {
 				t.Errorf("the node changed while waiting:\nbefore %v\nafter  %v", before, after)
 			}
 			// With --once the wait is the error.
@@ -364,7 +364,7 @@ func (e *env) snapshot() map[string]string {
 	return out
 }
 
-func maps(a, b map[string]string) bool {
+func sameFiles(a, b map[string]string) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -391,7 +391,7 @@ func TestAutoNeverOverwritesAHandWrittenConfig(t *testing.T) {
 	if !errors.As(err, &w) || w.Level != slog.LevelError || !strings.Contains(w.Msg, "was not written by kube-ipam-install") || !strings.Contains(w.Msg, "move it out of") {
 		t.Fatalf("err %v", err)
 	}
-	if !maps(before, e.snapshot()) {
+	if !sameFiles(before, e.snapshot()) {
 		t.Error("the node changed")
 	}
 	// Still refused on every pass, the file as it was.
@@ -568,4 +568,18 @@ func (r *recorder) has(level slog.Level, msg string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.ContainsFunc(r.recs, func(rec slog.Record) bool { return rec.Level == level && strings.Contains(rec.Message, msg) })
+}
+
+// TestCheckConfigKubernetesMode: a kube-multus config in Kubernetes mode
+// may name no kube-ipam network (NADs do); in delegates mode it must.
+func TestCheckConfigKubernetesMode(t *testing.T) {
+	kube := `{"cniVersion": "1.0.0", "name": "kube-multus", "type": "kube-multus", "kubeconfig": "/etc/cni/net.d/kube-ipam.d/kubeconfig", "clusterNetwork": "/etc/cni/net.d/10-flannel.conflist"}`
+	c, err := CheckConfig([]byte(kube), "00-multus.conf")
+	if err != nil || len(c.Networks) != 0 || len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "names no kube-ipam network itself") {
+		t.Fatalf("Kubernetes mode: %v %+v", err, c)
+	}
+	delegates := `{"cniVersion": "1.0.0", "name": "kube-multus", "type": "kube-multus", "delegates": [{"name": "cbr0", "type": "flannel"}]}`
+	if _, err := CheckConfig([]byte(delegates), "00-multus.conf"); err == nil || !strings.Contains(err.Error(), "kube-ipam would refuse it") {
+		t.Errorf("delegates mode without a kube-ipam network: %v", err)
+	}
 }

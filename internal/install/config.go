@@ -47,7 +47,10 @@ type ReferencedFile struct{ Key, Path string }
 // (internal/config.Parse, through config.ParseNetworks, which hands each
 // delegate and conflist plugin its inherited name and cniVersion as
 // kube-multus and libcni do). name is the file name the config is installed
-// under: its extension decides how the runtime reads it.
+// under: its extension decides how the runtime reads it. The config must
+// have a kube-ipam network, unless it is a kube-multus config in Kubernetes
+// mode, whose networks may all come from NetworkAttachmentDefinitions (a
+// warning then).
 func CheckConfig(data []byte, name string) (*CheckedConfig, error) {
 	var head struct {
 		Type      string          `json:"type"`

@@ -8,7 +8,7 @@ BINARIES := kube-ipam kube-multus kube-tier kube-ipamctl kube-ipam-controller ku
 # The lab's own commands (not installed on nodes).
 LAB_BINARIES := kube-ipam-lab kube-ipam-lab-pause
 
-.PHONY: all build test unit bench vet fmt-check clean testbin labbin whereabouts deps lab lab-down
+.PHONY: all build test unit bench vet fmt-check clean testbin labbin whereabouts multus deps lab lab-down
 
 all: build
 
@@ -43,6 +43,13 @@ labbin:
 whereabouts:
 	@hack/whereabouts.sh >/dev/null
 
+# Upstream multus (thin plugin, and the thick plugin's multus-shim and
+# multus-daemon; the version pinned in the script) for test/upstream, built
+# from the Go module proxy into a cache outside the repository (about 3
+# minutes the first time).
+multus:
+	@hack/multus.sh >/dev/null
+
 # Debian packages the tests and the lab need (as root; skipped when present).
 deps:
 	@hack/deps.sh
@@ -63,7 +70,7 @@ lab-down:
 # Every test: unit, integration against a real etcd and a real control plane,
 # network-namespace tests (root; they skip with a message otherwise, and fail
 # when CI is set).
-test: build vet fmt-check testbin labbin
+test: build vet fmt-check testbin labbin multus
 	KUBE_IPAM_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m ./...
 
 # Pure-logic tests only (no etcd, no API server, no root, no other process):

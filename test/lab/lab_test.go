@@ -70,17 +70,26 @@ func TestLabReplaysTheSeed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Both stores, one after the other (never two labs at once on a small
-	// machine): the guide's etcd, then the Kubernetes API store as
-	// deploy/README.md installs it. Each lab has its own names, underlay and
-	// directory, beside a `make lab` that may be running.
-	for _, v := range []struct{ store, name, underlay string }{
-		{lab.StoreEtcd, "kitest", "172.30.211.0/24"},
-		{lab.StoreKubernetes, "kitestks", "172.30.212.0/24"},
+	// One lab after the other (never two at once on a small machine): the
+	// guide on both stores (its etcd, then the Kubernetes API store as
+	// deploy/README.md installs it), then the NAD way under kube-multus's
+	// Kubernetes mode and under upstream multus. Each lab has its own
+	// names, underlay and directory, beside a `make lab` that may be
+	// running.
+	for _, v := range []struct{ test, store, mode, name, underlay string }{
+		{lab.StoreEtcd, lab.StoreEtcd, lab.ModeDelegates, "kitest", "172.30.211.0/24"},
+		{lab.StoreKubernetes, lab.StoreKubernetes, lab.ModeDelegates, "kitestks", "172.30.212.0/24"},
+		{"nad", lab.StoreEtcd, lab.ModeNAD, "kitestnd", "172.30.213.0/24"},
+		{"multus", lab.StoreEtcd, lab.ModeMultus, "kitestmu", "172.30.214.0/24"},
 	} {
-		t.Run(v.store, func(t *testing.T) {
+		t.Run(v.test, func(t *testing.T) {
+			if v.mode == lab.ModeMultus {
+				if _, err := os.Stat(filepath.Join(lab.MultusBinDir(), "multus")); err != nil {
+					testenv.Missing(t, "upstream multus not built (%v): run hack/multus.sh", err)
+				}
+			}
 			opts := lab.DefaultOptions(root)
-			opts.Name, opts.RepoBin, opts.Store = v.name, bin, v.store
+			opts.Name, opts.RepoBin, opts.Store, opts.Mode = v.name, bin, v.store, v.mode
 			opts.Underlay = netip.MustParsePrefix(v.underlay)
 			opts.CNIBin = testenv.CNIPluginDir(t)
 			opts.Out = logWriter{t}
@@ -113,7 +122,7 @@ func replayLab(t *testing.T, opts lab.Options) {
 		t.Cleanup(func() {
 			t1 := time.Now()
 			down(t, l, dir, before)
-			t.Logf("%s store: up %.0fs, replay and checks %.0fs, down %.0fs", opts.Store, up.Seconds(), replayed.Seconds(), time.Since(t1).Seconds())
+			t.Logf("%s store, %s mode: up %.0fs, replay and checks %.0fs, down %.0fs", opts.Store, opts.Mode, up.Seconds(), replayed.Seconds(), time.Since(t1).Seconds())
 		})
 	} else {
 		os.RemoveAll(dir)
@@ -176,7 +185,11 @@ func replayLab(t *testing.T, opts lab.Options) {
 	// The replay must have covered the seed's sections, not stopped early.
 	want := []string{"database-2-0 net1 is 10.188.0.219/16", "database-1-0 net1 is 10.188.0.218/16",
 		"pings 10.188.0.219", "database-2-0 pings 10.188.0.218", "outsider has no net1", "database-2-0 moved to another node",
-		"curl the NodePort", "dropped by the tier policy", "over eth0 (flannel)", "registered to the new database-2-0"}
+		"curl the NodePort", "dropped by the tier policy", "over eth0 (flannel)", "registered to the new database-2-0",
+		"network-status of database-2-0 lists net1 with 10.188.0.219", "an AddedInterface Event says net1 got 10.188.0.219/16"}
+	if opts.NADs() {
+		want = append(want, "kubectl apply -f db-net.yaml", "kubectl apply -f nad/db.yaml", "outsider has no net1 (it asks for no network)")
+	}
 	if opts.KubernetesStore() {
 		want = append(want, "CRDs are installed", "IPAllocation 10.188.0.218 is held by default/database-1-0",
 			"IPAllocation 10.188.0.219 is held by default/database-2-0 on node")

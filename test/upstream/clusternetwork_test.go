@@ -1,0 +1,122 @@
+package upstream
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"kubeipam/internal/testenv"
+)
+
+// The known upstream defect (multus v4.2.4, thin and thick alike): when
+// "clusterNetwork" is the PATH of a .conflist file, multus loads it with
+// LoadDelegateNetConfFromConfList, which keeps the full plugin configs for
+// ADD (CNINetworkConfigList) but sets the delegate's Bytes — what its
+// scratch cache keeps and what DEL replays — to the conflist re-marshalled
+// through the CNI library's types.PluginConf: only cniVersion, name, type,
+// capabilities, ipam.type and dns survive. On DEL the cluster network's
+// plugins get {"type":"bridge","ipam":{"type":"host-local"}}: host-local
+// has no range (and no dataDir) and fails, bridge returns that error
+// (the bridge plugin of containernetworking-plugins 1.1.1 removes eth0 all
+// the same), and the pod's eth0 address stays leased for ever: the
+// runtime's retries re-read the same file the same way. The
+// thick plugin's daemon generates exactly such a config: its
+// "clusterNetwork" is the path of the node's first CNI config, which is a
+// .conflist on most clusters (flannel's 10-flannel.conflist).
+//
+// Secondary networks are not affected: a NAD's spec.config, and a network
+// found by name in confDir, keep their bytes as written. So the workaround
+// is to name the cluster network instead of giving its path:
+//   - "clusterNetwork": "<the conflist's network name>" with "confDir"
+//     the directory holding it (e.g. cbr0 in /etc/cni/net.d), or
+//   - "clusterNetwork": "<NAD name>", a NAD in multusNamespace (kube-system)
+//     whose spec.config is the conflist, or
+//   - a single-plugin .conf file path (TestKubeIPAMUnderMultus).
+//
+// The NAD db-net is unaffected either way: kube-ipam's addresses are freed
+// in every case below, the defect's included.
+
+// TestClusterNetworkByName: the workarounds. The cluster network is a
+// conflist named through confDir or through a NAD in kube-system; DEL
+// frees both host-local's eth0 lease and kube-ipam's net1 address.
+func TestClusterNetworkByName(t *testing.T) {
+	e := newEnv(t)
+	e.createNAD("db", "db-net", e.dbNetConfig())
+	for i, c := range []struct{ name, how string }{{"cbr0", "confDir"}, {"cbr0-nad", "NAD"}} {
+		t.Run(c.how, func(t *testing.T) {
+			dataDir := t.TempDir()
+			list := e.clusterConflist(c.name, dataDir)
+			if c.how == "confDir" {
+				e.writeConf("10-"+c.name+".conflist", list)
+			} else {
+				e.createNAD("kube-system", c.name, string(mustJSON(list)))
+			}
+			p := e.newPod("db", fmt.Sprintf("database-1-%d", i), "database-1", `[{"name":"db-net","ips":["10.188.0.219/16"]}]`)
+			e.mustAdd(p, e.multusConf(c.name))
+			eth0 := testenv.IPv4Addrs(t, p.netns, "eth0")
+			if l := leases(t, dataDir); len(eth0) != 1 || len(l) != 1 || !strings.HasPrefix(eth0[0], l[0]+"/") {
+				t.Fatalf("eth0 has %v, host-local leases %v", eth0, l)
+			}
+			if r := e.holder("10.188.0.219"); r == nil || r.ContainerID != p.cid {
+				t.Fatalf("10.188.0.219 held by %+v, want %s", r, p.cid)
+			}
+			if err := e.del(p); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if l := leases(t, dataDir); len(l) != 0 {
+				t.Fatalf("host-local still leases %v after DEL", l)
+			}
+			if r := e.holder("10.188.0.219"); r != nil {
+				t.Fatalf("10.188.0.219 still held after DEL: %+v", r)
+			}
+		})
+	}
+}
+
+// TestUpstreamDefectConflistPathLeaksOnDEL pins the defect itself (see the
+// comment above): with "clusterNetwork" the path of a .conflist, ADD works
+// and DEL fails in host-local, leaving eth0's address leased. It is
+// deterministic (config handling, no timing). When an upstream release
+// fixes it, this test fails: update hack/multus.sh, the test and
+// docs/upstream-multus.md together.
+func TestUpstreamDefectConflistPathLeaksOnDEL(t *testing.T) {
+	e := newEnv(t)
+	e.createNAD("db", "db-net", e.dbNetConfig())
+	dataDir := t.TempDir()
+	path := e.writeConf("10-cbr0.conflist", e.clusterConflist("cbr0", dataDir))
+	p := e.newPod("db", "database-1-0", "database-1", `[{"name":"db-net","ips":["10.188.0.219/16"]}]`)
+	e.mustAdd(p, e.multusConf(path))
+	eth0 := testenv.IPv4Addrs(t, p.netns, "eth0")
+	leased := leases(t, dataDir)
+	if len(eth0) != 1 || len(leased) != 1 || !strings.HasPrefix(eth0[0], leased[0]+"/") {
+		t.Fatalf("ADD: eth0 has %v, host-local leases %v", eth0, leased)
+	}
+	err := e.del(p)
+	t.Logf("DEL with clusterNetwork %s: %v", path, err)
+	if err == nil {
+		t.Fatalf("DEL succeeded: upstream multus %s no longer drops the conflist's plugin keys on DEL; "+
+			"update this test and docs/upstream-multus.md", MultusVersion)
+	}
+	if !strings.Contains(err.Error(), `plugin type="bridge" failed (delete): no IP ranges specified`) {
+		t.Fatalf("DEL failed otherwise than by the defect (host-local given no range): %v", err)
+	}
+	if l := leases(t, dataDir); !slices.Equal(l, leased) {
+		t.Fatalf("host-local leases %v after the failed DEL, want the leaked %v", l, leased)
+	}
+	// bridge removed eth0 all the same: the address is gone from the pod
+	// but leased for ever, so each such pod costs the node one address of
+	// its pod range until host-local's range is exhausted.
+	if have := links(t, p); len(have) != 0 {
+		t.Fatalf("links left in the pod after the failed DEL: %v", have)
+	}
+	// The runtime retries DEL: multus has removed its scratch cache, reads
+	// the same file the same way, and fails the same.
+	if err := e.del(p); err == nil || !strings.Contains(err.Error(), "no IP ranges specified") {
+		t.Fatalf("second DEL: %v, want the same failure", err)
+	}
+	// The secondary network, a NAD, was deleted properly all the same.
+	if r := e.holder("10.188.0.219"); r != nil {
+		t.Fatalf("10.188.0.219 still held after DEL: %+v", r)
+	}
+}

@@ -25,9 +25,11 @@ import (
 // "clusterNetwork" is the path of the node's first CNI config, which is a
 // .conflist on most clusters (flannel's 10-flannel.conflist).
 //
-// Secondary networks are not affected: a NAD's spec.config, and a network
-// found by name in confDir, keep their bytes as written. So the workaround
-// is to name the cluster network instead of giving its path:
+// A NAD's spec.config, and a network found by name in confDir, keep their
+// bytes as written, so secondary networks are not affected — as long as
+// their conflist has a "cniVersion" (else see
+// TestUpstreamDefectNADWithoutCNIVersionLeaksOnDEL). So the workaround is
+// to name the cluster network instead of giving its path:
 //   - "clusterNetwork": "<the conflist's network name>" with "confDir"
 //     the directory holding it (e.g. cbr0 in /etc/cni/net.d), or
 //   - "clusterNetwork": "<NAD name>", a NAD in multusNamespace (kube-system)
@@ -35,7 +37,7 @@ import (
 //   - a single-plugin .conf file path (TestKubeIPAMUnderMultus).
 //
 // The NAD db-net is unaffected either way: kube-ipam's addresses are freed
-// in every case below, the defect's included.
+// in the cases below, the cluster network's defect included.
 
 // TestClusterNetworkByName: the workarounds. The cluster network is a
 // conflist named through confDir or through a NAD in kube-system; DEL
@@ -118,5 +120,41 @@ func TestUpstreamDefectConflistPathLeaksOnDEL(t *testing.T) {
 	// The secondary network, a NAD, was deleted properly all the same.
 	if r := e.holder("10.188.0.219"); r != nil {
 		t.Fatalf("10.188.0.219 still held after DEL: %+v", r)
+	}
+}
+
+// TestUpstreamDefectNADWithoutCNIVersionLeaksOnDEL pins the same defect
+// reached another way, this time on kube-ipam's network: a NAD whose
+// conflist has no "cniVersion". ADD runs it as spec 0.1.0 and works; on DEL,
+// multus gives the conflist its own cniVersion by re-marshalling it through
+// types.NetConfList (multus.go, CmdDel: "set CNIVersion in delegate CNI
+// config if there is no CNIVersion"), which drops every plugin key:
+// macvlan's ipam is {"type":"kube-ipam"}, kube-ipam refuses it (code 7,
+// no etcdConfig), macvlan returns that, and the pod's fixed address stays
+// allocated until kube-ipam-controller's GC or kube-ipamctl release frees
+// it. Hence: always write "cniVersion" in a NAD's config. (kube-tier
+// refuses a 0.1.0 config outright, so it is left out here: ADD fails with
+// it, and the rollback leaks the same way.)
+func TestUpstreamDefectNADWithoutCNIVersionLeaksOnDEL(t *testing.T) {
+	e := newEnv(t)
+	list := e.dbNet(false)
+	delete(list, "cniVersion")
+	e.createNAD("db", "db-net", string(mustJSON(list)))
+	p := e.newPod("db", "database-1-0", "database-1", `[{"name":"db-net","ips":["10.188.0.219/16"]}]`)
+	e.mustAdd(p, e.multusConf(e.clusterConf("cbr0", t.TempDir())))
+	if have := testenv.IPv4Addrs(t, p.netns, "net1"); !slices.Equal(have, []string{"10.188.0.219/16"}) {
+		t.Fatalf("net1 has %v, want 10.188.0.219/16", have)
+	}
+	err := e.del(p)
+	t.Logf("DEL with a NAD conflist without cniVersion: %v", err)
+	if err == nil {
+		t.Fatalf("DEL succeeded: upstream multus %s no longer drops a versionless NAD conflist's plugin keys on DEL; "+
+			"update this test and docs/upstream-multus.md", MultusVersion)
+	}
+	if !strings.Contains(err.Error(), `plugin type="macvlan" failed (delete): ipam.etcdConfig is required`) {
+		t.Fatalf("DEL failed otherwise than by the defect (kube-ipam given no etcdConfig): %v", err)
+	}
+	if r := e.holder("10.188.0.219"); r == nil || r.ContainerID != p.cid {
+		t.Fatalf("10.188.0.219 is held by %+v after the failed DEL, want the leaked allocation of %s", r, p.cid)
 	}
 }

@@ -240,8 +240,12 @@ func (e *env) multusConf(clusterNetwork string) []byte {
 }
 
 // dbNetConfig is spec.config of NAD db-net: deploy/examples/nad/db-net.yaml
-// with the test's parent link, etcd, kubeconfig and log files.
-func (e *env) dbNetConfig() string {
+// with the test's parent link, etcd, kubeconfig and log files (and without
+// kube-tier when it is not built).
+func (e *env) dbNetConfig() string { return string(mustJSON(e.dbNet(e.tier))) }
+
+// dbNet is the conflist of dbNetConfig, with or without kube-tier.
+func (e *env) dbNet(withTier bool) map[string]any {
 	plugins := []any{map[string]any{
 		"type": "macvlan", "master": e.parent, "mode": "bridge",
 		"capabilities": map[string]any{"ips": true},
@@ -252,7 +256,7 @@ func (e *env) dbNetConfig() string {
 			"logFile": filepath.Join(e.logDir, "kube-ipam.log"), "logLevel": "debug",
 		},
 	}}
-	if e.tier {
+	if withTier {
 		plugins = append(plugins, map[string]any{
 			"type": "kube-tier", "kubeconfig": e.kube.Kubeconfig,
 			"ingress": []any{map[string]any{
@@ -262,7 +266,7 @@ func (e *env) dbNetConfig() string {
 			"logFile": filepath.Join(e.logDir, "kube-tier.log"), "logLevel": "debug",
 		})
 	}
-	return string(mustJSON(map[string]any{"cniVersion": "0.3.1", "name": dbNetwork, "plugins": plugins}))
+	return map[string]any{"cniVersion": "0.3.1", "name": dbNetwork, "plugins": plugins}
 }
 
 // createNAD creates NetworkAttachmentDefinition namespace/name.

@@ -59,8 +59,10 @@ deps:
 # CNI chain, the seed's manifests, then the seed's verification with PASS/FAIL.
 # LAB_KEEP=1 keeps it running; `make lab-down` removes it. LAB_STORE=kubernetes
 # keeps kube-ipam's allocations in the Kubernetes API (deploy/kubernetes-store)
-# instead of the guide's etcd. See docs/lab.md.
-lab: deps build testbin labbin
+# instead of the guide's etcd. LAB_MODE=nad gives pods the database network as
+# a NetworkAttachmentDefinition under kube-multus's Kubernetes mode,
+# LAB_MODE=multus under upstream multus (docs/guide-nad.md). See docs/lab.md.
+lab: deps build testbin labbin multus
 	$(BIN)/kube-ipam-lab up
 
 lab-down:
@@ -76,12 +78,16 @@ test: build vet fmt-check testbin labbin multus
 # Pure-logic tests only (no etcd, no API server, no root, no other process):
 # the packages whose tests need nothing, then, by name, the pure tests of
 # packages that also hold integration tests (none of those honours -short):
-# the allocator's strategy over the in-memory store (TestStrategy*), the
-# plugin's TestUnit*, the GC rules, the store's watchdog judgement.
+# the allocator's strategy over the in-memory store (TestStrategy*), kube-multus's
+# config and Kubernetes-mode call flow (fake delegates and API), kube-tier's
+# config and decisions, the plugin's TestUnit*, the GC rules, the store's
+# watchdog judgement.
 unit:
 	$(GO) test -count=1 ./internal/config/ ./internal/ipam/ ./internal/pod/ ./internal/pki/ ./internal/install/ \
-		./internal/lab/ ./internal/store/memstore/ ./internal/store/storetest/
+		./internal/lab/ ./internal/store/memstore/ ./internal/store/storetest/ ./internal/netattach/
 	$(GO) test -count=1 -run '^TestStrategy' ./internal/allocator/
+	$(GO) test -count=1 -run '^(TestParse|TestKubernetesMode|TestClusterNetworkModes)' ./internal/meta/
+	$(GO) test -count=1 -run '^(TestParseChainedRefuses|TestChained|TestParseSource|TestConfigValidate|TestSelection|TestPolicyFor|TestRulesAsData)' ./internal/tier/
 	$(GO) test -count=1 -run '^TestUnit' ./internal/plugin/
 	$(GO) test -count=1 -run '^(TestOwnerGone|TestOrdinalWanted|TestDecide|TestLookupsNeeded|TestSkipSummary)' ./internal/controller/
 	$(GO) test -count=1 -run '^(TestIsUnavailableAndRefused|TestJudge)$$' ./internal/store/

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -175,6 +176,7 @@ func replayLab(t *testing.T, opts lab.Options) {
 	if out, err := ipamctl("check"); err != nil {
 		t.Errorf("kube-ipamctl check after the pods were deleted (%v):\n%s", err, out)
 	}
+	checkClusterNetworkFreed(ctx, t, l)
 	if opts.KubernetesStore() {
 		for _, a := range ipAllocations(ctx, t, l) {
 			if a.state == "held" {
@@ -197,6 +199,39 @@ func replayLab(t *testing.T, opts lab.Options) {
 	for _, w := range want {
 		if !strings.Contains(sum.String(), w) {
 			t.Errorf("the replay has no check %q:\n%s", w, sum.String())
+		}
+	}
+}
+
+// checkClusterNetworkFreed: every eth0 address host-local handed out on a
+// node (flannel's bridge delegate keeps them in
+// /var/lib/cni/networks/<network>/) belongs to a pod that still exists:
+// the meta plugin's DEL reached the cluster network with a config it could
+// use (upstream multus v4.2.4 leaks them with a conflist clusterNetwork).
+func checkClusterNetworkFreed(ctx context.Context, t *testing.T, l *lab.Lab) {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(restConfig(t, l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]bool{}
+	for _, p := range pods.Items {
+		for _, ip := range p.Status.PodIPs {
+			live[ip.IP] = true
+		}
+	}
+	for _, n := range l.Nodes() {
+		nets, _ := filepath.Glob(filepath.Join(n.FS("/var/lib/cni"), "networks", "*", "*"))
+		for _, f := range nets {
+			ip := filepath.Base(f)
+			if net.ParseIP(ip) != nil && !live[ip] {
+				b, _ := os.ReadFile(f)
+				t.Errorf("%s: host-local still holds %s (%s) after its pod was deleted: the cluster network's DEL did not free it", n.Name, ip, strings.TrimSpace(string(b)))
+			}
 		}
 	}
 }

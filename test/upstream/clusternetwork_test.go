@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -29,33 +30,55 @@ import (
 // bytes as written, so secondary networks are not affected — as long as
 // their conflist has a "cniVersion" (else see
 // TestUpstreamDefectNADWithoutCNIVersionLeaksOnDEL). So the workaround is
-// to name the cluster network instead of giving its path:
+// not to give the cluster network's conflist by path:
+//   - "delegates": [<the conflist itself>] with "kubeconfig" and no
+//     "clusterNetwork" (what upstream's thin_entrypoint generates with
+//     --multus-conf-file=auto), or
 //   - "clusterNetwork": "<the conflist's network name>" with "confDir"
 //     the directory holding it (e.g. cbr0 in /etc/cni/net.d), or
 //   - "clusterNetwork": "<NAD name>", a NAD in multusNamespace (kube-system)
 //     whose spec.config is the conflist, or
 //   - a single-plugin .conf file path (TestKubeIPAMUnderMultus).
 //
+// For the thick plugin, whose daemon writes the path into the config it
+// generates, "clusterNetwork" (and "confDir") in daemon-config.json
+// override it on every request (the daemon copies its own keys over the
+// CNI config); this is read from the v4.2.4 source, not run here.
+//
 // The NAD db-net is unaffected either way: kube-ipam's addresses are freed
 // in the cases below, the cluster network's defect included.
 
-// TestClusterNetworkByName: the workarounds. The cluster network is a
-// conflist named through confDir or through a NAD in kube-system; DEL
-// frees both host-local's eth0 lease and kube-ipam's net1 address.
-func TestClusterNetworkByName(t *testing.T) {
+// TestClusterNetworkConflistWorkarounds: the cluster network is a conflist
+// embedded in "delegates", or named through confDir or through a NAD in
+// kube-system; DEL frees both host-local's eth0 lease and kube-ipam's net1
+// address.
+func TestClusterNetworkConflistWorkarounds(t *testing.T) {
 	e := newEnv(t)
 	e.createNAD("db", "db-net", e.dbNetConfig())
-	for i, c := range []struct{ name, how string }{{"cbr0", "confDir"}, {"cbr0-nad", "NAD"}} {
+	for i, c := range []struct{ name, how, status string }{
+		{"cbr0", "delegates", "cbr0"}, {"cbr0", "confDir", "cbr0"}, {"cbr0-nad", "NAD", "kube-system/cbr0-nad"},
+	} {
 		t.Run(c.how, func(t *testing.T) {
 			dataDir := t.TempDir()
 			list := e.clusterConflist(c.name, dataDir)
-			if c.how == "confDir" {
+			conf := e.multusConf(c.name)
+			switch c.how {
+			case "delegates":
+				var m map[string]any
+				_ = json.Unmarshal(conf, &m)
+				delete(m, "clusterNetwork")
+				m["delegates"] = []any{list}
+				conf = mustJSON(m)
+			case "confDir":
 				e.writeConf("10-"+c.name+".conflist", list)
-			} else {
+			case "NAD":
 				e.createNAD("kube-system", c.name, string(mustJSON(list)))
 			}
 			p := e.newPod("db", fmt.Sprintf("database-1-%d", i), "database-1", `[{"name":"db-net","ips":["10.188.0.219/16"]}]`)
-			e.mustAdd(p, e.multusConf(c.name))
+			e.mustAdd(p, conf)
+			if st := e.networkStatus(p); len(st) != 2 || st[0].Name != c.status || !st[0].Default || st[1].Name != "db/db-net" {
+				t.Fatalf("network-status: %s", mustJSON(st))
+			}
 			eth0 := testenv.IPv4Addrs(t, p.netns, "eth0")
 			if l := leases(t, dataDir); len(eth0) != 1 || len(l) != 1 || !strings.HasPrefix(eth0[0], l[0]+"/") {
 				t.Fatalf("eth0 has %v, host-local leases %v", eth0, l)

@@ -99,17 +99,12 @@ func multusDir(t *testing.T) string {
 	return dir
 }
 
-// tierBinary returns kube-tier when it exists (in KUBE_IPAM_BIN_DIR, or as
-// ./cmd/kube-tier to build), else "".
+// tierBinary returns kube-tier (testenv.Binary: from KUBE_IPAM_BIN_DIR, or
+// built) when the module has ./cmd/kube-tier, else "". Once the command
+// exists, a KUBE_IPAM_BIN_DIR without it fails the test rather than
+// silently leaving kube-tier out.
 func tierBinary(t *testing.T) string {
 	t.Helper()
-	if dir := os.Getenv("KUBE_IPAM_BIN_DIR"); dir != "" {
-		p := filepath.Join(dir, "kube-tier")
-		if _, err := os.Stat(p); err != nil {
-			return ""
-		}
-		return p
-	}
 	if _, err := os.Stat(filepath.Join(testenv.ModuleRoot(t), "cmd", "kube-tier")); err != nil {
 		return ""
 	}
@@ -137,7 +132,7 @@ func newEnv(t *testing.T) *env {
 	if p := tierBinary(t); p != "" {
 		bins["kube-tier"], e.tier = p, true
 	} else {
-		t.Log("kube-tier not built (no ./cmd/kube-tier, or not in KUBE_IPAM_BIN_DIR): db-net runs macvlan + kube-ipam only")
+		t.Log("no ./cmd/kube-tier in this module: db-net runs macvlan + kube-ipam only")
 	}
 	for name, target := range bins {
 		if err := os.Symlink(target, filepath.Join(e.binDir, name)); err != nil {

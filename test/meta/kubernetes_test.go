@@ -244,3 +244,48 @@ func TestKubernetesModeRBAC(t *testing.T) {
 		t.Error("eth0 attached although the NAD could not be read")
 	}
 }
+
+// TestKubernetesModeNADLookup: namespace isolation and a NAD whose config
+// is not JSON, against the real API server; neither attaches anything.
+func TestKubernetesModeNADLookup(t *testing.T) {
+	var nadConf string
+	tweak := kubernetesMode(t, &nadConf)
+	c := newClusterAPI(t, 1, func(conf map[string]any) {
+		tweak(conf)
+		conf["namespaceIsolation"] = true
+		conf["globalNamespaces"] = "shared"
+	})
+	c.kube.InstallCRDs(t, testenv.NADCRD)
+	n := c.nodes[0]
+	for _, ns := range []string{"db", "shared"} {
+		c.apiPod(ns, "placeholder", nil, nil)
+	}
+	c.createNAD("db", "db-net", nadConf)
+	c.createNAD("shared", "db-net", nadConf)
+	c.createNAD("db", "broken", `{"cniVersion": "0.3.1", "plugins": [`)
+	for _, tc := range []struct{ ns, pod, networks, want string }{
+		{"web", "web-0", "db/db-net", "namespaceIsolation"},
+		{"db", "db-0", "broken", "NetworkAttachmentDefinition db/broken: spec.config"},
+	} {
+		c.createAnnotatedPod(tc.ns, tc.pod, tc.networks)
+		p, err := c.newPod(n, tc.ns, tc.pod, "")
+		if cniCode(err) != meta.CodeNetwork || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s/%s (%s): want code 123 with %q, got %d: %v", tc.ns, tc.pod, tc.networks, tc.want, cniCode(err), err)
+		}
+		if _, err := p.addrs("eth0"); err == nil {
+			t.Errorf("%s/%s: eth0 attached", tc.ns, tc.pod)
+		}
+		if c.attachments(p.cid) != 0 {
+			t.Errorf("%s/%s: kube-ipam allocated", tc.ns, tc.pod)
+		}
+	}
+	// Its own namespace and a global one are allowed.
+	c.createAnnotatedPod("db", "db-1", "db-net")
+	c.createAnnotatedPod("web", "web-1", "shared/db-net")
+	if ip := c.mustPod(n, "db", "db-1", "").net1IP(t); !inRange(ip, 10, 200) {
+		t.Errorf("db-1 net1 %s", ip)
+	}
+	if ip := c.mustPod(n, "web", "web-1", "").net1IP(t); ip == "" {
+		t.Error("web-1 has no net1 from the global namespace's NAD")
+	}
+}

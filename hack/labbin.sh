@@ -13,34 +13,28 @@ set -euo pipefail
 FLANNEL_VERSION=v0.26.7
 CNI_PLUGINS_VERSION=v0.9.1
 DIR=${KUBE_IPAM_LABBIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-ipam/labbin}
-log() { echo "labbin: $*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-command -v go >/dev/null || die "go is not on PATH"
-mkdir -p "$DIR"
-exec 9>"$DIR/.lock"
-flock 9 || die "cannot lock $DIR/.lock"
+LOG_NAME=labbin
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need go
+lock_cache
 
 export GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod
 # build <binary> <package@version> <cgo 0|1>
 build() {
 	local bin=$1 pkg=$2 cgo=$3 stamp="$DIR/.stamp.$1"
-	if [ -x "$DIR/$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$pkg" ]; then
+	if [ -x "$DIR/$bin" ] && stamped "$stamp" "$pkg"; then
 		log "up to date: $bin ($pkg)"
 		return
 	fi
-	local t0=$SECONDS tmp
-	tmp=$(mktemp -d "$DIR/.build.XXXXXX")
+	local t0=$SECONDS
+	scratch
 	log "building $bin from $pkg (about a minute cold) ..."
 	# A scratch module: `go install pkg@version` uses the package's own go.mod.
-	(cd "$tmp" && CGO_ENABLED=$cgo GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "$pkg") || {
-		rm -rf "$tmp"
+	(cd "$TMP" && CGO_ENABLED=$cgo GOBIN="$TMP" go install -trimpath -ldflags "-s -w" "$pkg") ||
 		die "go install $pkg failed (see above)"
-	}
-	mv -f "$tmp/$(basename "${pkg%@*}")" "$DIR/$bin"
-	rm -rf "$tmp"
+	mv -f "$TMP/$(basename "${pkg%@*}")" "$DIR/$bin"
+	rm -rf "$TMP"
+	TMP=
 	echo "$pkg" >"$stamp"
 	log "built $bin in $((SECONDS - t0))s"
 }

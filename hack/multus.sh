@@ -26,56 +26,31 @@ DIR=${KUBE_IPAM_MULTUS:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-ipam/multus-$MULTUS
 STAMP="$DIR/.stamp"
 BINS=(multus multus-shim multus-daemon)
 WANT_STAMP="$MODULE $MULTUS_VERSION CGO_ENABLED=0 ${BINS[*]}"
-
-log() { echo "multus: $*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-TMP=
-finish() {
-	local rc=$?
-	[ -z "$TMP" ] || rm -rf "$TMP"
-	[ $rc -eq 0 ] || log "FAILED (exit $rc); $DIR was left as it was"
-}
-trap finish EXIT
+LOG_NAME=multus
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 built() {
 	local b
 	for b in "${BINS[@]}"; do
 		[ -x "$DIR/$b" ] || return 1
 	done
-	[ "$(cat "$STAMP" 2>/dev/null)" = "$WANT_STAMP" ]
+	stamped "$STAMP" "$WANT_STAMP"
 }
 
-command -v go >/dev/null || die "go is not on PATH"
-command -v jq >/dev/null || die "jq is not on PATH (apt-get install jq)"
-mkdir -p "$DIR" || die "cannot create $DIR"
-exec 9>"$DIR/.lock"
-flock 9 || die "cannot lock $DIR/.lock"
-if built; then
-	log "up to date: $MODULE $MULTUS_VERSION"
-	echo "$DIR"
-	exit 0
-fi
+need go
+need jq "(apt-get install jq)"
+lock_cache
+built && up_to_date "$MODULE $MULTUS_VERSION"
 
 # Nothing here may touch the caller's module or workspace.
 export GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod
 START=$SECONDS
-TMP=$(mktemp -d "$DIR/.build.XXXXXX")
-log "downloading $MODULE@$MULTUS_VERSION"
-json=$(cd "$TMP" && go mod download -json "$MODULE@$MULTUS_VERSION") ||
-	die "go mod download $MODULE@$MULTUS_VERSION failed: $json"
-src=$(jq -r .Dir <<<"$json")
+scratch
+mains=()
+for b in "${BINS[@]}"; do mains+=("cmd/$b/main.go"); done
+module_copy "$MODULE" "$MULTUS_VERSION" go.mod "${mains[@]}"
 commit=$(jq -r '.Origin.Hash // empty' <<<"$json")
 date=$(jq -r '.Time // empty' "$(jq -r .Info <<<"$json")")
-for b in "${BINS[@]}"; do
-	[ -f "$src/cmd/$b/main.go" ] || die "no cmd/$b/main.go in the module as downloaded ($src)"
-done
-[ -f "$src/go.mod" ] || die "no go.mod in the module as downloaded ($src)"
-# The module cache is read-only: build in a writable copy.
-cp -r "$src" "$TMP/src"
-chmod -R u+w "$TMP/src"
 
 log "building ${BINS[*]} $MULTUS_VERSION (about 2 minutes cold) ..."
 # The version variables upstream's hack/build-go.sh sets, with the tag's
@@ -90,9 +65,7 @@ for b in "${BINS[@]}"; do
 	out=$("$TMP/out/$b" -version 2>&1 || true)
 	[[ "$out" == "$b: version:$MULTUS_VERSION("* ]] ||
 		die "the built $b says '$out', want $b: version:$MULTUS_VERSION"
-	if command -v file >/dev/null && ! file "$TMP/out/$b" | grep -q 'statically linked'; then
-		die "the built $b is not static: $(file "$TMP/out/$b")"
-	fi
+	check_static "$TMP/out/$b"
 done
 
 rm -f "$STAMP"

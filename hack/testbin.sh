@@ -24,39 +24,24 @@ OLD_STAMP="$DIR/.stamp"
 stamp() { echo "$DIR/.stamp.$1"; }
 want_stamp() { echo "$1 k8s.io/kubernetes $K8S_VERSION"; }
 
-log() { echo "testbin: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-OUT=
-finish() {
-	local rc=$?
-	[ -z "$OUT" ] || rm -rf "$OUT"
-	[ $rc -eq 0 ] || log "FAILED (exit $rc); $DIR was left as it was"
-}
-trap finish EXIT
+LOG_NAME=testbin
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 built() {
 	[ -x "$DIR/$1" ] || return 1
-	[ "$(cat "$(stamp "$1")" 2>/dev/null)" = "$(want_stamp "$1")" ] && return 0
+	stamped "$(stamp "$1")" "$(want_stamp "$1")" && return 0
 	local old
 	old=$(cat "$OLD_STAMP" 2>/dev/null) || return 1
 	[[ "$old" == "k8s.io/kubernetes $K8S_VERSION "* ]] && [[ " ${old#k8s.io/kubernetes $K8S_VERSION } " == *" $1 "* ]]
 }
 
-command -v go >/dev/null || die "go is not on PATH"
-mkdir -p "$DIR" || die "cannot create $DIR"
-
-# Serialise concurrent runs (e.g. two test jobs bootstrapping at once).
-exec 9>"$DIR/.lock"
-flock 9 || die "cannot lock $DIR/.lock"
+need go
+lock_cache
 
 # Again under the lock: another run may have built them meanwhile.
 TODO=()
 for c in "${CMDS[@]}"; do built "$c" || TODO+=("$c"); done
-if ((${#TODO[@]} == 0)); then
-	log "up to date: ${CMDS[*]} $K8S_VERSION"
-	echo "$DIR"
-	exit 0
-fi
+((${#TODO[@]})) || up_to_date "${CMDS[*]} $K8S_VERSION"
 
 # Keep the tools module from touching the caller's module or workspace.
 export GOWORK=off GOTOOLCHAIN=local
@@ -98,27 +83,26 @@ LD="-s -w -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$(cut -d
 LD+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
 LD+=" -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION" # kubectl's client version
 
-# Build into a scratch directory and move into place at the end, so an
-# interrupted build never leaves a half-filled cache that looks complete.
-OUT=$(mktemp -d "$DIR/.build.XXXXXX")
+# Build into a scratch directory and move into place at the end.
+scratch
 hint=" (about 10 minutes cold on an idle 2-core machine)"
 for c in "${TODO[@]}"; do
 	t0=$SECONDS
 	log "building $c $K8S_VERSION ...$hint"
-	go build -trimpath -ldflags "$LD" -o "$OUT/$c" "k8s.io/kubernetes/cmd/$c" ||
+	go build -trimpath -ldflags "$LD" -o "$TMP/$c" "k8s.io/kubernetes/cmd/$c" ||
 		die "go build $c failed (see output above)"
 	log "built $c in $((SECONDS - t0))s"
 	hint=" (about 2 minutes cold)"
 done
 for c in "${TODO[@]}"; do
 	[ "$c" = kubectl ] && continue # kubectl prints a client/server table
-	"$OUT/$c" --version | grep -qx "Kubernetes $K8S_VERSION" ||
-		die "$c reports '$("$OUT/$c" --version)', want Kubernetes $K8S_VERSION"
+	"$TMP/$c" --version | grep -qx "Kubernetes $K8S_VERSION" ||
+		die "$c reports '$("$TMP/$c" --version)', want Kubernetes $K8S_VERSION"
 done
 
 for c in "${TODO[@]}"; do
 	rm -f "$(stamp "$c")"
-	mv -f "$OUT/$c" "$DIR/$c"
+	mv -f "$TMP/$c" "$DIR/$c"
 	want_stamp "$c" >"$(stamp "$c")"
 done
 log "done in $((SECONDS - START))s"

@@ -25,49 +25,24 @@ MODULE=github.com/k8snetworkplumbingwg/whereabouts
 DIR=${KUBE_IPAM_WHEREABOUTS:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-ipam/whereabouts-$WHEREABOUTS_VERSION}
 STAMP="$DIR/.stamp"
 WANT_STAMP="$MODULE $WHEREABOUTS_VERSION CGO_ENABLED=0 crds"
-
-log() { echo "whereabouts: $*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-TMP=
-finish() {
-	local rc=$?
-	[ -z "$TMP" ] || rm -rf "$TMP"
-	[ $rc -eq 0 ] || log "FAILED (exit $rc); $DIR was left as it was"
-}
-trap finish EXIT
+LOG_NAME=whereabouts
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 built() {
 	[ -x "$DIR/whereabouts" ] && compgen -G "$DIR/crds/*.yaml" >/dev/null &&
-		[ "$(cat "$STAMP" 2>/dev/null)" = "$WANT_STAMP" ]
+		stamped "$STAMP" "$WANT_STAMP"
 }
 
-command -v go >/dev/null || die "go is not on PATH"
-command -v jq >/dev/null || die "jq is not on PATH (apt-get install jq)"
-mkdir -p "$DIR" || die "cannot create $DIR"
-exec 9>"$DIR/.lock"
-flock 9 || die "cannot lock $DIR/.lock"
-if built; then
-	log "up to date: $MODULE $WHEREABOUTS_VERSION"
-	echo "$DIR"
-	exit 0
-fi
+need go
+need jq "(apt-get install jq)"
+lock_cache
+built && up_to_date "$MODULE $WHEREABOUTS_VERSION"
 
 # Nothing here may touch the caller's module or workspace.
 export GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=mod
 START=$SECONDS
-TMP=$(mktemp -d "$DIR/.build.XXXXXX")
-log "downloading $MODULE@$WHEREABOUTS_VERSION"
-json=$(cd "$TMP" && go mod download -json "$MODULE@$WHEREABOUTS_VERSION") ||
-	die "go mod download $MODULE@$WHEREABOUTS_VERSION failed: $json"
-src=$(jq -r .Dir <<<"$json")
-[ -f "$src/go.mod" ] && [ -f "$src/cmd/whereabouts.go" ] ||
-	die "no cmd/whereabouts.go in the module as downloaded ($src)"
-# The module cache is read-only: build in a writable copy.
-cp -r "$src" "$TMP/src"
-chmod -R u+w "$TMP/src"
+scratch
+module_copy "$MODULE" "$WHEREABOUTS_VERSION" go.mod cmd/whereabouts.go
 
 log "building whereabouts $WHEREABOUTS_VERSION (about a minute cold) ..."
 v=$MODULE/pkg/version
@@ -78,9 +53,7 @@ v=$MODULE/pkg/version
 about=$(CNI_COMMAND= "$TMP/whereabouts" 2>&1 || true)
 [[ "$about" == *"whereabouts $WHEREABOUTS_VERSION "* ]] ||
 	die "the built binary says '$about', want whereabouts $WHEREABOUTS_VERSION"
-if command -v file >/dev/null && ! file "$TMP/whereabouts" | grep -q 'statically linked'; then
-	die "the built binary is not static: $(file "$TMP/whereabouts")"
-fi
+check_static "$TMP/whereabouts"
 
 mkdir -p "$TMP/crds"
 shopt -s nullglob

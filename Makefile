@@ -89,7 +89,7 @@ unit:
 	$(GO) test -count=1 -run '^(TestParse|TestKubernetesMode|TestClusterNetworkModes)' ./internal/meta/
 	$(GO) test -count=1 -run '^(TestParseChainedRefuses|TestChained|TestParseSource|TestConfigValidate|TestSelection|TestPolicyFor|TestRulesAsData)' ./internal/tier/
 	$(GO) test -count=1 -run '^TestUnit' ./internal/plugin/
-	$(GO) test -count=1 -run '^(TestOwnerGone|TestOrdinalWanted|TestDecide|TestLookupsNeeded|TestSkipSummary)' ./internal/controller/
+	$(GO) test -count=1 -run '^(TestOwnerGone|TestOrdinalWanted|TestDecide|TestLookupsNeeded|TestSkipSummary|TestDesiredNetworks)' ./internal/controller/
 	$(GO) test -count=1 -run '^(TestIsUnavailableAndRefused|TestJudge)$$' ./internal/store/
 
 # Throughput and latency against host-local, and empty vs 99 % full pool;

@@ -25,7 +25,8 @@ import (
 func main() {
 	var c controller.Config
 	fs := pflag.NewFlagSet("kube-ipam-controller", pflag.ContinueOnError)
-	fs.StringVar(&c.ConfigFile, "config", "", "CNI config file with the kube-ipam networks (required)")
+	fs.StringVar(&c.ConfigFile, "config", "", "CNI config file, or directory of them, with kube-ipam networks (required unless --nads)")
+	fs.BoolVar(&c.NADs, "nads", false, "also manage the kube-ipam networks of every NetworkAttachmentDefinition, re-read every --resync (RBAC: list network-attachment-definitions)")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty = in-cluster config")
 	fs.DurationVar(&c.Resync, "resync", time.Minute, "period of the full reconcile pass")
 	fs.DurationVar(&c.Grace, "grace", 5*time.Minute, "an allocation must be seen leaked on two passes this far apart before it is freed")
@@ -66,8 +67,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "kube-ipam-controller: --log-level %q: want debug, info, warn or error\n", *logLevel)
 		os.Exit(2)
 	}
-	if c.ConfigFile == "" || c.Resync <= 0 || c.Grace < 0 || c.KubeAPIQPS <= 0 || c.KubeAPIBurst <= 0 || c.Workers <= 0 {
-		fmt.Fprintln(os.Stderr, "kube-ipam-controller: --config is required, --resync, --kube-api-qps, --kube-api-burst and --workers must be > 0, and --grace >= 0")
+	if (c.ConfigFile == "" && !c.NADs) || c.Resync <= 0 || c.Grace < 0 || c.KubeAPIQPS <= 0 || c.KubeAPIBurst <= 0 || c.Workers <= 0 {
+		fmt.Fprintln(os.Stderr, "kube-ipam-controller: --config is required (unless --nads), --resync, --kube-api-qps, --kube-api-burst and --workers must be > 0, and --grace >= 0")
 		os.Exit(2)
 	}
 	c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -29,7 +30,10 @@ import (
 
 // Config is the command line of kube-ipam-controller.
 type Config struct {
-	ConfigFile                   string
+	ConfigFile string
+	// NADs: also manage the kube-ipam networks of every
+	// NetworkAttachmentDefinition, re-read every Resync.
+	NADs                         bool
 	Kubeconfig                   string
 	Resync                       time.Duration
 	Grace                        time.Duration
@@ -84,27 +88,24 @@ func Run(ctx context.Context, c Config) error {
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	cfgs, err := config.LoadNetworks(c.ConfigFile)
-	if err != nil {
-		return err
+	var static []*config.Network
+	if c.ConfigFile != "" {
+		var err error
+		static, err = config.LoadNetworks(c.ConfigFile)
+		var none *config.NoNetworkError
+		if err != nil && !(c.NADs && errors.As(err, &none)) {
+			return err
+		}
 	}
 	rc, err := KubeClientConfig(c.Kubeconfig, c.KubeAPIQPS, c.KubeAPIBurst)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	var nets []*Network
 	opener := stores.New(5 * time.Second)
 	// Networks on the Kubernetes API store are opened as the controller
 	// itself (their ipam.kubeConfig is the nodes' file).
 	opener.KubeREST = rc
 	defer opener.Close()
-	for _, cfg := range cfgs {
-		b, err := opener.Open(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		nets = append(nets, NewNetwork(cfg, b))
-	}
 	kube, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err
@@ -112,6 +113,59 @@ func Run(ctx context.Context, c Config) error {
 	m := NewMetrics()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	reg := newRegistry(opener.Open, m.Watch, c.Log)
+	var dyn dynamic.Interface
+	if c.NADs {
+		if dyn, err = dynamic.NewForConfig(rc); err != nil {
+			return err
+		}
+	}
+	// refresh makes the managed networks those of --config and, with
+	// --nads, of the NetworkAttachmentDefinitions now.
+	refresh := func(ctx context.Context) error {
+		want := static
+		if c.NADs {
+			nn, err := ListNADNetworks(ctx, dyn)
+			if err != nil {
+				return err // keep the networks as they are
+			}
+			for _, p := range nn.Problems {
+				reg.reportOnce("NetworkAttachmentDefinition not managed: " + p)
+			}
+			var conflicts []string
+			want, conflicts = DesiredNetworks(static, nn.ByNAD)
+			for _, msg := range conflicts {
+				reg.reportOnce(msg)
+			}
+		}
+		added, err := reg.Set(ctx, want)
+		if len(added) > 0 {
+			c.Log.Info("managing networks", "added", added, "all", len(reg.List()))
+		}
+		return err
+	}
+	if err := refresh(ctx); err != nil {
+		return err
+	}
+	if len(reg.List()) == 0 && !c.NADs {
+		return fmt.Errorf("%s: no kube-ipam network", c.ConfigFile)
+	}
+	if c.NADs {
+		go func() {
+			t := time.NewTicker(c.Resync)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if err := refresh(ctx); err != nil && ctx.Err() == nil {
+						c.Log.Error("reading the networks", "err", err)
+					}
+				}
+			}
+		}()
+	}
 	if c.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", c.MetricsAddr)
 		if err != nil {
@@ -125,11 +179,8 @@ func Run(ctx context.Context, c Config) error {
 		defer srv.Close()
 		c.Log.Info("serving metrics", "addr", ln.Addr().String())
 	}
-	for _, n := range nets {
-		go m.Watch(ctx, n)
-	}
 	reconcile := func(ctx context.Context) {
-		if err := runLoop(ctx, c, nets, kube, m); err != nil {
+		if err := runLoop(ctx, c, reg, kube, m); err != nil {
 			c.Log.Error("controller stopped", "err", err)
 		}
 	}
@@ -172,13 +223,13 @@ func Run(ctx context.Context, c Config) error {
 
 // runLoop is the sample-controller loop: pod deletions and the periodic
 // full pass enqueue a network; one worker reconciles it.
-func runLoop(ctx context.Context, c Config, nets []*Network, kube kubernetes.Interface, m *Metrics) error {
+func runLoop(ctx context.Context, c Config, reg *registry, kube kubernetes.Interface, m *Metrics) error {
 	factory := informers.NewSharedInformerFactory(kube, 0)
 	podInf := factory.Core().V1().Pods()
 	q := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	defer q.ShutDown()
 	enqueueAll := func() {
-		for _, n := range nets {
+		for _, n := range reg.List() {
 			q.Add(n.Cfg.Name)
 		}
 	}
@@ -199,12 +250,8 @@ func runLoop(ctx context.Context, c Config, nets []*Network, kube kubernetes.Int
 			return fmt.Errorf("informer %v did not sync", typ)
 		}
 	}
-	r := NewReconciler(nets, kube, podInf.Lister(), m, Options{Grace: c.Grace, ReleaseTerminatingOnNotReady: c.ReleaseTerminatingOnNotReady,
+	r := NewReconciler(reg.List(), kube, podInf.Lister(), m, Options{Grace: c.Grace, ReleaseTerminatingOnNotReady: c.ReleaseTerminatingOnNotReady,
 		Workers: c.Workers, Log: c.Log})
-	byName := map[string]*Network{}
-	for _, n := range nets {
-		byName[n.Cfg.Name] = n
-	}
 	go func() {
 		for {
 			key, quit := q.Get()
@@ -213,7 +260,7 @@ func runLoop(ctx context.Context, c Config, nets []*Network, kube kubernetes.Int
 			}
 			func() {
 				defer q.Done(key)
-				n := byName[key]
+				n := reg.Get(key)
 				if n == nil {
 					q.Forget(key)
 					return

@@ -47,7 +47,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -375,15 +374,7 @@ func (p *pod) net1IP(t *testing.T) string {
 }
 
 // ping sends one echo request from p (1 s timeout).
-func (p *pod) ping(ip string) error {
-	return p.netns.Do(func(ns.NetNS) error {
-		out, err := exec.Command("ping", "-c", "1", "-W", "1", ip).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ping %s from %s: %v\n%s", ip, p.name, err, out)
-		}
-		return nil
-	})
-}
+func (p *pod) ping(ip string) error { return testenv.Ping(p.netns, ip, time.Second) }
 
 // pingEventually retries briefly: macvlan neighbours resolve on first use.
 func (p *pod) pingEventually(ip string) error {
@@ -396,40 +387,9 @@ func (p *pod) pingEventually(ip string) error {
 	return err
 }
 
-// dial opens a TCP connection from p with a short timeout.
-func (p *pod) dial(addr string) error {
-	return p.netns.Do(func(ns.NetNS) error {
-		conn, err := net.DialTimeout("tcp", addr, 1500*time.Millisecond)
-		if err != nil {
-			return err
-		}
-		return conn.Close()
-	})
-}
+func (p *pod) dial(addr string) error { return testenv.DialTCP(p.netns, addr) }
 
-// listen starts a TCP listener inside p (a socket made inside Do stays in
-// that namespace) that accepts and closes connections until the test ends.
-func (p *pod) listen(t *testing.T, addr string) {
-	t.Helper()
-	var ln net.Listener
-	if err := p.netns.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, p.name, err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = conn.Close()
-		}
-	}()
-}
+func (p *pod) listen(t *testing.T, addr string) { testenv.ListenTCP(t, p.netns, addr) }
 
 // attachments counts kube-ipam's records of cid on the secondary network.
 func (c *cluster) attachments(cid string) int64 {

@@ -15,8 +15,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,41 +204,9 @@ func (p *pod) ip(t *testing.T) string {
 	return ip
 }
 
-// listen accepts and closes TCP connections on addr inside p until the
-// test ends (a socket made inside Do stays in that namespace).
-func (p *pod) listen(t *testing.T, addr string) {
-	t.Helper()
-	var ln net.Listener
-	if err := p.netns.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, p.name, err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
-}
+func (p *pod) listen(t *testing.T, addr string) { testenv.ListenTCP(t, p.netns, addr) }
 
-// dial opens one TCP connection from p (1.5 s timeout: a dropped SYN is
-// retransmitted after 1 s, so one retransmission is allowed for).
-func (p *pod) dial(addr string) error {
-	return p.netns.Do(func(ns.NetNS) error {
-		c, err := net.DialTimeout("tcp", addr, 1500*time.Millisecond)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
-}
+func (p *pod) dial(addr string) error { return testenv.DialTCP(p.netns, addr) }
 
 // dialEventually allows for the first use of a macvlan neighbour.
 func (p *pod) dialEventually(addr string) error {
@@ -253,14 +219,7 @@ func (p *pod) dialEventually(addr string) error {
 	return err
 }
 
-func (p *pod) ping(ip string) error {
-	return p.netns.Do(func(ns.NetNS) error {
-		if out, err := exec.Command("ping", "-c", "1", "-W", "1", ip).CombinedOutput(); err != nil {
-			return fmt.Errorf("ping %s from %s: %v\n%s", ip, p.name, err, out)
-		}
-		return nil
-	})
-}
+func (p *pod) ping(ip string) error { return testenv.Ping(p.netns, ip, time.Second) }
 
 func cniCode(err error) uint {
 	var te *types.Error

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -535,9 +536,24 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	return c.end(joinErrs(errs), "delegates", len(entries), "fromCache", fromCache)
 }
 
+// configured is the config's own networks (delegates, or clusterNetwork
+// and defaultNetworks resolved now), for the verbs that have no pod to ask:
+// DEL without a cache, GC, STATUS. A network that cannot be resolved is
+// logged and left out.
+func (c *call) configured() []*Delegate {
+	if c.conf.ClusterNetwork == "" {
+		return c.conf.Delegates
+	}
+	ds, err := c.networks(nil)
+	if err != nil {
+		c.log.Warn("cannot resolve the config's networks", "err", err)
+	}
+	return ds
+}
+
 func (c *call) configEntries() []CacheEntry {
 	var out []CacheEntry
-	for i, d := range c.conf.Delegates {
+	for i, d := range c.configured() {
 		// Policy: a table may exist if the network has ingress rules.
 		out = append(out, CacheEntry{Name: d.Name, Bytes: d.Bytes, IfName: IfName(i, c.args.IfName), Index: i,
 			DropArgs: d.Ext.DropArgs, Policy: len(d.Ext.Ingress) > 0})
@@ -619,7 +635,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		}
 	}
 	var errs []*types.Error
-	for _, d := range c.conf.Delegates {
+	for _, d := range c.gcNetworks() {
 		list, err := delegateList(d)
 		if err != nil {
 			errs = append(errs, types.NewError(types.ErrDecodingFailure, err.Error(), ""))
@@ -674,7 +690,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 			return c.end(types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("readiness indicator file %s: %v", f, err), ""))
 		}
 	}
-	for _, d := range c.conf.Delegates {
+	for _, d := range c.configured() {
 		list, err := delegateList(d)
 		if err != nil {
 			return c.end(types.NewError(types.ErrDecodingFailure, err.Error(), ""))
@@ -715,4 +731,33 @@ func toCNI(err error) *types.Error {
 		return types.NewError(CodePodLookup, err.Error(), "")
 	}
 	return types.NewError(types.ErrInternal, err.Error(), "")
+}
+
+// gcNetworks are the networks GC reaches: the config's, then every other
+// network a scratch cache names (the NADs pods asked for), with the exact
+// bytes it was attached with.
+func (c *call) gcNetworks() []*Delegate {
+	out := slices.Clone(c.configured())
+	seen := map[string]bool{}
+	for _, d := range out {
+		seen[d.Name] = true
+	}
+	des, _ := os.ReadDir(c.conf.CNIDir)
+	for _, de := range des {
+		if !de.Type().IsRegular() || strings.HasPrefix(de.Name(), ".") {
+			continue
+		}
+		entries, err := ReadCache(c.conf.CNIDir, de.Name(), "")
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if seen[e.Name] || len(e.Bytes) == 0 {
+				continue
+			}
+			seen[e.Name] = true
+			out = append(out, &Delegate{Name: e.Name, Bytes: e.Bytes, IsList: isList(e.Bytes), Network: e.Network})
+		}
+	}
+	return out
 }

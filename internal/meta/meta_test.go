@@ -586,7 +586,7 @@ func (k *fakeKube) Event(_ context.Context, e Event) error {
 
 // nadOf is a NetworkAttachmentDefinition whose config is a fake delegate.
 func (e *env) nadOf(ns, name string, conf map[string]any) *netattach.NAD {
-	conf = overlay(conf, map[string]any{"cniVersion": "1.0.0", "type": "fake", "log": e.log, "addr": "10.188.0.9/16"})
+	conf = overlay(conf, map[string]any{"cniVersion": "1.1.0", "type": "fake", "log": e.log, "addr": "10.188.0.9/16"})
 	b, _ := json.Marshal(conf)
 	n := &netattach.NAD{}
 	n.Namespace, n.Name, n.Spec.Config = ns, name, string(b)
@@ -641,6 +641,27 @@ func TestKubernetesModeAnnotation(t *testing.T) {
 	if len(k.events) != 4 || k.events[2].Reason != ReasonAdded || k.events[2].Message != "Add net2 [10.188.0.219/16] from db/db-net" ||
 		k.events[2].UID != "u2" || k.events[2].Warning {
 		t.Errorf("events: %+v", k.events)
+	}
+	// GC reaches the NAD networks too (from the scratch caches, with the
+	// bytes they were attached with), each with its own attachments.
+	var m map[string]any
+	_ = json.Unmarshal(conf, &m)
+	m["cni.dev/valid-attachments"] = []map[string]string{{"containerID": "c1", "ifname": "kmt0"}}
+	m["cniVersion"] = "1.1.0"
+	gcConf, _ := json.Marshal(m)
+	if err := e.p.GC(&skel.CmdArgs{StdinData: gcConf, Path: "/opt/cni/bin"}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	gc := e.calls()
+	var gcNets []string
+	for _, c := range gc {
+		if c.Verb == "GC" {
+			va, _ := json.Marshal(c.Stdin["cni.dev/valid-attachments"])
+			gcNets = append(gcNets, c.Name+" "+string(va))
+		}
+	}
+	if want := []string{`k8snet2 [{"containerID":"c1","ifname":"net1"}]`, `db-net [{"containerID":"c1","ifname":"net2"}]`, `other-net [{"containerID":"c1","ifname":"data0"}]`}; !slices.Equal(gcNets[1:], want) {
+		t.Errorf("GC reached %q, want k8snet1 then %q", gcNets, want)
 	}
 	// DEL needs no API: the requests are replayed from the cache, in
 	// reverse order.
@@ -740,6 +761,17 @@ func TestClusterNetworkModes(t *testing.T) {
 	}
 	if got := seq(e.calls()); got != "ADD cbr0 kmt0, ADD extra net1" {
 		t.Fatalf("calls: %s", got)
+	}
+	// DEL without a scratch cache (lost on reboot) still reaches the
+	// cluster network and defaultNetworks, resolved from the config now.
+	if err := os.Remove(CachePath(e.cniDir, "c1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.p.Del(e.args(conf, "kmt0", kubeletArgs)); err != nil {
+		t.Fatal(err)
+	}
+	if got := seq(e.calls()); got != "DEL extra net1, DEL cbr0 kmt0" {
+		t.Fatalf("DEL without a cache: %s", got)
 	}
 	// A pod of a system namespace gets only the cluster network.
 	_ = os.RemoveAll(e.cniDir)

@@ -79,6 +79,33 @@ func VethPair(t testing.TB, nsA ns.NetNS, nameA string, nsB ns.NetNS, nameB stri
 	}
 }
 
+// AddAddr adds address cidr (e.g. "10.188.0.250/16") to link name inside n.
+// It goes when the link or the namespace does.
+func AddAddr(t testing.TB, n ns.NetNS, name, cidr string) {
+	t.Helper()
+	addr, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		t.Fatalf("address %q: %v", cidr, err)
+	}
+	h := handle(t, n)
+	if err := h.AddrAdd(mustLink(t, h, name), addr); err != nil {
+		t.Fatalf("adding %s to %s: %v", cidr, name, err)
+	}
+}
+
+// SegmentPeer creates a namespace that stands for another host on a
+// segment of the test's own: a veth pair whose end parent (prefix plus
+// random hex) stays in the caller's namespace, e.g. as the master of a
+// macvlan plugin the test runs, and whose other end is eth0 in peer with
+// address cidr. Both are removed when the test ends.
+func SegmentPeer(t testing.TB, prefix, cidr string) (peer ns.NetNS, parent string) {
+	t.Helper()
+	peer, parent = NewNS(t), UniqueName(prefix)
+	VethPair(t, nil, parent, peer, "eth0")
+	AddAddr(t, peer, "eth0", cidr)
+	return peer, parent
+}
+
 // nsHandle opens n, or the calling thread's namespace when n is nil.
 func nsHandle(n ns.NetNS) (netns.NsHandle, error) {
 	if n == nil {

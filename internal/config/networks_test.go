@@ -81,3 +81,40 @@ func TestLoadNetworksDirectory(t *testing.T) {
 		t.Fatalf("a broken network is an error naming its file: %v", err)
 	}
 }
+
+// TestReloader: a change that parses is taken, one that does not is
+// refused and the last good networks stay; an unchanged file is not
+// re-parsed.
+func TestReloader(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "00-multus.conf")
+	write := func(s string) {
+		if err := os.WriteFile(f, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conf := func(start string) string {
+		return `{"cniVersion":"0.3.1","name":"k8snet2","type":"macvlan","ipam":{"type":"kube-ipam","etcdConfig":{"etcdURL":"http://127.0.0.1:2379"},"subnet":"10.188.0.0/16","rangeStart":"` + start + `"}}`
+	}
+	r := &config.Reloader{Path: dir}
+	if _, _, err := r.Reload(); err == nil {
+		t.Fatal("an empty directory loaded")
+	}
+	write(conf("10.188.0.10"))
+	nets, changed, err := r.Reload()
+	if err != nil || !changed || nets[0].RangeSets[0][0].Start.String() != "10.188.0.10" {
+		t.Fatalf("first load: %v %v %v", nets, changed, err)
+	}
+	if _, changed, err := r.Reload(); changed || err != nil {
+		t.Fatalf("unchanged: %v %v", changed, err)
+	}
+	write(`{"cniVersion":"0.3.1","name":"k8snet2","type":"macvlan","ipam":{"type":"kube-ipam","subnet":"nope"}}`)
+	nets, changed, err = r.Reload()
+	if err == nil || changed || nets[0].RangeSets[0][0].Start.String() != "10.188.0.10" {
+		t.Fatalf("a bad config must be refused and the last good one kept: %v %v %v", nets, changed, err)
+	}
+	write(conf("10.188.0.20"))
+	if nets, changed, err = r.Reload(); err != nil || !changed || nets[0].RangeSets[0][0].Start.String() != "10.188.0.20" {
+		t.Fatalf("fixed config: %v %v %v", nets, changed, err)
+	}
+}

@@ -80,10 +80,13 @@ type Network struct {
 	// Fixed is the block reserved for fixed (annotated) addresses; the dynamic
 	// allocator never hands it out. Invalid addresses mean "no fixed block".
 	FixedStart, FixedEnd netip.Addr
-	Routes               []*types.Route
-	ResolvConf           string
-	KubeConfig           string
-	PodLookup            bool
+	// Exclude (ipam.exclude) lists blocks that are never handed out:
+	// neither by the dynamic allocator nor as fixed addresses.
+	Exclude    []Exclusion
+	Routes     []*types.Route
+	ResolvConf string
+	KubeConfig string
+	PodLookup  bool
 	// StickyStatefulSets: a StatefulSet pod without a fixed address keeps
 	// the dynamic address its ordinal was first given.
 	StickyStatefulSets bool
@@ -117,6 +120,31 @@ func (n *Network) HasFixedBlock() bool { return n.FixedStart.IsValid() }
 func (n *Network) InFixedBlock(ip netip.Addr) bool {
 	return n.HasFixedBlock() && ip.BitLen() == n.FixedStart.BitLen() &&
 		ip.Compare(n.FixedStart) >= 0 && ip.Compare(n.FixedEnd) <= 0
+}
+
+// Exclusion is one entry of ipam.exclude: the inclusive block [Lo, Hi] of
+// one address family, and the entry as written (for messages).
+type Exclusion struct {
+	Entry  string
+	Lo, Hi netip.Addr
+}
+
+// Contains reports whether ip lies in the block.
+func (x Exclusion) Contains(ip netip.Addr) bool {
+	return ip.BitLen() == x.Lo.BitLen() && ip.Compare(x.Lo) >= 0 && ip.Compare(x.Hi) <= 0
+}
+
+// Excluded returns the ipam.exclude entry that holds ip, if any. It is the
+// one test of "never hand this address out" for a single address; the
+// dynamic allocator subtracts the same blocks from its intervals
+// (ipam.DynamicIntervals) instead of testing address by address.
+func (n *Network) Excluded(ip netip.Addr) (Exclusion, bool) {
+	for _, x := range n.Exclude {
+		if x.Contains(ip) {
+			return x, true
+		}
+	}
+	return Exclusion{}, false
 }
 
 // SetFor returns the index of the range set and the range whose subnet holds ip.
@@ -156,28 +184,29 @@ type rawEtcd struct {
 }
 
 type rawIPAM struct {
-	Type            string         `json:"type"`
-	Name            string         `json:"name"`
-	KubeConfig      string         `json:"kubeConfig"`
-	PodLookup       *bool          `json:"podLookup"`
-	Sticky          *bool          `json:"stickyStatefulSets"`
-	EtcdConfig      *rawEtcd       `json:"etcdConfig"`
-	Subnet          string         `json:"subnet"`
-	RangeStart      string         `json:"rangeStart"`
-	RangeEnd        string         `json:"rangeEnd"`
-	Gateway         string         `json:"gateway"`
-	FixedStart      string         `json:"fixedStart"`
-	FixedEnd        string         `json:"fixedEnd"`
-	Ranges          [][]rawRange   `json:"ranges"`
-	Routes          []*types.Route `json:"routes"`
-	ResolvConf      string         `json:"resolvConf"`
-	ReleaseCooldown *string        `json:"releaseCooldown"`
-	Timeout         string         `json:"timeout"`
-	LogFile         string         `json:"logFile"`
-	LogLevel        string         `json:"logLevel"`
-	NodeName        string         `json:"nodeName"`
-	Store           string         `json:"store"`
-	Cluster         string         `json:"cluster"`
+	Type            string          `json:"type"`
+	Name            string          `json:"name"`
+	KubeConfig      string          `json:"kubeConfig"`
+	PodLookup       *bool           `json:"podLookup"`
+	Sticky          *bool           `json:"stickyStatefulSets"`
+	EtcdConfig      *rawEtcd        `json:"etcdConfig"`
+	Subnet          string          `json:"subnet"`
+	RangeStart      string          `json:"rangeStart"`
+	RangeEnd        string          `json:"rangeEnd"`
+	Gateway         string          `json:"gateway"`
+	FixedStart      string          `json:"fixedStart"`
+	FixedEnd        string          `json:"fixedEnd"`
+	Exclude         json.RawMessage `json:"exclude"`
+	Ranges          [][]rawRange    `json:"ranges"`
+	Routes          []*types.Route  `json:"routes"`
+	ResolvConf      string          `json:"resolvConf"`
+	ReleaseCooldown *string         `json:"releaseCooldown"`
+	Timeout         string          `json:"timeout"`
+	LogFile         string          `json:"logFile"`
+	LogLevel        string          `json:"logLevel"`
+	NodeName        string          `json:"nodeName"`
+	Store           string          `json:"store"`
+	Cluster         string          `json:"cluster"`
 }
 
 type rawNet struct {
@@ -307,6 +336,9 @@ func Parse(data []byte) (*Network, error) {
 		return nil, err
 	}
 	if err := parseFixed(n, ip.FixedStart, ip.FixedEnd); err != nil {
+		return nil, err
+	}
+	if err := parseExclude(n, ip.Exclude); err != nil {
 		return nil, err
 	}
 	for i, r := range n.Routes {
@@ -542,6 +574,94 @@ func parseFixed(n *Network, start, end string) error {
 		return errorf("ipam.fixedStart %s is after fixedEnd %s", start, end)
 	}
 	return nil
+}
+
+// parseExclude reads ipam.exclude: a list of addresses ("10.1.0.7"), CIDRs
+// ("10.1.0.0/28") and ranges ("10.1.0.20-10.1.0.29"), IPv4 or IPv6. An
+// entry that touches no configured subnet is refused: it can only be a typo
+// or a leftover of another network, and silently ignoring it would hide
+// that the address the operator meant is still handed out.
+func parseExclude(n *Network, raw json.RawMessage) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	var entries []string
+	if err := json.Unmarshal(raw, &entries); err != nil {
+		return errorf("ipam.exclude: want a list of strings (addresses, CIDRs or ranges \"a-b\"), got %s", raw)
+	}
+	for i, e := range entries {
+		x, err := parseExclusion(e)
+		if err != nil {
+			return errorf("ipam.exclude[%d] %q: %v", i, e, err)
+		}
+		if !n.touchesSubnet(x) {
+			return errorf("ipam.exclude[%d] %q lies outside every subnet of network %q", i, e, n.Name)
+		}
+		n.Exclude = append(n.Exclude, x)
+	}
+	return nil
+}
+
+func parseExclusion(e string) (Exclusion, error) {
+	s := strings.TrimSpace(e)
+	x := Exclusion{Entry: s}
+	addr := func(s string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil || a.Zone() != "" {
+			return netip.Addr{}, fmt.Errorf("%q is not an IP address", strings.TrimSpace(s))
+		}
+		return a.Unmap(), nil
+	}
+	var err error
+	switch {
+	case s == "":
+		return x, fmt.Errorf("empty entry")
+	case strings.Contains(s, "-"):
+		lo, hi, _ := strings.Cut(s, "-")
+		if x.Lo, err = addr(lo); err != nil {
+			return x, err
+		}
+		if x.Hi, err = addr(hi); err != nil {
+			return x, err
+		}
+		if x.Lo.BitLen() != x.Hi.BitLen() {
+			return x, fmt.Errorf("the range mixes IPv4 and IPv6")
+		}
+		if x.Lo.Compare(x.Hi) > 0 {
+			return x, fmt.Errorf("%s is after %s", x.Lo, x.Hi)
+		}
+	case strings.Contains(s, "/"):
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Addr().Zone() != "" {
+			return x, fmt.Errorf("not a CIDR")
+		}
+		if p.Addr().Is4In6() {
+			return x, fmt.Errorf("write an IPv4 block as IPv4 CIDR")
+		}
+		if p.Masked() != p {
+			return x, fmt.Errorf("host bits set (did you mean %s?)", p.Masked())
+		}
+		x.Lo, x.Hi = p.Addr(), LastAddr(p)
+	default:
+		if x.Lo, err = addr(s); err != nil {
+			return x, fmt.Errorf("not an address, CIDR or range \"a-b\"")
+		}
+		x.Hi = x.Lo
+	}
+	return x, nil
+}
+
+// touchesSubnet reports whether x shares an address with a configured subnet.
+func (n *Network) touchesSubnet(x Exclusion) bool {
+	for _, set := range n.RangeSets {
+		for _, r := range set {
+			lo, hi := r.Subnet.Addr(), LastAddr(r.Subnet)
+			if lo.BitLen() == x.Lo.BitLen() && x.Lo.Compare(hi) <= 0 && lo.Compare(x.Hi) <= 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // IPSpec is a requested address, with the prefix length the user wrote

@@ -19,7 +19,6 @@ package bench
 // BenchmarkAdd the scenario runs once per benchmark run (b.N == 1).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -563,14 +562,7 @@ func (e *ksEnv) whereaboutsAllocations(subnet string) (map[netip.Addr]string, er
 // pinned version unless its cache has it, and returns its directory.
 func whereaboutsDir(b *testing.B) string {
 	b.Helper()
-	cmd := exec.Command(filepath.Join(testenv.ModuleRoot(b), "hack", "whereabouts.sh"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		testenv.Missing(b, "hack/whereabouts.sh failed (%v):\n%s", err, stderr.String())
-	}
-	return strings.TrimSpace(string(out))
+	return testenv.HackDir(b, "whereabouts.sh")
 }
 
 // whereaboutsVersion is the first line of the binary's about text.

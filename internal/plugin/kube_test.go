@@ -1265,20 +1265,8 @@ func TestKubeStoreMacvlanInNetns(t *testing.T) {
 	// The macvlan parent is a veth whose other end is in a peer namespace
 	// on the same segment; the plugin runs in the test's namespace, where
 	// the API server listens on loopback.
-	peer := testenv.NewNS(t)
+	peer, parent := testenv.SegmentPeer(t, "kis", "10.188.0.250/16")
 	podNS := testenv.NewNS(t)
-	parent := testenv.UniqueName("kis")
-	testenv.VethPair(t, nil, parent, peer, "eth0")
-	if err := peer.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		addr, _ := netlink.ParseAddr("10.188.0.250/16")
-		return netlink.AddrAdd(l, addr)
-	}); err != nil {
-		t.Fatal(err)
-	}
 	var ipamConf map[string]any
 	if err := json.Unmarshal(s.conf(network, nil), &struct {
 		IPAM *map[string]any `json:"ipam"`
@@ -1315,14 +1303,8 @@ func TestKubeStoreMacvlanInNetns(t *testing.T) {
 	if !slices.Equal(have, []string{"10.188.0.219/16"}) {
 		t.Fatalf("net1 in the pod namespace has %v, want 10.188.0.219/16", have)
 	}
-	if err := peer.Do(func(ns.NetNS) error {
-		out, err := exec.Command("ping", "-c", "1", "-W", "3", "10.188.0.219").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ping 10.188.0.219 from the peer: %v\n%s", err, out)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+	if err := testenv.Ping(peer, "10.188.0.219", 3*time.Second); err != nil {
+		t.Fatalf("from the peer: %v", err)
 	}
 	if o := s.allocation("10.188.0.219", network); o == nil || o.Spec.Held == nil || o.Spec.Held.ContainerID != "db2-netns" || o.Spec.Held.Pod != "default/database-2-0" {
 		t.Fatalf("IPAllocation of 10.188.0.219: %+v", o)

@@ -1,12 +1,14 @@
 package testenv
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -101,4 +103,21 @@ func CNIPluginDir(t testing.TB) string {
 		missing(t, "reference CNI plugins not found (%v): run `apt-get install containernetworking-plugins` or set KUBE_IPAM_CNI_PLUGINS", err)
 	}
 	return dir
+}
+
+// HackDir runs hack/<script>, one of the scripts that build a pinned tool
+// from the Go module proxy into a cache outside the repository (in about
+// 0.1 s when the cache has it already), and returns the directory the
+// script prints. A failing script is Missing: skipped locally, a failure
+// in CI.
+func HackDir(t testing.TB, script string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(ModuleRoot(t), "hack", script))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		missing(t, "hack/%s failed (%v):\n%s", script, err, stderr.String())
+	}
+	return strings.TrimSpace(string(out))
 }

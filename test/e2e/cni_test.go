@@ -267,20 +267,8 @@ func TestMacvlanFixedIPInNetns(t *testing.T) {
 	// The macvlan parent is a veth whose other end sits in a "peer" namespace
 	// on the same segment. The plugin runs in the test's namespace so that it
 	// reaches etcd and the API on loopback; only the veth end lives there.
-	peer := testenv.NewNS(t)
+	peer, parent := testenv.SegmentPeer(t, "kim", "10.188.0.250/16")
 	podNS := testenv.NewNS(t)
-	parent := testenv.UniqueName("kim")
-	testenv.VethPair(t, nil, parent, peer, "eth0")
-	if err := peer.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		addr, _ := netlink.ParseAddr("10.188.0.250/16")
-		return netlink.AddrAdd(l, addr)
-	}); err != nil {
-		t.Fatal(err)
-	}
 
 	// "" is how real multus runs the seed's delegate, which has no
 	// cniVersion: as 0.1.0, passed on by macvlan to its IPAM.
@@ -328,14 +316,8 @@ func TestMacvlanFixedIPInNetns(t *testing.T) {
 				t.Fatalf("net1 in the pod namespace has %v, want 10.188.0.219/16", have)
 			}
 			// Real traffic: the peer reaches the fixed address over the segment.
-			if err := peer.Do(func(ns.NetNS) error {
-				out, err := exec.Command("ping", "-c", "1", "-W", "3", "10.188.0.219").CombinedOutput()
-				if err != nil {
-					return fmt.Errorf("ping 10.188.0.219 from the peer: %v\n%s", err, out)
-				}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
+			if err := testenv.Ping(peer, "10.188.0.219", 3*time.Second); err != nil {
+				t.Fatalf("from the peer: %v", err)
 			}
 			if err := cni.CheckNetwork(context.Background(), netconf, rt); err != nil && ver == "1.0.0" {
 				t.Fatalf("CHECK: %v", err)

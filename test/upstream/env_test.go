@@ -24,7 +24,6 @@
 package upstream
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -84,14 +83,7 @@ type env struct {
 // directory.
 func multusDir(t *testing.T) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(testenv.ModuleRoot(t), "hack", "multus.sh"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		testenv.Missing(t, "hack/multus.sh failed (%v):\n%s", err, stderr.String())
-	}
-	dir := strings.TrimSpace(string(out))
+	dir := testenv.HackDir(t, "multus.sh")
 	v, err := exec.Command(filepath.Join(dir, "multus"), "-version").Output()
 	if err != nil || !strings.HasPrefix(string(v), "multus: version:"+MultusVersion+"(") {
 		t.Fatalf("%s/multus -version: %q %v, want %s", dir, v, err, MultusVersion)
@@ -148,19 +140,7 @@ func newEnv(t *testing.T) *env {
 
 	// The database segment: the macvlan parent in the root namespace, its
 	// peer in a namespace of its own with an address on the network.
-	e.peer = testenv.NewNS(t)
-	e.parent = testenv.UniqueName("ump")
-	testenv.VethPair(t, nil, e.parent, e.peer, "eth0")
-	if err := e.peer.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		addr, _ := netlink.ParseAddr("10.188.0.250/16")
-		return netlink.AddrAdd(l, addr)
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.peer, e.parent = testenv.SegmentPeer(t, "ump", "10.188.0.250/16")
 	// The bridge plugin creates the cluster network's bridge in this (root)
 	// namespace and never deletes it: we do. No isGateway, so it neither
 	// gets an address nor turns on forwarding in the root namespace.
@@ -445,11 +425,8 @@ func links(t *testing.T, p *pod) []string {
 
 // ping sends one echo request from the peer to addr.
 func (e *env) ping(addr string) error {
-	return e.peer.Do(func(ns.NetNS) error {
-		out, err := exec.Command("ping", "-c", "1", "-W", "3", addr).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ping %s from the peer: %v\n%s", addr, err, out)
-		}
-		return nil
-	})
+	if err := testenv.Ping(e.peer, addr, 3*time.Second); err != nil {
+		return fmt.Errorf("from the peer: %w", err)
+	}
+	return nil
 }

@@ -26,18 +26,7 @@ const IPAMType = "kube-ipam"
 // nodes get from NetworkAttachmentDefinitions: their conflists sit in the
 // ConfigMap beside (or instead of) the meta config.
 func LoadNetworks(path string) ([]*Network, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.IsDir() {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, err
-		}
-		return ParseNetworks(data, path)
-	}
-	files, err := libcni.ConfFiles(path, []string{".conf", ".conflist", ".json"})
+	files, dir, err := ConfigFiles(path)
 	if err != nil {
 		return nil, err
 	}
@@ -49,6 +38,9 @@ func LoadNetworks(path string) ([]*Network, error) {
 			return nil, err
 		}
 		nets, err := ParseNetworks(data, f)
+		if !dir {
+			return nets, err
+		}
 		var none *NoNetworkError
 		if errors.As(err, &none) {
 			continue
@@ -67,6 +59,27 @@ func LoadNetworks(path string) ([]*Network, error) {
 		return nil, &NoNetworkError{Where: path + " (" + strconv.Itoa(len(files)) + " config files)"}
 	}
 	return out, nil
+}
+
+// ConfigExtensions are the file extensions libcni's ConfFiles, and so
+// container runtimes, load network configs from in a directory.
+var ConfigExtensions = []string{".conf", ".conflist", ".json"}
+
+// ConfigFiles lists the CNI config files at path: path itself when it is
+// not a directory (dir false), else the directory's files with one of
+// ConfigExtensions, in lexical order as libcni lists them (dir true). A
+// caller reading a directory skips files that are not its kind of config;
+// a single file is the config it was given.
+func ConfigFiles(path string) (files []string, dir bool, err error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, false, err
+	}
+	if !fi.IsDir() {
+		return []string{path}, false, nil
+	}
+	files, err = libcni.ConfFiles(path, ConfigExtensions)
+	return files, true, err
 }
 
 // NoNetworkError: a config has no kube-ipam network.

@@ -16,8 +16,8 @@ import (
 )
 
 // ConfigExtensions are the file extensions container runtimes (libcni's
-// ConfFiles) load from the CNI conf dir.
-var ConfigExtensions = []string{".conf", ".conflist", ".json"}
+// ConfFiles) load from the CNI conf dir: config.ConfigExtensions.
+var ConfigExtensions = config.ConfigExtensions
 
 // metaTypes are the plugin types this installer installs kube-multus as.
 var metaTypes = []string{"kube-multus", "multus-cni"}
@@ -237,28 +237,20 @@ func checkDelegate(d *meta.Delegate) error {
 // one: files without a kube-ipam network are skipped, and it is an error if
 // none has one.
 func CheckNetworksAt(path string) (*CheckedConfig, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.IsDir() {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, err
-		}
-		return CheckNetworks(data, filepath.Base(path))
-	}
-	names, err := configFiles(path)
+	files, dir, err := config.ConfigFiles(path)
 	if err != nil {
 		return nil, err
 	}
 	all := &CheckedConfig{}
-	for _, n := range names {
-		data, err := os.ReadFile(filepath.Join(path, n))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
 		if err != nil {
 			return nil, err
 		}
-		c, err := CheckNetworks(data, n)
+		c, err := CheckNetworks(data, filepath.Base(f))
+		if !dir {
+			return c, err
+		}
 		var none *config.NoNetworkError
 		if errors.As(err, &none) {
 			continue

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -331,7 +332,7 @@ func TestAutoWaits(t *testing.T) {
 			if !errors.As(err, &w) || !strings.Contains(w.Msg, c.want) || w.Level != c.level {
 				t.Fatalf("err %v (%T), want a WaitError at %v with %q", err, err, c.level, c.want)
 			}
-			if after := e.snapshot(); !sameFiles(before, after) {
+			if after := e.snapshot(); !maps.Equal(before, after) {
 				t.Errorf("the node changed while waiting:\nbefore %v\nafter  %v", before, after)
 			}
 			// With --once the wait is the error.
@@ -364,18 +365,6 @@ func (e *env) snapshot() map[string]string {
 	return out
 }
 
-func sameFiles(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
 // TestAutoNeverOverwritesAHandWrittenConfig: a file at our name that we did
 // not write stops the install (nothing written) until it is moved away; our
 // generated file (the marker) and the file config mode installed (the
@@ -391,7 +380,7 @@ func TestAutoNeverOverwritesAHandWrittenConfig(t *testing.T) {
 	if !errors.As(err, &w) || w.Level != slog.LevelError || !strings.Contains(w.Msg, "was not written by kube-ipam-install") || !strings.Contains(w.Msg, "move it out of") {
 		t.Fatalf("err %v", err)
 	}
-	if !sameFiles(before, e.snapshot()) {
+	if !maps.Equal(before, e.snapshot()) {
 		t.Error("the node changed")
 	}
 	// Still refused on every pass, the file as it was.
@@ -500,21 +489,6 @@ func TestAutoRunWaitsAndFollows(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, e.o) }()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			select {
-			case err := <-done:
-				t.Fatalf("Run returned %v while waiting for %s", err, what)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-	}
 	delegate0 := func() []byte {
 		var c struct {
 			Delegates []json.RawMessage `json:"delegates"`
@@ -525,27 +499,19 @@ func TestAutoRunWaitsAndFollows(t *testing.T) {
 		}
 		return c.Delegates[0]
 	}
-	waitFor("a logged wait", func() bool { return logged.has(slog.LevelWarn, "waiting for a cluster network config") })
+	waitRunning(t, done, "a logged wait", func() bool { return logged.has(slog.LevelWarn, "waiting for a cluster network config") })
 	if _, err := os.Stat(e.conf("00-multus.conf")); !os.IsNotExist(err) {
 		t.Fatalf("a config was written without a cluster network: %v", err)
 	}
 	e.write(e.conf("10-flannel.conflist"), []byte(flannelConflist), 0o644)
-	waitFor("the first install", func() bool { return bytes.Equal(delegate0(), bytes.TrimSpace([]byte(flannelConflist))) })
+	waitRunning(t, done, "the first install", func() bool { return bytes.Equal(delegate0(), bytes.TrimSpace([]byte(flannelConflist))) })
 	changed := strings.Replace(flannelConflist, `"cbr0"`, `"cbr1"`, 1)
 	e.write(e.conf("10-flannel.conflist"), []byte(changed), 0o644)
-	waitFor("the changed cluster network", func() bool { return bytes.Equal(delegate0(), bytes.TrimSpace([]byte(changed))) })
+	waitRunning(t, done, "the changed cluster network", func() bool { return bytes.Equal(delegate0(), bytes.TrimSpace([]byte(changed))) })
 	if !logged.has(slog.LevelInfo, "cluster network config (delegates[0])") {
 		t.Error("the cluster network's file was not logged")
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not stop")
-	}
+	stopRun(t, cancel, done)
 }
 
 // recorder is a slog.Handler that keeps the records' levels and messages.

@@ -541,35 +541,29 @@ func TestWarnsWhenAnotherConfigSortsFirst(t *testing.T) {
 	}
 }
 
-func TestRunLoopAndShutdown(t *testing.T) {
-	e := newEnv(t)
-	e.o.Once = false
-	e.o.Interval = 20 * time.Millisecond
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, e.o) }()
-	conf := filepath.Join(e.o.ConfDir, "00-multus.conf")
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			select {
-			case err := <-done:
-				t.Fatalf("Run returned %v while waiting for %s", err, what)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(5 * time.Millisecond)
+// waitRunning polls cond until it holds while Run keeps running (its
+// result comes on done): Run returning first, or 10 s passing, fails the
+// test.
+func waitRunning(t *testing.T, done <-chan error, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned %v while waiting for %s", err, what)
+		default:
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
-	waitFor("the first install", func() bool { b, _ := os.ReadFile(conf); return string(b) == validConf })
-	// The ConfigMap changes (kubelet swaps the mounted file): re-installed.
-	changed := strings.Replace(validConf, `"rangeEnd": "10.188.0.200"`, `"rangeEnd": "10.188.0.150"`, 1)
-	e.write(e.confSrc, []byte(changed), 0o644)
-	waitFor("the changed config", func() bool { b, _ := os.ReadFile(conf); return string(b) == changed })
-	// SIGTERM: exit 0, nothing removed.
+}
+
+// stopRun cancels Run's context (SIGTERM) and fails the test unless Run
+// then returns nil within 10 s.
+func stopRun(t *testing.T, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	cancel()
 	select {
 	case err := <-done:
@@ -579,6 +573,23 @@ func TestRunLoopAndShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not stop")
 	}
+}
+
+func TestRunLoopAndShutdown(t *testing.T) {
+	e := newEnv(t)
+	e.o.Once = false
+	e.o.Interval = 20 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, e.o) }()
+	conf := filepath.Join(e.o.ConfDir, "00-multus.conf")
+	waitRunning(t, done, "the first install", func() bool { b, _ := os.ReadFile(conf); return string(b) == validConf })
+	// The ConfigMap changes (kubelet swaps the mounted file): re-installed.
+	changed := strings.Replace(validConf, `"rangeEnd": "10.188.0.200"`, `"rangeEnd": "10.188.0.150"`, 1)
+	e.write(e.confSrc, []byte(changed), 0o644)
+	waitRunning(t, done, "the changed config", func() bool { b, _ := os.ReadFile(conf); return string(b) == changed })
+	// SIGTERM: exit 0, nothing removed.
+	stopRun(t, cancel, done)
 	if len(e.hostFiles()) != 10 {
 		t.Errorf("files after shutdown: %q", e.hostFiles())
 	}

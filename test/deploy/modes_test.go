@@ -17,6 +17,7 @@ import (
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/install"
+	"kubeipam/internal/lab"
 )
 
 // The installer's mode components of deploy/: ipam-only (kube-ipam under a
@@ -115,19 +116,7 @@ func TestModeComponentsList(t *testing.T) {
 		if k.APIVersion != "kustomize.config.k8s.io/v1alpha1" || k.Kind != "Component" || len(k.Resources) != 0 {
 			t.Errorf("%s: %s %s with resources %q, want a Component of patches only", c, k.APIVersion, k.Kind, k.Resources)
 		}
-		used := map[string]bool{"kustomization.yaml": true}
-		for _, p := range k.Patches {
-			used[p.Path] = true
-		}
-		es, err := os.ReadDir(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range es {
-			if !used[e.Name()] {
-				t.Errorf("%s/%s is not a patch of the component", c, e.Name())
-			}
-		}
+		checkFilesUsed(t, c, k)
 		if !bytes.Contains(top, []byte("#   - "+c+":")) || !bytes.Contains(readme, []byte("`"+c+"/`")) {
 			t.Errorf("%s is not described in deploy/kustomization.yaml and deploy/README.md", c)
 		}
@@ -195,8 +184,8 @@ func TestIPAMOnlyComponentRenders(t *testing.T) {
 			nads := exampleNADs(t)
 			var names []string
 			for key, conf := range r.cm.Data {
-				if !slices.Contains(install.ConfigExtensions, filepath.Ext(key)) {
-					t.Errorf("ConfigMap key %s: the controller reads only %v files", key, install.ConfigExtensions)
+				if !slices.Contains(config.ConfigExtensions, filepath.Ext(key)) {
+					t.Errorf("ConfigMap key %s: the controller reads only %v files", key, config.ConfigExtensions)
 				}
 				nets, err := config.ParseNetworks([]byte(conf), key)
 				if err != nil {
@@ -291,7 +280,7 @@ func TestAutoComponentRenders(t *testing.T) {
 				t.Errorf("installer options %+v, want deploy/'s %+v", o, want)
 			}
 			key := filepath.Base(r.installer.ConfigSource)
-			gen, err := install.BuildAutoConfig([]byte(r.cm.Data[key]), &install.ClusterNetworkFile{Name: "10-flannel.conflist", Data: []byte(flannelConflist)})
+			gen, err := install.BuildAutoConfig([]byte(r.cm.Data[key]), &install.ClusterNetworkFile{Name: "10-flannel.conflist", Data: []byte(lab.FlannelConflist)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -316,28 +305,6 @@ func TestAutoComponentRenders(t *testing.T) {
 		t.Errorf("ipam-only + auto-cluster-network: %v", err)
 	}
 }
-
-// flannelConflist is flannel's own config (kube-flannel.yml's cni-conf.json).
-const flannelConflist = `{
-  "name": "cbr0",
-  "cniVersion": "0.3.1",
-  "plugins": [
-    {
-      "type": "flannel",
-      "delegate": {
-        "hairpinMode": true,
-        "isDefaultGateway": true
-      }
-    },
-    {
-      "type": "portmap",
-      "capabilities": {
-        "portMappings": true
-      }
-    }
-  ]
-}
-`
 
 // podNode is a fake node and the installer pod's view of it: every hostPath
 // volume of the rendered DaemonSet is a link from the pod's mount path to
@@ -467,7 +434,7 @@ func TestIPAMOnlyOnAMultusNode(t *testing.T) {
 	p := newPodNode(t, r)
 	existing := map[string]string{
 		"/etc/cni/net.d/00-multus.conf":             `{"cniVersion":"0.3.1","name":"multus-cni-network","type":"multus-shim","socketDir":"/host/run/multus/"}`,
-		"/etc/cni/net.d/10-flannel.conflist":        flannelConflist,
+		"/etc/cni/net.d/10-flannel.conflist":        lab.FlannelConflist,
 		"/etc/cni/net.d/multus.d/multus.kubeconfig": "apiVersion: v1\nkind: Config\n",
 		"/opt/cni/bin/multus-shim":                  "#!/bin/sh\n",
 		"/opt/cni/bin/multus-cni":                   "#!/bin/sh\n# multus v3.8\n",
@@ -506,7 +473,7 @@ func TestIPAMOnlyOnAMultusNode(t *testing.T) {
 func TestAutoOnAFlannelNode(t *testing.T) {
 	r := render(t, "auto-cluster-network")
 	p := newPodNode(t, r)
-	p.write(filepath.Join(p.node, "/etc/cni/net.d/10-flannel.conflist"), []byte(flannelConflist), 0o644)
+	p.write(filepath.Join(p.node, "/etc/cni/net.d/10-flannel.conflist"), []byte(lab.FlannelConflist), 0o644)
 	if err := p.install(r); err != nil {
 		t.Fatalf("installer: %v", err)
 	}
@@ -517,10 +484,10 @@ func TestAutoOnAFlannelNode(t *testing.T) {
 	if err := json.Unmarshal([]byte(got["/etc/cni/net.d/00-multus.conf"]), &c); err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Delegates) != 2 || !bytes.Equal(c.Delegates[0], bytes.TrimSpace([]byte(flannelConflist))) || !strings.Contains(string(c.Delegates[1]), `"k8snet2"`) {
+	if len(c.Delegates) != 2 || !bytes.Equal(c.Delegates[0], bytes.TrimSpace([]byte(lab.FlannelConflist))) || !strings.Contains(string(c.Delegates[1]), `"k8snet2"`) {
 		t.Errorf("installed config:\n%s", got["/etc/cni/net.d/00-multus.conf"])
 	}
-	if got["/etc/cni/net.d/10-flannel.conflist"] != flannelConflist {
+	if got["/etc/cni/net.d/10-flannel.conflist"] != lab.FlannelConflist {
 		t.Error("flannel's config changed")
 	}
 }

@@ -60,6 +60,29 @@ func readKustomization(t *testing.T, dir string) kustomization {
 	return k
 }
 
+// checkFilesUsed fails the test for every file of component (a directory of
+// deploy/, whose kustomization is k) that is neither a resource nor a
+// patch of it: a file kustomize never reads.
+func checkFilesUsed(t *testing.T, component string, k kustomization) {
+	t.Helper()
+	used := map[string]bool{"kustomization.yaml": true}
+	for _, r := range k.Resources {
+		used[r] = true
+	}
+	for _, p := range k.Patches {
+		used[p.Path] = true
+	}
+	es, err := os.ReadDir(filepath.Join(deployDir(t), component))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		if !used[e.Name()] {
+			t.Errorf("%s/%s is neither a resource nor a patch of the component", component, e.Name())
+		}
+	}
+}
+
 // componentPatches are the component's patch files, relative to deploy/:
 // partial objects (or JSON patches), not manifests of their own.
 func componentPatches(t *testing.T) []string {
@@ -143,22 +166,7 @@ func TestStoreComponentLists(t *testing.T) {
 	if want := []string{path.Join("..", crdsDir), "rbac.yaml"}; !slices.Equal(k.Resources, want) {
 		t.Errorf("resources %q, want %q", k.Resources, want)
 	}
-	used := map[string]bool{"kustomization.yaml": true}
-	for _, r := range k.Resources {
-		used[r] = true
-	}
-	for _, p := range k.Patches {
-		used[p.Path] = true
-	}
-	es, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range es {
-		if !used[e.Name()] {
-			t.Errorf("%s/%s is neither a resource nor a patch of the component", component, e.Name())
-		}
-	}
+	checkFilesUsed(t, component, k)
 	// The CRDs the component installs are the files the store embeds
 	// (InstallCRDs, the store's tests): one copy, no other CRD file.
 	ck := readKustomization(t, filepath.Join(deployDir(t), crdsDir))

@@ -1,11 +1,15 @@
-// Package image builds container images for the lab without a registry: a
-// one-layer OCI image layout, written as a tar that containerd imports with
-// `ctr -n k8s.io images import`.
+// Package oci writes container images without a registry or a Docker
+// daemon: one-layer OCI image layouts, as a tar that containerd imports
+// with `ctr images import`, skopeo reads as oci-archive: and crane pushes
+// once unpacked. One image gives index.json -> manifest; several (one per
+// platform) give index.json -> image index -> one manifest per platform,
+// the shape of a multi-arch image in a registry. The lab's images and the
+// release image (make release) are written here.
 //
 // The output is reproducible: the same files and config give the same bytes
 // (every timestamp is the epoch, every owner root, entries sorted), so the
 // same image always has the same digest and re-importing it is a no-op.
-package image
+package oci
 
 import (
 	"archive/tar"
@@ -37,6 +41,23 @@ type File struct {
 type Config struct {
 	Entrypoint, Cmd, Env []string
 	WorkingDir           string
+	User                 string            // "uid:gid" or a name in the image's /etc/passwd; empty = root
+	Labels               map[string]string // e.g. org.opencontainers.image.version
+}
+
+// Platform is an image's OS and CPU architecture, as Go names them
+// (GOOS, GOARCH), which are the OCI names for linux/amd64 and linux/arm64.
+type Platform struct {
+	OS, Architecture string
+}
+
+func (p Platform) String() string { return p.OS + "/" + p.Architecture }
+
+// Image is one platform's image: its single layer and its config.
+type Image struct {
+	Platform Platform
+	Files    []File
+	Config   Config
 }
 
 // defaultEnv is the environment of an image whose Config.Env is empty.
@@ -95,10 +116,12 @@ type (
 		History      []ociHistory `json:"history"`
 	}
 	ociRuntime struct {
-		Entrypoint []string `json:"Entrypoint,omitempty"`
-		Cmd        []string `json:"Cmd,omitempty"`
-		Env        []string `json:"Env,omitempty"`
-		WorkingDir string   `json:"WorkingDir,omitempty"`
+		User       string            `json:"User,omitempty"`
+		Entrypoint []string          `json:"Entrypoint,omitempty"`
+		Cmd        []string          `json:"Cmd,omitempty"`
+		Env        []string          `json:"Env,omitempty"`
+		WorkingDir string            `json:"WorkingDir,omitempty"`
+		Labels     map[string]string `json:"Labels,omitempty"`
 	}
 	ociRootFS struct {
 		Type    string   `json:"type"`
@@ -110,63 +133,54 @@ type (
 	}
 )
 
-// Write writes a one-layer OCI image-layout tar (oci-layout, index.json,
+// Write writes an OCI image-layout tar (oci-layout, index.json,
 // blobs/sha256/...) for ref (a full reference such as
 // "docker.io/local/busybox:1" or "registry.k8s.io/pause:3.10") to w.
+// One image: index.json names its manifest. Several: index.json names an
+// image index of their manifests, one per platform (platforms distinct).
 // Reproducible: same input, same bytes.
-func Write(w io.Writer, ref string, files []File, cfg Config) error {
+func Write(w io.Writer, ref string, images ...Image) error {
 	tag, err := parseRef(ref)
 	if err != nil {
 		return err
 	}
-	layer, err := buildLayer(files)
-	if err != nil {
-		return err
+	if len(images) == 0 {
+		return fmt.Errorf("oci: %s: no image", ref)
 	}
-	layerDesc := describe(MediaTypeLayer, layer)
-
-	env := cfg.Env
-	if len(env) == 0 {
-		env = defaultEnv
+	blobs := map[string][]byte{}
+	var manifests []ociDescriptor
+	seen := map[Platform]bool{}
+	for _, img := range images {
+		if img.Platform.OS == "" || img.Platform.Architecture == "" {
+			return fmt.Errorf("oci: %s: an image without a platform (OS and architecture)", ref)
+		}
+		if seen[img.Platform] {
+			return fmt.Errorf("oci: %s: platform %s given twice", ref, img.Platform)
+		}
+		seen[img.Platform] = true
+		d, err := writeImage(blobs, img)
+		if err != nil {
+			return fmt.Errorf("%w (platform %s)", err, img.Platform)
+		}
+		manifests = append(manifests, d)
 	}
-	created := epoch.Format(time.RFC3339)
-	config, err := json.Marshal(ociConfig{
-		Created:      created,
-		Architecture: "amd64",
-		OS:           "linux",
-		Config: ociRuntime{
-			Entrypoint: cfg.Entrypoint,
-			Cmd:        cfg.Cmd,
-			Env:        env,
-			WorkingDir: cfg.WorkingDir,
-		},
-		RootFS:  ociRootFS{Type: "layers", DiffIDs: []string{layerDesc.Digest}},
-		History: []ociHistory{{Created: created, CreatedBy: "kubeipam internal/lab/image"}},
-	})
-	if err != nil {
-		return err
+	top := manifests[0]
+	if len(manifests) > 1 {
+		index, err := json.Marshal(ociIndex{SchemaVersion: 2, MediaType: MediaTypeIndex, Manifests: manifests})
+		if err != nil {
+			return err
+		}
+		top = describe(MediaTypeIndex, index)
+		blobs[top.Digest] = index
 	}
-	configDesc := describe(MediaTypeConfig, config)
-
-	manifest, err := json.Marshal(ociManifest{
-		SchemaVersion: 2,
-		MediaType:     MediaTypeManifest,
-		Config:        configDesc,
-		Layers:        []ociDescriptor{layerDesc},
-	})
-	if err != nil {
-		return err
-	}
-	manifestDesc := describe(MediaTypeManifest, manifest)
-	manifestDesc.Platform = &ociPlatform{Architecture: "amd64", OS: "linux"}
-	manifestDesc.Annotations = map[string]string{AnnotationImageName: ref, AnnotationRefName: tag}
-
-	index, err := json.Marshal(ociIndex{SchemaVersion: 2, MediaType: MediaTypeIndex, Manifests: []ociDescriptor{manifestDesc}})
+	// containerd names the imported image after the annotation of
+	// index.json's entry, whatever it points to (a manifest or an index).
+	top.Annotations = map[string]string{AnnotationImageName: ref, AnnotationRefName: tag}
+	index, err := json.Marshal(ociIndex{SchemaVersion: 2, MediaType: MediaTypeIndex, Manifests: []ociDescriptor{top}})
 	if err != nil {
 		return err
 	}
 
-	blobs := map[string][]byte{layerDesc.Digest: layer, configDesc.Digest: config, manifestDesc.Digest: manifest}
 	digests := make([]string, 0, len(blobs))
 	for d := range blobs {
 		digests = append(digests, d)
@@ -200,8 +214,58 @@ func Write(w io.Writer, ref string, files []File, cfg Config) error {
 	return tw.Close()
 }
 
+// writeImage adds img's layer, config and manifest to blobs and returns
+// the manifest's descriptor, with its platform.
+func writeImage(blobs map[string][]byte, img Image) (ociDescriptor, error) {
+	layer, err := buildLayer(img.Files)
+	if err != nil {
+		return ociDescriptor{}, err
+	}
+	layerDesc := describe(MediaTypeLayer, layer)
+	cfg := img.Config
+	env := cfg.Env
+	if len(env) == 0 {
+		env = defaultEnv
+	}
+	created := epoch.Format(time.RFC3339)
+	config, err := json.Marshal(ociConfig{
+		Created:      created,
+		Architecture: img.Platform.Architecture,
+		OS:           img.Platform.OS,
+		Config: ociRuntime{
+			User:       cfg.User,
+			Entrypoint: cfg.Entrypoint,
+			Cmd:        cfg.Cmd,
+			Env:        env,
+			WorkingDir: cfg.WorkingDir,
+			Labels:     cfg.Labels,
+		},
+		RootFS:  ociRootFS{Type: "layers", DiffIDs: []string{layerDesc.Digest}},
+		History: []ociHistory{{Created: created, CreatedBy: "kubeipam internal/oci"}},
+	})
+	if err != nil {
+		return ociDescriptor{}, err
+	}
+	configDesc := describe(MediaTypeConfig, config)
+	manifest, err := json.Marshal(ociManifest{
+		SchemaVersion: 2,
+		MediaType:     MediaTypeManifest,
+		Config:        configDesc,
+		Layers:        []ociDescriptor{layerDesc},
+	})
+	if err != nil {
+		return ociDescriptor{}, err
+	}
+	manifestDesc := describe(MediaTypeManifest, manifest)
+	manifestDesc.Platform = &ociPlatform{Architecture: img.Platform.Architecture, OS: img.Platform.OS}
+	blobs[layerDesc.Digest] = layer
+	blobs[configDesc.Digest] = config
+	blobs[manifestDesc.Digest] = manifest
+	return manifestDesc, nil
+}
+
 // WriteFile is Write into path (atomic: temp file + rename).
-func WriteFile(path, ref string, files []File, cfg Config) (err error) {
+func WriteFile(path, ref string, images ...Image) (err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
@@ -212,7 +276,7 @@ func WriteFile(path, ref string, files []File, cfg Config) (err error) {
 			_ = os.Remove(f.Name())
 		}
 	}()
-	if err = Write(f, ref, files, cfg); err != nil {
+	if err = Write(f, ref, images...); err != nil {
 		return err
 	}
 	if err = f.Chmod(0o644); err != nil {
@@ -246,26 +310,26 @@ func buildLayer(files []File) ([]byte, error) {
 	for _, f := range files {
 		p := f.Path
 		if !strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "/" {
-			return nil, fmt.Errorf("image: file path %q is not a clean absolute path below /", p)
+			return nil, fmt.Errorf("oci: file path %q is not a clean absolute path below /", p)
 		}
 		if _, dup := entries[p]; dup {
-			return nil, fmt.Errorf("image: %s listed twice", p)
+			return nil, fmt.Errorf("oci: %s listed twice", p)
 		}
 		switch f.Mode.Type() {
 		case 0:
 			if f.Link != "" {
-				return nil, fmt.Errorf("image: %s: Link set on a regular file", p)
+				return nil, fmt.Errorf("oci: %s: Link set on a regular file", p)
 			}
 		case fs.ModeDir:
 			if f.Data != nil || f.Link != "" {
-				return nil, fmt.Errorf("image: %s: Data or Link set on a directory", p)
+				return nil, fmt.Errorf("oci: %s: Data or Link set on a directory", p)
 			}
 		case fs.ModeSymlink:
 			if f.Link == "" || f.Data != nil {
-				return nil, fmt.Errorf("image: %s: a symlink needs Link and no Data", p)
+				return nil, fmt.Errorf("oci: %s: a symlink needs Link and no Data", p)
 			}
 		default:
-			return nil, fmt.Errorf("image: %s: unsupported file type %v (regular files, directories and symlinks only)", p, f.Mode.Type())
+			return nil, fmt.Errorf("oci: %s: unsupported file type %v (regular files, directories and symlinks only)", p, f.Mode.Type())
 		}
 		entries[p] = f
 	}
@@ -275,7 +339,7 @@ func buildLayer(files []File) ([]byte, error) {
 			if !ok {
 				entries[dir] = File{Path: dir, Mode: fs.ModeDir | 0o755}
 			} else if !e.Mode.IsDir() {
-				return nil, fmt.Errorf("image: %s needs %s to be a directory", f.Path, dir)
+				return nil, fmt.Errorf("oci: %s needs %s to be a directory", f.Path, dir)
 			}
 		}
 	}
@@ -313,7 +377,7 @@ func buildLayer(files []File) ([]byte, error) {
 			h = header(name, tar.TypeReg, mode, int64(len(f.Data)))
 		}
 		if err := tw.WriteHeader(h); err != nil {
-			return nil, fmt.Errorf("image: %s: %w", p, err)
+			return nil, fmt.Errorf("oci: %s: %w", p, err)
 		}
 		if _, err := tw.Write(f.Data); err != nil {
 			return nil, err
@@ -346,7 +410,7 @@ var (
 // kubelet asks containerd for normalized names only, and returns its tag.
 func parseRef(ref string) (string, error) {
 	bad := func(why string) (string, error) {
-		return "", fmt.Errorf("image: reference %q: %s", ref, why)
+		return "", fmt.Errorf("oci: reference %q: %s", ref, why)
 	}
 	if strings.Contains(ref, "@") {
 		return bad("digest references are not supported; give a tag")

@@ -3,13 +3,13 @@ package image
 import (
 	"bufio"
 	"bytes"
-	"debug/elf"
 	"fmt"
 	"io/fs"
-	"os"
 	"os/exec"
 	"path"
 	"strings"
+
+	"kubeipam/internal/oci"
 )
 
 // Busybox returns the files of a busybox rootfs from a static busybox
@@ -57,27 +57,15 @@ func Busybox(busyboxPath string) ([]File, error) {
 }
 
 // Static returns the files for a single static binary at /<name> (mode 0755).
-// A dynamically linked binary is an error: the image has no libc or loader.
+// A dynamically linked binary, or one for another platform than the lab's,
+// is an error: the image has no libc or loader.
 func Static(binPath, name string) ([]File, error) {
 	if name == "" || strings.Contains(name, "/") || name == "." || name == ".." {
 		return nil, fmt.Errorf("image: invalid binary name %q", name)
 	}
-	data, err := os.ReadFile(binPath)
+	f, err := oci.Static(binPath, "/"+name, Platform)
 	if err != nil {
-		return nil, fmt.Errorf("image: %w", err)
+		return nil, err
 	}
-	ef, err := elf.NewFile(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("image: %s is not an ELF executable: %w", binPath, err)
-	}
-	defer ef.Close()
-	for _, p := range ef.Progs {
-		if p.Type == elf.PT_INTERP {
-			return nil, fmt.Errorf("image: %s is dynamically linked (it needs an ELF interpreter and the image has none); build it static, e.g. CGO_ENABLED=0", binPath)
-		}
-	}
-	if ef.Machine != elf.EM_X86_64 {
-		return nil, fmt.Errorf("image: %s is for %v; the images are linux/amd64", binPath, ef.Machine)
-	}
-	return []File{{Path: "/" + name, Mode: 0o755, Data: data}}, nil
+	return []File{f}, nil
 }

@@ -158,10 +158,21 @@ func (a *Allocator) ValidateFixed(ip netip.Addr) (int, error) {
 		return -1, &OutOfRangeError{ip, "is the broadcast address of " + r.Subnet.String()}
 	case ip == r.Gateway:
 		return -1, &OutOfRangeError{ip, "is the gateway of " + r.Subnet.String()}
+	}
+	// Excluded means never handed out: a fixed request for it is refused
+	// like any address the network cannot give, even inside the fixed block.
+	if x, ok := a.Net.Excluded(ip); ok {
+		return -1, &OutOfRangeError{ip, excludedReason(x, a.Net.Name)}
+	}
+	switch {
 	case a.Net.HasFixedBlock() && !a.Net.InFixedBlock(ip):
 		return -1, &OutOfRangeError{ip, fmt.Sprintf("is outside the fixed block %s-%s of network %q", a.Net.FixedStart, a.Net.FixedEnd, a.Net.Name)}
 	}
 	return set, nil
+}
+
+func excludedReason(x config.Exclusion, network string) string {
+	return fmt.Sprintf("is excluded by ipam.exclude entry %q of network %q", x.Entry, network)
 }
 
 // Allocate claims the request's fixed addresses and one dynamic address for
@@ -325,6 +336,11 @@ func (a *Allocator) wanted(ctx context.Context, req Request) (fixed []netip.Addr
 		}
 		if _, _, ok := a.Net.SetFor(ip); !ok {
 			return nil, "", false, &OutOfRangeError{ip, fmt.Sprintf("(remembered for StatefulSet %s/%s ordinal %d) is no longer inside network %q; release it with kube-ipamctl", req.PodNamespace, req.StatefulSet, req.Ordinal, a.Net.Name)}
+		}
+		if x, ok := a.Net.Excluded(ip); ok {
+			// The address was remembered before the exclusion; giving it
+			// back would hand an excluded address out again.
+			return nil, "", false, &OutOfRangeError{ip, fmt.Sprintf("(remembered for StatefulSet %s/%s ordinal %d) %s; scale the StatefulSet below the ordinal so that gc forgets it, or remove the entry", req.PodNamespace, req.StatefulSet, req.Ordinal, excludedReason(x, a.Net.Name))}
 		}
 		fixed = append(fixed, ip)
 	}
@@ -543,6 +559,14 @@ func (a *Allocator) scanFresh(ctx context.Context, set int, from, last netip.Add
 		if from.Compare(last) > 0 {
 			return store.ClaimItem{}, from, false, nil
 		}
+		// Jump over a gap (an excluded block, the fixed block) instead of
+		// reading it window by window: a /8 excluded would cost thousands
+		// of empty reads.
+		next, ok := ipam.NextIn(ivs, from)
+		if !ok {
+			return store.ClaimItem{}, last.Next(), false, nil
+		}
+		from = next
 		// A bounded key range, not just a limit: etcd 3.4 walks its whole
 		// index range to count it, so an open-ended read costs O(pool).
 		to := ipam.Advance(from, span-1)

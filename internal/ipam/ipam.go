@@ -23,7 +23,10 @@ func (iv Interval) Contains(a netip.Addr) bool {
 
 // DynamicIntervals lists, in ascending order, the addresses of range set i
 // that may be handed out dynamically: every [rangeStart, rangeEnd] minus the
-// gateways and minus the fixed block.
+// gateways, the fixed block and the ipam.exclude blocks. Cutting the
+// exclusions out here, once, lets every walk over the pool (Free, the
+// allocator's windows, the pool's size) skip an excluded block as a whole
+// instead of testing its addresses one by one.
 func DynamicIntervals(n *config.Network, i int) []Interval {
 	var out []Interval
 	for _, r := range n.RangeSets[i] {
@@ -37,6 +40,9 @@ func DynamicIntervals(n *config.Network, i int) []Interval {
 	}
 	if n.HasFixedBlock() {
 		out = subtract(out, Interval{n.FixedStart, n.FixedEnd})
+	}
+	for _, x := range n.Exclude {
+		out = subtract(out, Interval{x.Lo, x.Hi})
 	}
 	return out
 }
@@ -74,6 +80,22 @@ func InAny(ivs []Interval, a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// NextIn returns the lowest address of ivs (ascending, disjoint) at or
+// above a, and false when there is none. A walk that lands in a gap (an
+// excluded block, the fixed block) jumps over it in one step.
+func NextIn(ivs []Interval, a netip.Addr) (netip.Addr, bool) {
+	for _, iv := range ivs {
+		if a.BitLen() != iv.Lo.BitLen() || a.Compare(iv.Hi) > 0 {
+			continue
+		}
+		if a.Compare(iv.Lo) < 0 {
+			return iv.Lo, true
+		}
+		return a, true
+	}
+	return netip.Addr{}, false
 }
 
 // Size counts the addresses in ivs.

@@ -99,7 +99,8 @@ type webhookFlags struct {
 
 func serveWebhook(c controller.Config, f webhookFlags) (func(), error) {
 	log := c.Log
-	networks, err := config.LoadNetworks(c.ConfigFile)
+	reloader := &config.Reloader{Path: c.ConfigFile}
+	networks, _, err := reloader.Reload()
 	if err != nil {
 		return nil, err
 	}
@@ -113,6 +114,14 @@ func serveWebhook(c controller.Config, f webhookFlags) (func(), error) {
 	h := webhook.NewHandler(networks, lookup.Lookup, time.Now)
 	h.AllowOnStoreError = f.allowOnStoreError
 	h.Log = log
+	// The webhook follows the mounted config as the controller does.
+	ctx, stopFollowing := context.WithCancel(context.Background())
+	go reloader.Follow(ctx, c.Resync, func(nets []*config.Network) {
+		h.SetNetworks(nets)
+		log.Info("webhook: config reloaded", "config", c.ConfigFile, "networks", len(nets))
+	}, func(err error) {
+		log.Error("webhook: config refused; keeping the last good one", "config", c.ConfigFile, "err", err)
+	})
 	srv := webhook.NewServer(f.addr, h)
 	go func() {
 		if err := srv.ListenAndServeTLS(f.cert, f.key); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -120,6 +129,7 @@ func serveWebhook(c controller.Config, f webhookFlags) (func(), error) {
 		}
 	}()
 	return func() {
+		stopFollowing()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)

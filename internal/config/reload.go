@@ -1,10 +1,10 @@
 package config
 
 import (
+	"context"
 	"crypto/sha256"
 	"os"
-
-	"github.com/containernetworking/cni/libcni"
+	"time"
 )
 
 // Reloader follows a network config file, or a directory of them (a
@@ -43,13 +43,9 @@ func (r *Reloader) Reload() (nets []*Network, changed bool, err error) {
 // its name, in the order LoadNetworks reads them.
 func contentSum(path string) ([sha256.Size]byte, error) {
 	var zero [sha256.Size]byte
-	files := []string{path}
-	if fi, err := os.Stat(path); err != nil {
+	files, _, err := ConfigFiles(path)
+	if err != nil {
 		return zero, err
-	} else if fi.IsDir() {
-		if files, err = libcni.ConfFiles(path, []string{".conf", ".conflist", ".json"}); err != nil {
-			return zero, err
-		}
 	}
 	h := sha256.New()
 	for _, f := range files {
@@ -65,4 +61,31 @@ func contentSum(path string) ([sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
 	copy(sum[:], h.Sum(nil))
 	return sum, nil
+}
+
+// Follow calls Reload every interval until ctx ends, and changed with the
+// networks of every change that parses; refused gets the reason a change
+// was refused, once per distinct reason (the last good networks stay).
+func (r *Reloader) Follow(ctx context.Context, interval time.Duration, changed func([]*Network), refused func(error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		nets, ok, err := r.Reload()
+		switch {
+		case err != nil:
+			if err.Error() != last {
+				last = err.Error()
+				refused(err)
+			}
+		case ok:
+			last = ""
+			changed(nets)
+		}
+	}
 }

@@ -212,13 +212,13 @@ func (r *registry) List() []*Network {
 	return out
 }
 
-// reportOnce logs msg at warn the first time it is seen.
-func (r *registry) reportOnce(msg string) {
+// reportOnce logs msg at level the first time it is seen.
+func (r *registry) reportOnce(level slog.Level, msg string, attrs ...any) {
 	r.mu.Lock()
 	seen := r.reports[msg]
 	r.reports[msg] = true
 	r.mu.Unlock()
 	if !seen {
-		r.log.Warn(msg)
+		r.log.Log(context.Background(), level, msg, attrs...)
 	}
 }

@@ -88,10 +88,15 @@ func Run(ctx context.Context, c Config) error {
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	// --config is followed: a change that parses replaces the networks at
+	// the next refresh, one that does not is refused (logged) and the last
+	// good config stays.
 	var static []*config.Network
+	var reloader *config.Reloader
 	if c.ConfigFile != "" {
+		reloader = &config.Reloader{Path: c.ConfigFile}
 		var err error
-		static, err = config.LoadNetworks(c.ConfigFile)
+		static, _, err = reloader.Reload()
 		var none *config.NoNetworkError
 		if err != nil && !(c.NADs && errors.As(err, &none)) {
 			return err
@@ -120,9 +125,21 @@ func Run(ctx context.Context, c Config) error {
 			return err
 		}
 	}
-	// refresh makes the managed networks those of --config and, with
-	// --nads, of the NetworkAttachmentDefinitions now.
+	// refresh makes the managed networks those of --config (re-read) and,
+	// with --nads, of the NetworkAttachmentDefinitions now.
 	refresh := func(ctx context.Context) error {
+		if reloader != nil {
+			nets, changed, err := reloader.Reload()
+			switch {
+			case err != nil && len(static) > 0:
+				reg.reportOnce(slog.LevelError, "config refused; keeping the last good one", "config", c.ConfigFile, "err", err.Error())
+			case changed && len(static) > 0:
+				c.Log.Info("config reloaded", "config", c.ConfigFile, "networks", len(nets))
+			}
+			if changed {
+				static = nets
+			}
+		}
 		want := static
 		if c.NADs {
 			nn, err := ListNADNetworks(ctx, dyn)
@@ -130,12 +147,12 @@ func Run(ctx context.Context, c Config) error {
 				return err // keep the networks as they are
 			}
 			for _, p := range nn.Problems {
-				reg.reportOnce("NetworkAttachmentDefinition not managed: " + p)
+				reg.reportOnce(slog.LevelWarn, "NetworkAttachmentDefinition not managed: "+p)
 			}
 			var conflicts []string
 			want, conflicts = DesiredNetworks(static, nn.ByNAD)
 			for _, msg := range conflicts {
-				reg.reportOnce(msg)
+				reg.reportOnce(slog.LevelWarn, msg)
 			}
 		}
 		added, err := reg.Set(ctx, want)
@@ -150,22 +167,22 @@ func Run(ctx context.Context, c Config) error {
 	if len(reg.List()) == 0 && !c.NADs {
 		return fmt.Errorf("%s: no kube-ipam network", c.ConfigFile)
 	}
-	if c.NADs {
-		go func() {
-			t := time.NewTicker(c.Resync)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					if err := refresh(ctx); err != nil && ctx.Err() == nil {
-						c.Log.Error("reading the networks", "err", err)
-					}
+	// Every replica follows the config and the NADs (the metrics of every
+	// network are exported by all of them); the leader's loop reads reg.
+	go func() {
+		t := time.NewTicker(c.Resync)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := refresh(ctx); err != nil && ctx.Err() == nil {
+					c.Log.Error("reading the networks", "err", err)
 				}
 			}
-		}()
-	}
+		}
+	}()
 	if c.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", c.MetricsAddr)
 		if err != nil {

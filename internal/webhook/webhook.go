@@ -18,6 +18,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -38,7 +39,7 @@ type StoreLookup func(ctx context.Context, n *config.Network, ip netip.Addr) (*s
 
 // Handler serves AdmissionReview v1 requests (POST, JSON).
 type Handler struct {
-	networks []*config.Network
+	networks atomic.Pointer[[]*config.Network]
 	lookup   StoreLookup
 	now      func() time.Time
 
@@ -60,8 +61,16 @@ func NewHandler(networks []*config.Network, lookup StoreLookup, now func() time.
 	if now == nil {
 		now = time.Now
 	}
-	return &Handler{networks: networks, lookup: lookup, now: now, StoreTimeout: 3 * time.Second}
+	h := &Handler{lookup: lookup, now: now, StoreTimeout: 3 * time.Second}
+	h.SetNetworks(networks)
+	return h
 }
+
+// SetNetworks replaces the networks requests are validated against (a
+// reloaded config); requests in flight finish with the old ones.
+func (h *Handler) SetNetworks(networks []*config.Network) { h.networks.Store(&networks) }
+
+func (h *Handler) nets() []*config.Network { return *h.networks.Load() }
 
 const maxBody = 8 << 20
 
@@ -314,7 +323,7 @@ func (h *Handler) check(ctx context.Context, o *object) *verdict {
 	legacyInside := map[netip.Addr]bool{}
 	legacyAll := map[netip.Addr]wanted{}
 	legacyNets := map[netip.Addr][]string{} // networks the legacy key applied to
-	for _, n := range h.networks {
+	for _, n := range h.nets() {
 		w, err := pod.ParseAnnotationsFor(ann, n.Name)
 		if err != nil {
 			v.problems = append(v.problems, annotationProblem(err))
@@ -409,7 +418,7 @@ func hasIPAMKeys(ann map[string]string) bool {
 
 func (h *Handler) networkNames() string {
 	var names []string
-	for _, n := range h.networks {
+	for _, n := range h.nets() {
 		names = append(names, fmt.Sprintf("%q", n.Name))
 	}
 	return strings.Join(names, ", ")
@@ -429,7 +438,7 @@ func (h *Handler) unknownNetworks(o *object, v *verdict) {
 			if !ok || name == "" {
 				continue
 			}
-			if !slices.ContainsFunc(h.networks, func(n *config.Network) bool { return n.Name == name }) {
+			if !slices.ContainsFunc(h.nets(), func(n *config.Network) bool { return n.Name == name }) {
 				v.warnings = append(v.warnings, fmt.Sprintf("kube-ipam: annotation %s names network %q, which is not a kube-ipam network of this webhook's config (%s); it was not checked", k, name, h.networkNames()))
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +269,50 @@ func TestServeHTTP(t *testing.T) {
 	}
 	if r, _ := http.Post(srv.URL, "application/json", strings.NewReader("{}")); r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("empty review: %d", r.StatusCode)
+	}
+}
+
+// TestFollowsConfig: the handler validates against the config as it is
+// now: a reloaded config that parses is used for the next request, one that
+// does not is refused and the last good one stays.
+func TestFollowsConfig(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "00-multus.conf")
+	write := func(subnet string) {
+		b := `{"cniVersion":"0.3.1","name":"k8snet2","type":"macvlan","ipam":{"type":"kube-ipam","etcdConfig":{"etcdURL":"http://127.0.0.1:1"},"subnet":"` + subnet + `"}}`
+		if err := os.WriteFile(file, []byte(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("10.188.0.0/16")
+	r := &config.Reloader{Path: dir}
+	nets, _, err := r.Reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := NewHandler(nets, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changes, refusals := make(chan int, 10), make(chan error, 10)
+	go r.Follow(ctx, 10*time.Millisecond, func(n []*config.Network) { h.SetNetworks(n); changes <- len(n) }, func(err error) { refusals <- err })
+	allowed := func() bool {
+		return h.Review(ctx, request(t, admissionv1.Create, podObj("default", "p", ann{"kube-ipam.ip": "10.189.0.5"}), nil)).Allowed
+	}
+	if allowed() {
+		t.Fatal("10.189.0.5 allowed outside 10.188.0.0/16")
+	}
+	write("10.188.0.0/15")
+	<-changes
+	if !allowed() {
+		t.Fatal("10.189.0.5 denied after the subnet grew to 10.188.0.0/15")
+	}
+	if err := os.WriteFile(file, []byte(`{"cniVersion":"0.3.1","name":"k8snet2","type":"macvlan","ipam":{"type":"kube-ipam","subnet":"nope"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-refusals; err == nil || !strings.Contains(err.Error(), "k8snet2") {
+		t.Fatalf("refusal %v", err)
+	}
+	if !allowed() {
+		t.Fatal("the last good config was dropped for a bad one")
 	}
 }

@@ -74,3 +74,32 @@ func TestNADNetworks(t *testing.T) {
 	c.forceDelete(p2)
 	c.waitFreed("still managed after the conflict", 30*time.Second, ip2)
 }
+
+// TestFollowsConfig: the controller follows its --config without a
+// restart: a second network added to the file is managed (its leak freed);
+// a broken edit is refused with one error line and the last good networks
+// stay managed.
+func TestFollowsConfig(t *testing.T) {
+	c := newCluster(t, "node-1")
+	ctl := c.startController()
+	var conf map[string]any
+	must(t, json.Unmarshal(c.conf, &conf))
+	second := map[string]any{"cniVersion": "0.3.1", "name": "k8snet3", "type": "macvlan", "master": "eth0", "ipam": conf["ipam"]}
+	both, _ := json.Marshal(map[string]any{"cniVersion": "0.3.1", "name": "multus", "type": "kube-multus",
+		"delegates": []any{map[string]any{"name": "cbr0", "type": "bridge"}, conf, second}})
+	must(t, os.WriteFile(c.confF, both, 0o644))
+	ctl.waitLog(t, c.kube, "the new network managed", `msg="managing networks" added=[k8snet3]`, 30*time.Second)
+	if !strings.Contains(ctl.logText(), `msg="config reloaded"`) {
+		t.Fatalf("no reload line:\n%s", ctl.logText())
+	}
+
+	must(t, os.WriteFile(c.confF, []byte(`{"cniVersion":"0.3.1","name":"k8snet2","type":"macvlan","ipam":{"type":"kube-ipam","subnet":"nope"}}`), 0o644))
+	ctl.waitLog(t, c.kube, "the broken config refused", `msg="config refused; keeping the last good one"`, 30*time.Second)
+	p := c.pod("web", "node-1")
+	ip, _ := c.add(p)
+	c.forceDelete(p)
+	c.waitFreed("k8snet2 still managed after the refused edit", 30*time.Second, ip)
+	if n := strings.Count(ctl.logText(), "config refused"); n != 1 {
+		t.Errorf("the refusal logged %d times", n)
+	}
+}

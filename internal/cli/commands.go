@@ -352,9 +352,14 @@ func Check(ctx context.Context, w io.Writer, nets []*Network, now time.Time, for
 				add(ProblemOrphan, e.IP, e.Key, "record of %s: its attachment %s does not list the address", r.Owner(), ae.Key)
 			}
 			set, _, ok := n.Cfg.SetFor(e.IP)
+			x, excluded := n.Cfg.Excluded(e.IP)
 			switch {
 			case !ok:
 				add(ProblemOutOfRange, e.IP, e.Key, "%s address of %s is outside every configured subnet", r.Kind, r.Owner())
+			case excluded && isReservation(r):
+				add(ProblemExcluded, e.IP, e.Key, "reservation (kube-ipamctl reserve) is excluded by ipam.exclude entry %q: the exclusion keeps the address out already; release the reservation", x.Entry)
+			case excluded:
+				add(ProblemExcluded, e.IP, e.Key, "%s address of %s is excluded by ipam.exclude entry %q: its holder keeps it until released, then it is never handed out again", r.Kind, r.Owner(), x.Entry)
 			case r.Kind != store.KindFixed && !ipam.InAny(dyn[set], e.IP):
 				add(ProblemOutOfRange, e.IP, e.Key, "%s address of %s is outside the dynamic ranges of range set %d", r.Kind, r.Owner(), set)
 			}

@@ -32,8 +32,13 @@ func isReservation(rec *store.Record) bool {
 }
 
 // reservable checks ip as allocator.ValidateFixed does, except the fixed
-// block: inside a subnet, not its network, broadcast or gateway address.
+// block: inside a subnet, not its network, broadcast or gateway address,
+// not excluded (ipam.exclude already keeps it from everyone; a reservation
+// of it would only be reported by check).
 func reservable(cfg *config.Network, ip netip.Addr) (int, error) {
+	if x, ok := cfg.Excluded(ip); ok {
+		return -1, fmt.Errorf("%s is excluded by ipam.exclude entry %q of network %s: it is never handed out, no reservation is needed", ip, x.Entry, cfg.Name)
+	}
 	set, r, ok := cfg.SetFor(ip)
 	switch {
 	case !ok:

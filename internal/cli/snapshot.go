@@ -63,6 +63,7 @@ const (
 	ProblemStale      = "stale-attachment"
 	ProblemOrphan     = "orphan"
 	ProblemOutOfRange = "out-of-range"
+	ProblemExcluded   = "excluded"
 	ProblemLeaked     = "leaked"
 	ProblemCorrupt    = "corrupt"
 	ProblemDuplicate  = "duplicate"

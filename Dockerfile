@@ -2,7 +2,11 @@
 #
 # kube-ipam image: every binary in /kube-ipam/bin.
 #
-#   docker build -t <registry>/kube-ipam:<tag> --build-arg VERSION=<tag> .
+#   docker build -t <registry>/kube-ipam:<tag> --build-arg VERSION=<tag> \
+#     --build-arg REVISION=$(git rev-parse HEAD) .
+#
+# `make release` writes the same image for linux/amd64 and linux/arm64 as an
+# OCI archive without Docker (docs/release.md).
 #
 # One image serves both deploy/ workloads:
 #   - the kube-ipam-node DaemonSet runs /kube-ipam/bin/kube-ipam-install (the
@@ -35,6 +39,15 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
       -o /out/ ./cmd/kube-ipam ./cmd/kube-multus ./cmd/kube-tier ./cmd/kube-ipamctl ./cmd/kube-ipam-controller ./cmd/kube-ipam-install
 
 FROM gcr.io/distroless/static-debian12:nonroot
+# The labels of make release's image (internal/release.Labels; a test
+# holds the two to the same set).
+ARG VERSION=dev
+ARG REVISION=
+LABEL org.opencontainers.image.title="kube-ipam" \
+      org.opencontainers.image.description="kube-ipam CNI IPAM plugin, kube-multus, kube-tier, controller, node installer and kube-ipamctl" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/ /kube-ipam/bin/
 ENV PATH=/kube-ipam/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 USER 65532:65532

@@ -8,7 +8,7 @@ BINARIES := kube-ipam kube-multus kube-tier kube-ipamctl kube-ipam-controller ku
 # The lab's own commands (not installed on nodes).
 LAB_BINARIES := kube-ipam-lab kube-ipam-lab-pause
 
-.PHONY: all build test unit bench vet fmt-check clean testbin labbin whereabouts multus deps lab lab-down
+.PHONY: all build release test unit bench vet fmt-check clean testbin labbin whereabouts multus deps lab lab-down
 
 all: build
 
@@ -18,6 +18,16 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES) $(LAB_BINARIES))
 	@# The seed's 10-multus.conf says "type": "multus-cni" (multus v3.8's binary name).
 	cp -f $(BIN)/kube-multus $(BIN)/multus-cni
+
+# A release into dist/ (docs/release.md): static binaries for linux/amd64 and
+# linux/arm64 stamped with VERSION, a tar.gz per platform, the multi-arch OCI
+# image archive of the Dockerfile's layout (written in Go, no Docker daemon)
+# and SHA256SUMS. VERSION=v0.1.0 for a tagged release; IMAGE names the
+# image's repository (default kube-ipam, i.e. docker.io/library/kube-ipam).
+IMAGE ?=
+release:
+	$(GO) run ./cmd/kube-ipam-release --version $(VERSION) --dist $(CURDIR)/dist \
+		--revision "$$(git rev-parse HEAD 2>/dev/null)" $(if $(IMAGE),--image $(IMAGE))
 
 vet:
 	$(GO) vet ./...
@@ -83,7 +93,7 @@ test: build vet fmt-check testbin labbin multus
 # config and decisions, the plugin's TestUnit*, the GC rules, the store's
 # watchdog judgement.
 unit:
-	$(GO) test -count=1 ./internal/config/ ./internal/ipam/ ./internal/pod/ ./internal/pki/ ./internal/install/ \
+	$(GO) test -count=1 ./internal/config/ ./internal/ipam/ ./internal/pod/ ./internal/pki/ ./internal/install/ ./internal/oci/ \
 		./internal/lab/ ./internal/store/memstore/ ./internal/store/storetest/ ./internal/netattach/
 	$(GO) test -count=1 -run '^TestStrategy' ./internal/allocator/
 	$(GO) test -count=1 -run '^(TestParse|TestKubernetesMode|TestClusterNetworkModes)' ./internal/meta/
@@ -98,4 +108,4 @@ bench: build testbin whereabouts
 	KUBE_IPAM_BIN_DIR=$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(CURDIR)/dist

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"kubeipam/internal/pki"
+	"kubeipam/internal/release"
 )
 
 // ImageRef is the lab's build of the Dockerfile's image, under the name
@@ -20,7 +21,7 @@ import (
 const ImageRef = "docker.io/library/kube-ipam:dev"
 
 // ImageBinaries are the binaries the Dockerfile puts in /kube-ipam/bin.
-var ImageBinaries = []string{"kube-ipam", "kube-multus", "kube-tier", "kube-ipamctl", "kube-ipam-controller", "kube-ipam-install"}
+var ImageBinaries = release.Binaries
 
 // kubectl runs kubectl as admin, logging the command.
 func (l *Lab) kubectl(ctx context.Context, args ...string) (string, error) {

@@ -1,12 +1,14 @@
 // Package kubeapi talks to the Kubernetes API with the transport a
 // kubeconfig describes (auth, TLS, exec credential plugins) and plain HTTP
-// requests: GetPod reads one pod, Do sends any request and Watch streams a
-// watch. The CNI plugins use it instead of a typed clientset, whose
-// start-up (registering every API group) costs a plugin call more CPU than
-// the work itself; it decodes nothing, so kube-multus, which needs only
-// labels, links no core/v1 types, and the Kubernetes API store
-// (internal/store/kubestore) brings its own structs. Callers classify the
-// errors: kube-ipam and kube-multus map them to different CNI codes.
+// requests: PodMetadata reads the metadata of one pod, Do sends any request
+// and Watch streams a watch. The CNI plugins use it instead of a typed
+// clientset, whose start-up (registering every API group) costs a plugin
+// call more CPU than the work itself. It decodes only metadata: the plugins
+// read a pod's labels, annotations and owners, never its spec (whose env
+// values may be secrets), so kube-multus links no core/v1 types, and the
+// Kubernetes API store (internal/store/kubestore) brings its own structs.
+// Callers classify the errors: kube-ipam and kube-multus map them to
+// different CNI codes.
 package kubeapi
 
 import (
@@ -94,18 +96,37 @@ func NewClientForConfig(cfg *rest.Config, userAgent string, timeout time.Duratio
 	return &Client{hc: hc, base: strings.TrimRight(base.String(), "/")}, nil
 }
 
-// GetPod returns the JSON of pod namespace/name. Errors are
-// a *StatusError, a *TransportError, or (a request that cannot be built)
-// another error.
-func (c *Client) GetPod(ctx context.Context, namespace, name string) ([]byte, error) {
-	resp, err := c.Do(ctx, Request{Method: http.MethodGet, Path: "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)})
+// MetadataAccept asks the API server to answer with the object's metadata
+// only (a meta.k8s.io/v1 PartialObjectMetadata, as client-go's metadata
+// client does): a pod's spec carries its containers' env values, which may
+// be secrets, and nothing a plugin needs. kube-apiserver has served it for
+// every resource since 1.15, GET and PATCH alike (TestPodMetadata checks
+// the release the tests run), so there is no fallback to the full object:
+// a server that cannot answer so refuses with 406, an error naming it.
+const MetadataAccept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+// PodMetadata reads the metadata (UID, labels, annotations, owner
+// references) of pod namespace/name; the pod's spec and status never cross
+// the wire. Errors are a *StatusError, a *TransportError, or (a request that
+// cannot be built, an answer that is not JSON) another error.
+func (c *Client) PodMetadata(ctx context.Context, namespace, name string) (*metav1.PartialObjectMetadata, error) {
+	resp, err := c.Do(ctx, Request{Method: http.MethodGet, Path: PodPath(namespace, name), Accept: MetadataAccept})
 	if err != nil {
 		return nil, err
 	}
 	if resp.Code != http.StatusOK {
 		return nil, resp.Status()
 	}
-	return resp.Body, nil
+	var m metav1.PartialObjectMetadata
+	if err := json.Unmarshal(resp.Body, &m); err != nil {
+		return nil, fmt.Errorf("undecodable answer (want a PartialObjectMetadata): %w", err)
+	}
+	return &m, nil
+}
+
+// PodPath is the API path of pod namespace/name.
+func PodPath(namespace, name string) string {
+	return "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
 }
 
 // Server is the API server's base URL.

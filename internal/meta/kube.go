@@ -100,19 +100,11 @@ func (k *apiKube) do(ctx context.Context, what string, r kubeapi.Request, want i
 	return resp.Body, nil
 }
 
-func podPath(namespace, name string) string {
-	return "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
-}
-
 func (k *apiKube) Pod(ctx context.Context, namespace, name string) (*Pod, error) {
 	what := fmt.Sprintf("reading pod %s/%s", namespace, name)
-	body, err := k.do(ctx, what, kubeapi.Request{Path: podPath(namespace, name)}, http.StatusOK)
+	m, err := k.api.PodMetadata(ctx, namespace, name)
 	if err != nil {
-		return nil, err
-	}
-	var m metav1.PartialObjectMetadata
-	if err := json.Unmarshal(body, &m); err != nil {
-		return nil, &tier.LookupError{Msg: fmt.Sprintf("%s: undecodable answer: %v", what, err)}
+		return nil, k.classify(what, err)
 	}
 	return &Pod{UID: string(m.UID), Labels: orEmpty(m.Labels), Annotations: orEmpty(m.Annotations)}, nil
 }
@@ -150,8 +142,9 @@ func (k *apiKube) SetNetworkStatus(ctx context.Context, namespace, name, uid, va
 		meta["uid"] = uid
 	}
 	body, _ := json.Marshal(map[string]any{"metadata": meta})
-	_, err := k.do(ctx, what, kubeapi.Request{Method: http.MethodPatch, Path: podPath(namespace, name) + "/status",
-		Body: body, ContentType: "application/merge-patch+json"}, http.StatusOK)
+	// The answer is the patched pod: metadata only, as for Pod.
+	_, err := k.do(ctx, what, kubeapi.Request{Method: http.MethodPatch, Path: kubeapi.PodPath(namespace, name) + "/status",
+		Accept: kubeapi.MetadataAccept, Body: body, ContentType: "application/merge-patch+json"}, http.StatusOK)
 	var le *tier.LookupError
 	if uid != "" && errors.As(err, &le) && isUIDPrecondition(err) {
 		return &NotFoundError{What: fmt.Sprintf("%s: pod UID %s", what, uid)}

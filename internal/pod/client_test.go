@@ -13,27 +13,28 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"kubeipam/internal/kubeapi"
 	"kubeipam/internal/pod"
 )
 
 // The plugin's HTTP client against canned API answers: how each status is
-// classified, and that owner references become a StatefulSet identity.
+// classified, that owner references become a StatefulSet identity, and that
+// it asks for the pod's metadata only (the real API server's answer to that
+// is TestPluginsReadPodMetadataOnly in internal/kubeapi).
 func TestHTTPClientClassification(t *testing.T) {
 	yes := true
-	p := corev1.Pod{
-		TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},
+	p := metav1.PartialObjectMetadata{
+		TypeMeta: metav1.TypeMeta{Kind: "PartialObjectMetadata", APIVersion: "meta.k8s.io/v1"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: "db", Name: "mysql-1", UID: "u1",
 			Annotations:     map[string]string{pod.AnnotationIP: "10.188.0.219"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "mysql", UID: "sts-uid", Controller: &yes}}},
-		Spec: corev1.PodSpec{NodeName: "n1"},
 	}
 	status := map[string]int{"mysql-1": 200, "missing": 404, "secret": 403, "busy": 503, "slow": 429, "odd": 409}
-	var gotAuth string
+	var gotAuth, gotAccept string
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		gotAuth = r.Header.Get("Authorization")
+		gotAuth, gotAccept = r.Header.Get("Authorization"), r.Header.Get("Accept")
 		name := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 		code := status[name]
 		w.Header().Set("Content-Type", "application/json")
@@ -55,7 +56,10 @@ func TestHTTPClientClassification(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.UID != "u1" || info.Node != "n1" || info.StatefulSet != "mysql" || info.StatefulSetUID != "sts-uid" || info.Ordinal != 1 || info.Annotations[pod.AnnotationIP] != "10.188.0.219" {
+	if gotAccept != kubeapi.MetadataAccept {
+		t.Errorf("Accept %q, want the metadata only (%s)", gotAccept, kubeapi.MetadataAccept)
+	}
+	if info.UID != "u1" || info.Node != "" || info.StatefulSet != "mysql" || info.StatefulSetUID != "sts-uid" || info.Ordinal != 1 || info.Annotations[pod.AnnotationIP] != "10.188.0.219" {
 		t.Fatalf("info %+v", info)
 	}
 	// client-go sends credentials over TLS only.

@@ -5,7 +5,6 @@ package pod
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -202,7 +201,10 @@ func ParseNetmask(v string) (int, error) {
 }
 
 // Info is the part of a pod that allocation needs (never the whole object:
-// it may carry secrets in env values, and it goes to logs).
+// it may carry secrets in env values, and it goes to logs). Node is the
+// pod's spec.nodeName, which only the long-running components' getters
+// (InfoOf) set: the plugin's Client reads metadata only, and the plugin
+// knows its node from its own config.
 type Info struct {
 	Namespace, Name, UID, Node string
 	Annotations                map[string]string
@@ -230,7 +232,8 @@ func (e *TransientError) Error() string {
 }
 func (e *TransientError) Unwrap() error { return e.Err }
 
-// Client reads pods through kubeapi (one plain GET, no typed clientset).
+// Client reads pods through kubeapi: one plain GET of the pod's metadata
+// (kubeapi.PodMetadata), no typed clientset, no spec.
 type Client struct{ api *kubeapi.Client }
 
 // NewClient builds a client from a kubeconfig file.
@@ -266,7 +269,7 @@ func (c *Client) Get(ctx context.Context, namespace, name string) (*Info, error)
 }
 
 func (c *Client) get(ctx context.Context, namespace, name string) (*Info, error) {
-	body, err := c.api.GetPod(ctx, namespace, name)
+	m, err := c.api.PodMetadata(ctx, namespace, name)
 	var st *kubeapi.StatusError
 	var tr *kubeapi.TransportError
 	switch {
@@ -277,11 +280,7 @@ func (c *Client) get(ctx context.Context, namespace, name string) (*Info, error)
 	case err != nil:
 		return nil, &LookupError{fmt.Sprintf("getting pod %s/%s: %v", namespace, name, err)}
 	}
-	var p corev1.Pod
-	if err := json.Unmarshal(body, &p); err != nil {
-		return nil, &LookupError{fmt.Sprintf("pod %s/%s: undecodable API answer: %v", namespace, name, err)}
-	}
-	return InfoOf(&p), nil
+	return infoOfMeta(&m.ObjectMeta), nil
 }
 
 // ClassifyStatus turns an API error status into a LookupError (retrying will
@@ -298,12 +297,20 @@ func ClassifyStatus(ns, name string, code int, msg string) error {
 	return &LookupError{fmt.Sprintf("getting pod %s/%s: HTTP %d: %s", ns, name, code, msg)}
 }
 
-// InfoOf extracts what allocation needs from a pod object.
+// InfoOf extracts what allocation needs from a pod object (the
+// long-running components' full pods: Node set).
 func InfoOf(p *corev1.Pod) *Info {
-	in := &Info{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, Annotations: p.Annotations, Ordinal: -1}
-	if ref := metav1.GetControllerOf(p); ref != nil && ref.Kind == "StatefulSet" && strings.HasPrefix(ref.APIVersion, "apps/") {
+	in := infoOfMeta(&p.ObjectMeta)
+	in.Node = p.Spec.NodeName
+	return in
+}
+
+// infoOfMeta is everything of Info but Node, from the pod's metadata.
+func infoOfMeta(m *metav1.ObjectMeta) *Info {
+	in := &Info{Namespace: m.Namespace, Name: m.Name, UID: string(m.UID), Annotations: m.Annotations, Ordinal: -1}
+	if ref := metav1.GetControllerOf(m); ref != nil && ref.Kind == "StatefulSet" && strings.HasPrefix(ref.APIVersion, "apps/") {
 		in.StatefulSet, in.StatefulSetUID = ref.Name, string(ref.UID)
-		in.Ordinal = Ordinal(p.Name, ref.Name, p.Labels[PodIndexLabel])
+		in.Ordinal = Ordinal(m.Name, ref.Name, m.Labels[PodIndexLabel])
 	}
 	return in
 }

@@ -2,13 +2,10 @@ package tier
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"kubeipam/internal/kubeapi"
 )
@@ -26,8 +23,8 @@ type UnavailableError struct{ Err error }
 func (e *UnavailableError) Error() string { return e.Err.Error() }
 func (e *UnavailableError) Unwrap() error { return e.Err }
 
-// ReadLabels reads the labels of one pod with a single GET through
-// kubeconfig. It is called only when a selector needs labels.
+// ReadLabels reads the labels of one pod with a single GET of its metadata
+// (kubeapi.PodMetadata) through kubeconfig. It is called only when a selector needs labels.
 func ReadLabels(ctx context.Context, kubeconfig, namespace, name string, timeout time.Duration) (map[string]string, error) {
 	api, err := kubeapi.NewClient(kubeconfig, "kube-multus", timeout)
 	if err != nil {
@@ -35,7 +32,7 @@ func ReadLabels(ctx context.Context, kubeconfig, namespace, name string, timeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	body, err := api.GetPod(ctx, namespace, name)
+	meta, err := api.PodMetadata(ctx, namespace, name)
 	var st *kubeapi.StatusError
 	var tr *kubeapi.TransportError
 	switch {
@@ -51,10 +48,6 @@ func ReadLabels(ctx context.Context, kubeconfig, namespace, name string, timeout
 		return nil, &UnavailableError{fmt.Errorf("reading pod %s/%s: %w", namespace, name, err)}
 	case err != nil:
 		return nil, &LookupError{fmt.Sprintf("pod %s/%s: %v", namespace, name, err)}
-	}
-	var meta metav1.PartialObjectMetadata
-	if err := json.Unmarshal(body, &meta); err != nil {
-		return nil, &LookupError{fmt.Sprintf("pod %s/%s: undecodable answer: %v", namespace, name, err)}
 	}
 	if meta.Labels == nil {
 		meta.Labels = map[string]string{}

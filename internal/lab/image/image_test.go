@@ -154,16 +154,17 @@ func TestContainerd(t *testing.T) {
 	}
 	t.Logf("busybox container ran in %v", time.Since(start).Round(time.Millisecond))
 
-	// A multi-platform archive (an image index, as make release writes):
-	// containerd names it after index.json's entry, whose digest is the
-	// index's, and runs the host's platform as the image's user.
+	// A multi-platform archive with gzip layers (an image index, as make
+	// release writes): containerd names it after index.json's entry, whose
+	// digest is the index's, and runs the host's platform as the image's
+	// user.
 	const multiRef = "docker.io/local/multi:1"
 	multiTar := filepath.Join(c.dir, "multi.tar")
 	arm := oci.Platform{OS: "linux", Architecture: "arm64"}
 	user := Config{Cmd: []string{"/bin/sh"}, User: "65532:65532"}
 	if err := oci.WriteFile(multiTar, multiRef,
-		oci.Image{Platform: Platform, Files: files, Config: user},
-		oci.Image{Platform: arm, Files: []File{{Path: "/bin/sh", Mode: 0o755, Data: []byte("not for this host")}}, Config: user},
+		oci.Image{Platform: Platform, Files: files, Config: user, Gzip: true},
+		oci.Image{Platform: arm, Files: []File{{Path: "/bin/sh", Mode: 0o755, Data: []byte("not for this host")}}, Config: user, Gzip: true},
 	); err != nil {
 		t.Fatal(err)
 	}

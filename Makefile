@@ -94,7 +94,7 @@ test: build vet fmt-check testbin labbin multus
 # watchdog judgement.
 unit:
 	$(GO) test -count=1 ./internal/config/ ./internal/ipam/ ./internal/pod/ ./internal/pki/ ./internal/install/ ./internal/oci/ \
-		./internal/lab/ ./internal/store/memstore/ ./internal/store/storetest/ ./internal/netattach/
+		./internal/lab/ ./internal/store/memstore/ ./internal/store/storetest/ ./internal/netattach/ ./internal/cmdline/
 	$(GO) test -count=1 -run '^TestStrategy' ./internal/allocator/
 	$(GO) test -count=1 -run '^(TestParse|TestKubernetesMode|TestClusterNetworkModes)' ./internal/meta/
 	$(GO) test -count=1 -run '^(TestParseChainedRefuses|TestChained|TestParseSource|TestConfigValidate|TestSelection|TestPolicyFor|TestRulesAsData)' ./internal/tier/

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"kubeipam/internal/cmdline"
 	"kubeipam/internal/config"
 	"kubeipam/internal/controller"
 	"kubeipam/internal/version"
@@ -46,30 +47,19 @@ func main() {
 	fs.StringVar(&wh.cert, "webhook-cert", "/etc/kube-ipam/webhook/tls.crt", "webhook serving certificate")
 	fs.StringVar(&wh.key, "webhook-key", "/etc/kube-ipam/webhook/tls.key", "webhook serving key")
 	fs.BoolVar(&wh.allowOnStoreError, "allow-on-store-error", false, "admit objects (with a warning) when the store (etcd or the Kubernetes API) cannot be read, instead of rejecting them")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if err == pflag.ErrHelp {
-			os.Exit(0)
-		}
-		// pflag prints nothing itself with ContinueOnError.
-		fmt.Fprintf(os.Stderr, "kube-ipam-controller: %v\nSee 'kube-ipam-controller --help'.\n", err)
-		os.Exit(2)
+	if code, ok := cmdline.Parse(fs, os.Args[1:], false); !ok {
+		os.Exit(code)
 	}
 	if *showVersion {
 		fmt.Println("kube-ipam-controller", version.Version)
 		os.Exit(0)
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "kube-ipam-controller: unexpected argument %q (it takes flags only)\nSee 'kube-ipam-controller --help'.\n", fs.Arg(0))
-		os.Exit(2)
-	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(os.Stderr, "kube-ipam-controller: --log-level %q: want debug, info, warn or error\n", *logLevel)
-		os.Exit(2)
+		os.Exit(cmdline.Fail(fs, "--log-level %q: want debug, info, warn or error", *logLevel))
 	}
 	if (c.ConfigFile == "" && !c.NADs) || c.Resync <= 0 || c.Grace < 0 || c.KubeAPIQPS <= 0 || c.KubeAPIBurst <= 0 || c.Workers <= 0 {
-		fmt.Fprintln(os.Stderr, "kube-ipam-controller: --config is required (unless --nads), --resync, --kube-api-qps, --kube-api-burst and --workers must be > 0, and --grace >= 0")
-		os.Exit(2)
+		os.Exit(cmdline.Fail(fs, "--config is required (unless --nads), --resync, --kube-api-qps, --kube-api-burst and --workers must be > 0, and --grace >= 0"))
 	}
 	c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	c.Log.Info("starting", "version", version.Version, "logLevel", level.String(), "grace", c.Grace, "resync", c.Resync,

@@ -15,8 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/spf13/pflag"
-
+	"kubeipam/internal/cmdline"
 	"kubeipam/internal/install"
 	"kubeipam/internal/version"
 )
@@ -25,19 +24,15 @@ func main() {
 	o := install.Defaults()
 	fs := install.FlagSet(&o)
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if err == pflag.ErrHelp {
-			os.Exit(0)
-		}
-		os.Exit(2)
+	if code, ok := cmdline.Parse(fs, os.Args[1:], false); !ok {
+		os.Exit(code)
 	}
 	if *showVersion {
 		fmt.Println("kube-ipam-install", version.Version)
 		return
 	}
 	if err := o.Validate(); err != nil {
-		fmt.Fprintln(os.Stderr, "kube-ipam-install:", err)
-		os.Exit(2)
+		os.Exit(cmdline.Fail(fs, "%v", err))
 	}
 	o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	o.Log.Info("kube-ipam-install starting", "version", version.Version)

@@ -9,9 +9,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"kubeipam/internal/cmdline"
 )
 
 func main() {
+	if code, ok := cmdline.NoArgs(os.Args[1:], "kube-ipam-lab-pause", "it holds a lab pod's namespaces until SIGTERM.", os.Stdout, os.Stderr); !ok {
+		os.Exit(code)
+	}
 	// Separate channels: a pending SIGCHLD must never crowd out SIGTERM
 	// (signal.Notify drops a signal whose channel is full). One pending
 	// SIGCHLD is enough, since each reaps every exited child.

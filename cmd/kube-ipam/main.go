@@ -3,13 +3,13 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"runtime/debug"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	cniversion "github.com/containernetworking/cni/pkg/version"
 
+	"kubeipam/internal/cmdline"
 	"kubeipam/internal/plugin"
 	"kubeipam/internal/version"
 )
@@ -20,18 +20,8 @@ func main() {
 	// The memory limit still bounds a runaway call.
 	debug.SetGCPercent(-1)
 	debug.SetMemoryLimit(256 << 20)
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "-version", "--version", "version":
-			fmt.Println("kube-ipam", version.Version)
-			return
-		default:
-			fmt.Fprintf(os.Stderr, "kube-ipam %s is a CNI IPAM plugin: the container runtime runs it with CNI_COMMAND set and the network config on stdin.\nSee docs/configuration.md.\n", version.Version)
-			if os.Args[1] == "-help" || os.Args[1] == "--help" || os.Args[1] == "-h" {
-				return
-			}
-			os.Exit(2)
-		}
+	if code, ok := cmdline.Plugin(os.Args[1:], "kube-ipam", version.Version, "a CNI IPAM plugin: the container runtime runs it with CNI_COMMAND set and the network config on stdin. See docs/configuration.md.", os.Stdout, os.Stderr); !ok {
+		os.Exit(code)
 	}
 	skel.PluginMainFuncs(plugin.Default().Funcs(), cniversion.All, "kube-ipam "+version.Version)
 }

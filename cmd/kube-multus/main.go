@@ -6,31 +6,19 @@
 package main
 
 import (
-	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	cniversion "github.com/containernetworking/cni/pkg/version"
 
+	"kubeipam/internal/cmdline"
 	"kubeipam/internal/meta"
 	"kubeipam/internal/version"
 )
 
 func main() {
-	name := filepath.Base(os.Args[0])
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "-version", "--version", "version":
-			fmt.Println("kube-multus", version.Version)
-			return
-		default:
-			fmt.Fprintf(os.Stderr, "%s (kube-multus %s) is a CNI meta plugin: the container runtime runs it with CNI_COMMAND set and the network config on stdin.\nSee docs/kube-multus.md.\n", name, version.Version)
-			if os.Args[1] == "-help" || os.Args[1] == "--help" || os.Args[1] == "-h" {
-				return
-			}
-			os.Exit(2)
-		}
+	if code, ok := cmdline.Plugin(os.Args[1:], "kube-multus", version.Version, "a CNI meta plugin: the container runtime runs it with CNI_COMMAND set and the network config on stdin. See docs/kube-multus.md.", os.Stdout, os.Stderr); !ok {
+		os.Exit(code)
 	}
 	skel.PluginMainFuncs(meta.Default().Funcs(), cniversion.All, "kube-multus "+version.Version)
 }

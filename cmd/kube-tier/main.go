@@ -6,28 +6,18 @@
 package main
 
 import (
-	"fmt"
 	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
 
+	"kubeipam/internal/cmdline"
 	"kubeipam/internal/tier"
 	"kubeipam/internal/version"
 )
 
 func main() {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "-version", "--version", "version":
-			fmt.Println("kube-tier", version.Version)
-			return
-		default:
-			fmt.Fprintf(os.Stderr, "kube-tier %s is a chained CNI plugin: the container runtime runs it with CNI_COMMAND set and the network config on stdin.\nSee docs/kube-tier.md.\n", version.Version)
-			if os.Args[1] == "-help" || os.Args[1] == "--help" || os.Args[1] == "-h" {
-				return
-			}
-			os.Exit(2)
-		}
+	if code, ok := cmdline.Plugin(os.Args[1:], "kube-tier", version.Version, "a chained CNI plugin: the container runtime runs it with CNI_COMMAND set and the network config on stdin. See docs/kube-tier.md.", os.Stdout, os.Stderr); !ok {
+		os.Exit(code)
 	}
 	skel.PluginMainFuncs(tier.DefaultChained().Funcs(), tier.ChainedVersions(), "kube-tier "+version.Version)
 }

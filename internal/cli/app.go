@@ -372,6 +372,11 @@ func (a *App) Run(ctx context.Context, args []string) int {
 			a.usage(a.Out, cmds)
 			return 0
 		}
+		if len(args) == 0 {
+			fmt.Fprint(a.Err, "kube-ipamctl: missing command\n\n")
+		} else {
+			fmt.Fprintf(a.Err, "kube-ipamctl: missing command (got only %s)\n\n", strings.Join(args, " "))
+		}
 		a.usage(a.Err, cmds)
 		return 2
 	}
@@ -394,7 +399,7 @@ func (a *App) Run(ctx context.Context, args []string) int {
 		}
 	}
 	if cmd == nil {
-		fmt.Fprintf(a.Err, "kube-ipamctl: unknown command %q\n", name)
+		fmt.Fprintf(a.Err, "kube-ipamctl: unknown command %q\n\n", name)
 		a.usage(a.Err, cmds)
 		return 2
 	}
@@ -405,11 +410,13 @@ func (a *App) Run(ctx context.Context, args []string) int {
 			a.commandHelp(a.Out, cmd)
 			return 0
 		}
-		fmt.Fprintf(a.Err, "kube-ipamctl %s: %v\nSee 'kube-ipamctl %s --help'.\n", cmd.name, err, cmd.name)
+		fmt.Fprintf(a.Err, "kube-ipamctl %s: %v\n\n", cmd.name, err)
+		a.commandHelp(a.Err, cmd)
 		return 2
 	}
 	if fs.NArg() != cmd.nargs {
-		fmt.Fprintf(a.Err, "kube-ipamctl %s: want %d argument(s) %s, got %d\nSee 'kube-ipamctl %s --help'.\n", cmd.name, cmd.nargs, cmd.args, fs.NArg(), cmd.name)
+		fmt.Fprintf(a.Err, "kube-ipamctl %s: want %d argument(s) %s, got %d\n\n", cmd.name, cmd.nargs, cmd.args, fs.NArg())
+		a.commandHelp(a.Err, cmd)
 		return 2
 	}
 	err := validFormat(g.output)
@@ -438,7 +445,7 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	}
 	fmt.Fprintf(a.Err, "kube-ipamctl %s: %s\n", cmd.name, ee.Msg)
 	if ee.Code == 2 {
-		fmt.Fprintf(a.Err, "See 'kube-ipamctl %s --help'.\n", cmd.name)
+		a.usageLine(a.Err, cmd)
 	}
 	return ee.Code
 }
@@ -566,6 +573,21 @@ Use "kube-ipamctl COMMAND --help" for more about a command.
 `, fs.FlagUsages())
 }
 
+// usageLine is the short usage after an error in a flag's value or an
+// argument, found once the command runs: the whole help would bury the
+// reason.
+func (a *App) usageLine(w io.Writer, c *command) {
+	fmt.Fprintf(w, "\nUsage:\n  %s [flags]\nSee 'kube-ipamctl %s --help'.\n", commandUsage(c), c.name)
+}
+
+// commandUsage is "kube-ipamctl <command> <args>".
+func commandUsage(c *command) string {
+	if c.args == "" {
+		return "kube-ipamctl " + c.name
+	}
+	return "kube-ipamctl " + c.name + " " + c.args
+}
+
 func (a *App) commandHelp(w io.Writer, c *command) {
 	var g globals
 	fs := cmdFlags(c, &g)
@@ -573,9 +595,5 @@ func (a *App) commandHelp(w io.Writer, c *command) {
 	if long == "" {
 		long = c.short + "."
 	}
-	usage := "kube-ipamctl " + c.name
-	if c.args != "" {
-		usage += " " + c.args
-	}
-	fmt.Fprintf(w, "%s\n\nUsage:\n  %s [flags]\n\nExamples:\n%s\n\nFlags:\n%s", long, usage, c.example, fs.FlagUsages())
+	fmt.Fprintf(w, "%s\n\nUsage:\n  %s [flags]\n\nExamples:\n%s\n\nFlags:\n%s", long, commandUsage(c), c.example, fs.FlagUsages())
 }

@@ -33,39 +33,36 @@ Flags:
 // Main is the command line of kube-ipam-lab; it returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
-		fmt.Fprint(stderr, usage)
-		flags("", io.Discard).PrintDefaults()
-		return 2
+		out, code := stderr, 2
+		switch {
+		case len(args) == 0:
+			fmt.Fprint(stderr, "kube-ipam-lab: missing command (up or down)\n\n")
+		case args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help":
+			out, code = stdout, 0
+		case strings.HasPrefix(args[0], "-"):
+			fmt.Fprintf(stderr, "kube-ipam-lab: %q before the command: flags come after up or down\n\n", args[0])
+		default:
+			fmt.Fprintf(stderr, "kube-ipam-lab: unknown command %q (want up or down)\n\n", args[0])
+		}
+		fmt.Fprint(out, usage)
+		fs := flags("", out)
+		upDownFlags(fs, new(DefaultOptions(repoRoot())))
+		fs.PrintDefaults()
+		return code
 	}
 	verb := args[0]
 	fs := flags(verb, stderr)
 	o := DefaultOptions(repoRoot())
-	fs.StringVar(&o.Dir, "dir", o.Dir, "lab directory (state, PKI, logs)")
-	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "number of kubelet nodes")
-	fs.StringVar(&o.Examples, "examples", o.Examples, "directory of the manifests to apply (db.yaml, web.yaml, web-svc.yaml, web-ingress.yaml)")
-	fs.StringVar(&o.Deploy, "deploy", o.Deploy, "directory of the install manifests (namespace, rbac, configmap, daemonset, controller)")
-	fs.StringVar(&o.Name, "name", o.Name, "prefix of host-visible names: bridge <name>0, netns <name>-node<i>")
-	fs.Func("underlay", "node network; .1 is this host, .11... the nodes (default "+o.Underlay.String()+")", func(v string) error {
-		p, err := netip.ParsePrefix(v)
-		o.Underlay = p
-		return err
-	})
-	fs.IntVar(&o.APIPort, "api-port", o.APIPort, "API server port on the underlay's host address")
-	o.Store = StoreEtcd
-	if v := os.Getenv("LAB_STORE"); v != "" {
-		o.Store = v
-	}
-	fs.StringVar(&o.Store, "store", o.Store, "where kube-ipam keeps its allocations: "+StoreEtcd+
-		" (the guide's dedicated etcd) or "+StoreKubernetes+" (IPAllocation objects in the API; env LAB_STORE)")
-	o.Mode = ModeDelegates
-	if v := os.Getenv("LAB_MODE"); v != "" {
-		o.Mode = v
-	}
-	fs.StringVar(&o.Mode, "mode", o.Mode, "how pods get the database network: "+ModeDelegates+" (the guide: kube-multus delegates mode), "+
-		ModeNAD+" (a NetworkAttachmentDefinition under kube-multus in Kubernetes mode) or "+ModeMultus+
-		" (the same NAD under upstream multus "+MultusVersion+", kube-ipam installed IPAM-only; hack/multus.sh); env LAB_MODE")
-	keep := fs.Bool("keep", envBool("LAB_KEEP"), "keep the lab running after the replay (env LAB_KEEP=1)")
+	keep := upDownFlags(fs, &o)
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2 // flag printed the reason and the flags
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "kube-ipam-lab %s: unexpected argument %q (it takes flags only)\n\n", verb, fs.Arg(0))
+		fs.PrintDefaults()
 		return 2
 	}
 	o.Out = stdout
@@ -160,6 +157,36 @@ func Summary(w io.Writer, results []Result) int {
 	}
 	fmt.Fprintf(w, "%d passed, %d failed\n", len(results)-failed, failed)
 	return failed
+}
+
+// upDownFlags defines the flags of up and down on fs, into o (defaults from
+// the environment), and returns --keep.
+func upDownFlags(fs *flag.FlagSet, o *Options) *bool {
+	fs.StringVar(&o.Dir, "dir", o.Dir, "lab directory (state, PKI, logs)")
+	fs.IntVar(&o.Nodes, "nodes", o.Nodes, "number of kubelet nodes")
+	fs.StringVar(&o.Examples, "examples", o.Examples, "directory of the manifests to apply (db.yaml, web.yaml, web-svc.yaml, web-ingress.yaml)")
+	fs.StringVar(&o.Deploy, "deploy", o.Deploy, "directory of the install manifests (namespace, rbac, configmap, daemonset, controller)")
+	fs.StringVar(&o.Name, "name", o.Name, "prefix of host-visible names: bridge <name>0, netns <name>-node<i>")
+	fs.Func("underlay", "node network; .1 is this host, .11... the nodes (default "+o.Underlay.String()+")", func(v string) error {
+		p, err := netip.ParsePrefix(v)
+		o.Underlay = p
+		return err
+	})
+	fs.IntVar(&o.APIPort, "api-port", o.APIPort, "API server port on the underlay's host address")
+	o.Store = StoreEtcd
+	if v := os.Getenv("LAB_STORE"); v != "" {
+		o.Store = v
+	}
+	fs.StringVar(&o.Store, "store", o.Store, "where kube-ipam keeps its allocations: "+StoreEtcd+
+		" (the guide's dedicated etcd) or "+StoreKubernetes+" (IPAllocation objects in the API; env LAB_STORE)")
+	o.Mode = ModeDelegates
+	if v := os.Getenv("LAB_MODE"); v != "" {
+		o.Mode = v
+	}
+	fs.StringVar(&o.Mode, "mode", o.Mode, "how pods get the database network: "+ModeDelegates+" (the guide: kube-multus delegates mode), "+
+		ModeNAD+" (a NetworkAttachmentDefinition under kube-multus in Kubernetes mode) or "+ModeMultus+
+		" (the same NAD under upstream multus "+MultusVersion+", kube-ipam installed IPAM-only; hack/multus.sh); env LAB_MODE")
+	return fs.Bool("keep", envBool("LAB_KEEP"), "keep the lab running after the replay (env LAB_KEEP=1)")
 }
 
 func flags(name string, out io.Writer) *flag.FlagSet {

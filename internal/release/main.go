@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"kubeipam/internal/cmdline"
 	"kubeipam/internal/oci"
 )
 
@@ -27,26 +28,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Dist, "dist", "dist", "output directory")
 	fs.StringVar(&o.Image, "image", DefaultImage, "image repository, without tag (the tag is --version)")
 	fs.StringVar(&platforms, "platforms", "linux/amd64,linux/arm64", "comma-separated os/arch list")
-	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
-			return 0
-		}
-		fmt.Fprintf(stderr, "kube-ipam-release: %v\nSee 'kube-ipam-release --help'.\n", err)
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "kube-ipam-release: unexpected argument %q (it takes flags only)\n", fs.Arg(0))
-		return 2
+	if code, ok := cmdline.Parse(fs, args, false); !ok {
+		return code
 	}
 	if o.Version == "" {
-		fmt.Fprintln(stderr, "kube-ipam-release: --version is required, e.g. --version v0.1.0")
-		return 2
+		return cmdline.Fail(fs, "--version is required, e.g. --version v0.1.0")
 	}
 	for _, s := range strings.Split(platforms, ",") {
 		os_, arch, ok := strings.Cut(strings.TrimSpace(s), "/")
 		if !ok || os_ == "" || arch == "" {
-			fmt.Fprintf(stderr, "kube-ipam-release: --platforms: %q is not os/arch\n", s)
-			return 2
+			return cmdline.Fail(fs, "--platforms: %q is not os/arch", s)
 		}
 		o.Platforms = append(o.Platforms, oci.Platform{OS: os_, Architecture: arch})
 	}

@@ -114,10 +114,11 @@ func DesiredNetworks(static []*config.Network, nads map[string][]*config.Network
 }
 
 // sameNetwork: the same store (kind, etcd endpoints and prefix, cluster)
-// and the same address ranges.
+// and the same addresses (ranges, fixed block, exclusions).
 func sameNetwork(a, b *config.Network) bool {
 	return a.Store == b.Store && slices.Equal(a.Etcd.Endpoints, b.Etcd.Endpoints) && a.Etcd.Prefix == b.Etcd.Prefix &&
-		a.Cluster == b.Cluster && reflect.DeepEqual(a.RangeSets, b.RangeSets) && a.FixedStart == b.FixedStart && a.FixedEnd == b.FixedEnd
+		a.Cluster == b.Cluster && reflect.DeepEqual(a.RangeSets, b.RangeSets) && a.FixedStart == b.FixedStart && a.FixedEnd == b.FixedEnd &&
+		reflect.DeepEqual(a.Exclude, b.Exclude)
 }
 
 // registry holds the networks the controller manages, open, each with its
@@ -138,8 +139,8 @@ func newRegistry(open func(context.Context, *config.Network) (store.Backend, err
 	return &registry{open: open, watch: watch, log: log, nets: map[string]*Network{}, stop: map[string]context.CancelFunc{}, reports: map[string]bool{}}
 }
 
-// Set makes want the managed networks and returns the names added. A
-// network whose config changed is reopened. A network that cannot be
+// Set makes want the managed networks and returns the names added (or
+// replaced). A network whose config changed is reopened. A network that cannot be
 // opened is reported and left out (it is tried again on the next Set).
 func (r *registry) Set(ctx context.Context, want []*config.Network) (added []string, err error) {
 	r.mu.Lock()
@@ -149,7 +150,9 @@ func (r *registry) Set(ctx context.Context, want []*config.Network) (added []str
 	var errs []error
 	for _, cfg := range want {
 		keep[cfg.Name] = true
-		if cur, ok := r.nets[cfg.Name]; ok && sameNetwork(cur.Cfg, cfg) {
+		// Any change of the parsed config (not only the addresses) replaces
+		// the network, so every setting of a reloaded config takes effect.
+		if cur, ok := r.nets[cfg.Name]; ok && reflect.DeepEqual(cur.Cfg, cfg) {
 			order = append(order, cfg.Name)
 			continue
 		}

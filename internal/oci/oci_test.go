@@ -157,6 +157,24 @@ func TestMultiPlatform(t *testing.T) {
 	}
 }
 
+// TestGzip: a compressed layer holds the same files, its config's diff_id
+// is the uncompressed layer's digest (Read checks it), and it is smaller.
+func TestGzip(t *testing.T) {
+	big := append([]File{{Path: "/big", Mode: 0o644, Data: bytes.Repeat([]byte("kube-ipam "), 10000)}}, testFiles...)
+	plain := write(t, "docker.io/local/x:1", Image{Platform: amd64, Files: big})
+	gz := write(t, "docker.io/local/x:1", Image{Platform: amd64, Files: big, Gzip: true})
+	if again := write(t, "docker.io/local/x:1", Image{Platform: amd64, Files: big, Gzip: true}); !bytes.Equal(gz, again) {
+		t.Fatal("two writes of the same compressed image differ")
+	}
+	a, b := read(t, plain), read(t, gz)
+	if a.Images[0].Gzip || !b.Images[0].Gzip || !reflect.DeepEqual(a.Images[0].Files, b.Images[0].Files) {
+		t.Error("the compressed image's files differ from the uncompressed one's")
+	}
+	if len(gz) >= len(plain)/2 {
+		t.Errorf("compressed archive %d bytes, uncompressed %d", len(gz), len(plain))
+	}
+}
+
 func TestReproducible(t *testing.T) {
 	img := Image{Platform: amd64, Files: testFiles, Config: Config{Entrypoint: []string{"/bin/hi"}, Labels: map[string]string{"a": "1", "b": "2", "c": "3"}}}
 	a := write(t, "docker.io/local/busybox:1", img, Image{Platform: arm64, Files: testFiles})

@@ -3,6 +3,7 @@ package oci
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -29,7 +30,8 @@ type Archive struct {
 // layer) is owned by root with the epoch as mtime, and each layer lists a
 // directory just before its contents. It is the check of release archives
 // and of this package's tests; it refuses what Write does not write
-// (several layers, compressed layers, other files in the layout).
+// (several layers, layers compressed other than by gzip, other files in
+// the layout).
 func Read(data []byte) (*Archive, error) {
 	files := map[string][]byte{}
 	var names []string
@@ -145,23 +147,40 @@ func readImage(md ociDescriptor, blob func(ociDescriptor, string) ([]byte, error
 	if err := decode(m.Config.Digest, b, &c); err != nil {
 		return Image{}, err
 	}
-	layer, err := blob(m.Layers[0], MediaTypeLayer)
+	compressed := m.Layers[0].MediaType == MediaTypeLayerGz
+	mediaType := MediaTypeLayer
+	if compressed {
+		mediaType = MediaTypeLayerGz
+	}
+	layer, err := blob(m.Layers[0], mediaType)
 	if err != nil {
 		return Image{}, err
+	}
+	diffID := m.Layers[0].Digest
+	if compressed {
+		zr, err := gzip.NewReader(bytes.NewReader(layer))
+		if err != nil {
+			return Image{}, fmt.Errorf("oci: layer %s: %w", m.Layers[0].Digest, err)
+		}
+		if layer, err = io.ReadAll(zr); err != nil {
+			return Image{}, fmt.Errorf("oci: layer %s: %w", m.Layers[0].Digest, err)
+		}
+		sum := sha256.Sum256(layer)
+		diffID = "sha256:" + hex.EncodeToString(sum[:])
 	}
 	p := Platform{OS: c.OS, Architecture: c.Architecture}
 	if md.Platform == nil || *md.Platform != (ociPlatform{Architecture: p.Architecture, OS: p.OS}) {
 		return Image{}, fmt.Errorf("oci: manifest %s: descriptor platform %+v, config says %s", md.Digest, md.Platform, p)
 	}
-	if c.RootFS.Type != "layers" || len(c.RootFS.DiffIDs) != 1 || c.RootFS.DiffIDs[0] != m.Layers[0].Digest {
-		return Image{}, fmt.Errorf("oci: config %s: rootfs %+v, want the (uncompressed) layer digest %s", m.Config.Digest, c.RootFS, m.Layers[0].Digest)
+	if c.RootFS.Type != "layers" || len(c.RootFS.DiffIDs) != 1 || c.RootFS.DiffIDs[0] != diffID {
+		return Image{}, fmt.Errorf("oci: config %s: rootfs %+v, want the uncompressed layer's digest %s", m.Config.Digest, c.RootFS, diffID)
 	}
 	files, err := readLayer(layer)
 	if err != nil {
 		return Image{}, fmt.Errorf("oci: layer of %s: %w", p, err)
 	}
 	r := c.Config
-	return Image{Platform: p, Files: files, Config: Config{
+	return Image{Platform: p, Files: files, Gzip: compressed, Config: Config{
 		Entrypoint: r.Entrypoint, Cmd: r.Cmd, Env: r.Env, WorkingDir: r.WorkingDir, User: r.User, Labels: r.Labels,
 	}}, nil
 }

@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
 
 	"kubeipam/internal/cmdline"
 	"kubeipam/internal/config"
 	"kubeipam/internal/controller"
+	"kubeipam/internal/servingcert"
 	"kubeipam/internal/version"
 	"kubeipam/internal/webhook"
 )
@@ -46,6 +48,10 @@ func main() {
 	fs.StringVar(&wh.addr, "webhook-addr", "", "address of the validating admission webhook (HTTPS, /validate); empty = off")
 	fs.StringVar(&wh.cert, "webhook-cert", "/etc/kube-ipam/webhook/tls.crt", "webhook serving certificate")
 	fs.StringVar(&wh.key, "webhook-key", "/etc/kube-ipam/webhook/tls.key", "webhook serving key")
+	fs.StringVar(&wh.secret, "webhook-cert-secret", "", "self-managed webhook certificate: create and rotate it in this Secret and keep --webhook-configuration's caBundle up to date (--webhook-cert and --webhook-key are then not read); empty = the files")
+	fs.StringVar(&wh.service, "webhook-service", "kube-ipam-webhook", "Service of the webhook, whose DNS names the self-managed certificate covers")
+	fs.StringVar(&wh.namespace, "webhook-namespace", envOr("POD_NAMESPACE", "kube-ipam"), "namespace of --webhook-cert-secret and --webhook-service (default: $POD_NAMESPACE, else kube-ipam)")
+	fs.StringVar(&wh.configuration, "webhook-configuration", "kube-ipam", "ValidatingWebhookConfiguration whose caBundle the self-managed mode keeps up to date")
 	fs.BoolVar(&wh.allowOnStoreError, "allow-on-store-error", false, "admit objects (with a warning) when the store (etcd or the Kubernetes API) cannot be read, instead of rejecting them")
 	if code, ok := cmdline.Parse(fs, os.Args[1:], false); !ok {
 		os.Exit(code)
@@ -61,6 +67,16 @@ func main() {
 	if (c.ConfigFile == "" && !c.NADs) || c.Resync <= 0 || c.Grace < 0 || c.KubeAPIQPS <= 0 || c.KubeAPIBurst <= 0 || c.Workers <= 0 {
 		os.Exit(cmdline.Fail(fs, "--config is required (unless --nads), --resync, --kube-api-qps, --kube-api-burst and --workers must be > 0, and --grace >= 0"))
 	}
+	if wh.secret != "" {
+		switch {
+		case wh.addr == "":
+			os.Exit(cmdline.Fail(fs, "--webhook-cert-secret needs --webhook-addr (the webhook it is for is off)"))
+		case fs.Changed("webhook-cert") || fs.Changed("webhook-key"):
+			os.Exit(cmdline.Fail(fs, "--webhook-cert/--webhook-key and --webhook-cert-secret exclude each other: the certificate comes either from files or from the self-managed Secret"))
+		case wh.service == "" || wh.namespace == "" || wh.configuration == "":
+			os.Exit(cmdline.Fail(fs, "--webhook-cert-secret needs a non-empty --webhook-service, --webhook-namespace and --webhook-configuration"))
+		}
+	}
 	c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	c.Log.Info("starting", "version", version.Version, "logLevel", level.String(), "grace", c.Grace, "resync", c.Resync,
 		"kubeAPIQPS", c.KubeAPIQPS, "kubeAPIBurst", c.KubeAPIBurst, "workers", c.Workers)
@@ -69,7 +85,7 @@ func main() {
 	// The webhook answers on every replica, leader or not: admission must
 	// not depend on who reconciles.
 	if wh.addr != "" {
-		shutdown, err := serveWebhook(c, wh)
+		shutdown, err := serveWebhook(ctx, c, wh)
 		if err != nil {
 			c.Log.Error("kube-ipam-controller: webhook", "err", err)
 			os.Exit(1)
@@ -83,11 +99,19 @@ func main() {
 }
 
 type webhookFlags struct {
-	addr, cert, key   string
-	allowOnStoreError bool
+	addr, cert, key                           string
+	secret, service, namespace, configuration string
+	allowOnStoreError                         bool
 }
 
-func serveWebhook(c controller.Config, f webhookFlags) (func(), error) {
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func serveWebhook(ctx context.Context, c controller.Config, f webhookFlags) (func(), error) {
 	log := c.Log
 	reloader := &config.Reloader{Path: c.ConfigFile}
 	networks, _, err := reloader.Reload()
@@ -105,7 +129,7 @@ func serveWebhook(c controller.Config, f webhookFlags) (func(), error) {
 	h.AllowOnStoreError = f.allowOnStoreError
 	h.Log = log
 	// The webhook follows the mounted config as the controller does.
-	ctx, stopFollowing := context.WithCancel(context.Background())
+	ctx, stopFollowing := context.WithCancel(ctx)
 	go reloader.Follow(ctx, c.Resync, func(nets []*config.Network) {
 		h.SetNetworks(nets)
 		log.Info("webhook: config reloaded", "config", c.ConfigFile, "networks", len(nets))
@@ -113,8 +137,26 @@ func serveWebhook(c controller.Config, f webhookFlags) (func(), error) {
 		log.Error("webhook: config refused; keeping the last good one", "config", c.ConfigFile, "err", err)
 	})
 	srv := webhook.NewServer(f.addr, h)
+	serve := func() error { return srv.ListenAndServeTLS(f.cert, f.key) }
+	if f.secret != "" {
+		cs, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			stopFollowing()
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		m := &servingcert.Manager{Client: cs, Namespace: f.namespace, Secret: f.secret, Service: f.service,
+			WebhookConfiguration: f.configuration, Log: log}
+		// Until the first sync the webhook has no certificate: its
+		// readiness probe fails, which is what we want.
+		go func() {
+			if err := m.Start(ctx); err != nil && ctx.Err() == nil {
+				log.Error("webhook certificate", "err", err)
+			}
+		}()
+		serve = func() error { return srv.ListenAndServeTLSWith(m.GetCertificate) }
+	}
 	go func() {
-		if err := srv.ListenAndServeTLS(f.cert, f.key); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("webhook server", "err", err)
 		}
 	}()

@@ -55,6 +55,22 @@ func (s *Server) ServeTLS(l net.Listener, certFile, keyFile string) error {
 	return s.srv.ServeTLS(l, "", "")
 }
 
+// GetCertificate is tls.Config.GetCertificate.
+type GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+
+// ListenAndServeTLSWith serves until Shutdown with the certificate get
+// returns on each handshake (a servingcert.Manager that rotates it).
+func (s *Server) ListenAndServeTLSWith(get GetCertificate) error {
+	s.srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: get}
+	return s.srv.ListenAndServeTLS("", "")
+}
+
+// ServeTLSWith is ListenAndServeTLSWith on an existing listener.
+func (s *Server) ServeTLSWith(l net.Listener, get GetCertificate) error {
+	s.srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: get}
+	return s.srv.ServeTLS(l, "", "")
+}
+
 func (s *Server) tls(certFile, keyFile string) error {
 	kp := &keyPair{cert: certFile, key: keyFile}
 	if _, err := kp.get(nil); err != nil {

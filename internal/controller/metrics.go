@@ -15,9 +15,11 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	pool, used, fixed, sticky, cooling, candidates *prometheus.GaugeVec
+	skipped                                        *prometheus.GaugeVec
 	allocations, releases, conflicts, reclaimed    *prometheus.CounterVec
-	newCandidates                                  *prometheus.CounterVec
+	newCandidates, passFailures                    *prometheus.CounterVec
 	addLatency, passDuration                       *prometheus.HistogramVec
+	leader                                         prometheus.Gauge
 }
 
 // NewMetrics registers the collectors on a new registry.
@@ -36,11 +38,15 @@ func NewMetrics() *Metrics {
 		sticky:        g("sticky", "Sticky StatefulSet ordinal records."),
 		cooling:       g("cooling", "Released dynamic addresses still in their reuse cooldown."),
 		candidates:    g("gc_candidates", "Allocations seen leaked in the last pass (waiting for the grace period or released)."),
+		skipped:       g("gc_skipped", "Allocations and sticky records the last pass could not decide or release (kept; the pass log's skipReasons say why)."),
 		allocations:   c("allocations_total", "Allocation records created (etcd watch)."),
 		releases:      c("releases_total", "Allocation records deleted (etcd watch): CNI DEL and GC."),
 		conflicts:     c("claim_conflicts_total", "Claim transactions lost to concurrent writers before a new record was committed."),
 		reclaimed:     c("gc_reclaimed_total", "Addresses freed by this controller's garbage collection."),
 		newCandidates: c("gc_candidates_total", "Leaked allocations and sticky records first seen (the grace period starts)."),
+		passFailures:  c("reconcile_failures_total", "Reconcile passes over the network that did not finish (store or API error, timeout)."),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kube_ipam", Name: "leader",
+			Help: "1 while this replica holds the leader Lease (or runs without leader election) and reconciles, else 0."}),
 		addLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "kube_ipam", Name: "add_duration_seconds",
 			Help:    "Time the plugin's ADD had run when it committed a new record.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"network"}),
@@ -48,7 +54,8 @@ func NewMetrics() *Metrics {
 			Help: "Duration of one reconcile pass over a network.", Buckets: prometheus.DefBuckets}, []string{"network"}),
 	}
 	m.Registry.MustRegister(m.pool, m.used, m.fixed, m.sticky, m.cooling, m.candidates,
-		m.allocations, m.releases, m.conflicts, m.reclaimed, m.newCandidates, m.addLatency, m.passDuration)
+		m.allocations, m.releases, m.conflicts, m.reclaimed, m.newCandidates, m.addLatency, m.passDuration,
+		m.skipped, m.passFailures, m.leader)
 	return m
 }
 
@@ -63,10 +70,32 @@ func (m *Metrics) observeSnapshot(n *Network, s *snapshot, now time.Time) {
 	m.cooling.With(l).Set(float64(st.Cooling))
 }
 
-func (m *Metrics) observePass(network string, r Result, d time.Duration) {
-	m.candidates.WithLabelValues(network).Set(float64(r.Candidates))
+// observePass records a pass that finished (err nil) or not. A pass that
+// did not finish still freed what it freed and skipped what it skipped;
+// its duration is left out of the histogram, whose count stays the number
+// of passes that succeeded.
+func (m *Metrics) observePass(network string, r Result, d time.Duration, err error) {
 	m.reclaimed.WithLabelValues(network).Add(float64(r.FreedIPs))
+	if err == nil || r.Checked > 0 {
+		// A pass that could not even read the store says nothing about
+		// what is skipped.
+		m.skipped.WithLabelValues(network).Set(float64(r.Skipped))
+	}
+	if err != nil {
+		m.passFailures.WithLabelValues(network).Inc()
+		return
+	}
+	m.candidates.WithLabelValues(network).Set(float64(r.Candidates))
 	m.passDuration.WithLabelValues(network).Observe(d.Seconds())
+}
+
+// setLeader says whether this replica reconciles.
+func (m *Metrics) setLeader(leading bool) {
+	v := 0.0
+	if leading {
+		v = 1
+	}
+	m.leader.Set(v)
 }
 
 // Watch turns the network's record changes into the allocation, release,

@@ -59,16 +59,19 @@ type job struct {
 func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Result, err error) {
 	start := time.Now()
 	defer func() { res.Duration = time.Since(start) }()
-	snap, err := readSnapshot(ctx, n)
-	if err != nil {
-		return res, err
-	}
-	now := r.Opts.Now()
 	// Metrics describe the controller's passes, not one-shot runs.
 	metrics := r.Metrics
 	if m.once {
 		metrics = nil
 	}
+	snap, err := readSnapshot(ctx, n)
+	if err != nil {
+		if metrics != nil {
+			metrics.observePass(n.Cfg.Name, res, time.Since(start), err)
+		}
+		return res, err
+	}
+	now := r.Opts.Now()
 	if metrics != nil {
 		metrics.observeSnapshot(n, snap, now)
 	}
@@ -167,8 +170,8 @@ func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Resu
 		}
 		r.mu.Unlock()
 	}
-	if metrics != nil && err == nil {
-		metrics.observePass(name, res, time.Since(start))
+	if metrics != nil {
+		metrics.observePass(name, res, time.Since(start), err)
 	}
 	return res, err
 }

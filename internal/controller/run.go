@@ -197,6 +197,8 @@ func Run(ctx context.Context, c Config) error {
 		c.Log.Info("serving metrics", "addr", ln.Addr().String())
 	}
 	reconcile := func(ctx context.Context) {
+		m.setLeader(true)
+		defer m.setLeader(false)
 		if err := runLoop(ctx, c, reg, kube, m); err != nil {
 			c.Log.Error("controller stopped", "err", err)
 		}

@@ -500,3 +500,48 @@ func TestLeaderElection(t *testing.T) {
 	c.waitFreed("new leader reclaims", 30*time.Second, ip2)
 	b.waitLog(t, c.kube, "new leader b logs the release", "released leaked allocation", 10*time.Second)
 }
+
+// TestPassFailureMetrics: the leader exports kube_ipam_leader 1 and a
+// follower 0; with the store killed, passes fail and
+// kube_ipam_reconcile_failures_total counts them while the successful-pass
+// count stands still; with the store back, passes succeed again.
+func TestPassFailureMetrics(t *testing.T) {
+	c := newCluster(t, "node-1")
+	lease := []string{"--leader-elect=true", "--leader-elect-namespace", "default", "--leader-elect-name", "kic"}
+	a := c.startController(append(lease, "--leader-elect-identity", "a")...)
+	metric := func(ctl *controller, series string) float64 {
+		m, err := ctl.scrape()
+		must(t, err)
+		return m[series]
+	}
+	failures := `kube_ipam_reconcile_failures_total{network="` + c.network + `"}`
+	passes := `kube_ipam_reconcile_duration_seconds_count{network="` + c.network + `"}`
+	c.kube.WaitFor(t, "a leads and passes succeed", 30*time.Second, func() (bool, error) {
+		return metric(a, "kube_ipam_leader") == 1 && metric(a, passes) > 0, nil
+	})
+	b := c.startController(append(lease, "--leader-elect-identity", "b")...)
+	if v := metric(b, "kube_ipam_leader"); v != 0 {
+		t.Fatalf("follower b exports kube_ipam_leader %v", v)
+	}
+	if v := metric(a, failures); v != 0 {
+		t.Fatalf("%s = %v with etcd up", failures, v)
+	}
+
+	c.etcd.Stop(t)
+	ok := metric(a, passes)
+	c.kube.WaitFor(t, "a failed pass counted", 60*time.Second, func() (bool, error) { return metric(a, failures) >= 1, nil })
+	if v := metric(a, passes); v > ok+1 {
+		// One pass may have been under way when etcd died.
+		t.Fatalf("successful passes went from %v to %v with etcd down", ok, v)
+	}
+	if v := metric(b, failures); v != 0 {
+		t.Fatalf("follower b counts %v failed passes", v)
+	}
+
+	c.etcd.Restart(t)
+	failed := metric(a, passes)
+	c.kube.WaitFor(t, "passes succeed again", 60*time.Second, func() (bool, error) { return metric(a, passes) > failed, nil })
+	if v := metric(a, "kube_ipam_leader"); v != 1 {
+		t.Fatalf("kube_ipam_leader %v after the outage", v)
+	}
+}

@@ -189,6 +189,11 @@ func TestPassLogsSkipped(t *testing.T) {
 	if h := c.holder(dbIP); h != dbCID {
 		t.Fatalf("undecided allocation %s freed (holder %q)", dbIP, h)
 	}
+	m, err := ctl.scrape()
+	must(t, err)
+	if g := m[`kube_ipam_gc_skipped{network="`+c.network+`"}`]; g != 2 {
+		t.Fatalf("kube_ipam_gc_skipped = %v after passes skipping 2, want 2", g)
+	}
 }
 
 // restrictedKubeconfig creates a ServiceAccount bound to a ClusterRole with

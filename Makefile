@@ -8,7 +8,7 @@ BINARIES := kube-ipam kube-multus kube-tier kube-ipamctl kube-ipam-controller ku
 # The lab's own commands (not installed on nodes).
 LAB_BINARIES := kube-ipam-lab kube-ipam-lab-pause
 
-.PHONY: all build release test unit bench vet fmt-check clean testbin labbin whereabouts multus deps lab lab-down
+.PHONY: all build release test unit bench vet fmt-check clean testbin labbin whereabouts multus helm deps lab lab-down
 
 all: build
 
@@ -60,6 +60,12 @@ whereabouts:
 multus:
 	@hack/multus.sh >/dev/null
 
+# helm (the version pinned in the script) for test/chart and the lab, which
+# installs kube-ipam with charts/kube-ipam, built from the Go module proxy
+# into a cache outside the repository (about 3 minutes the first time).
+helm:
+	@hack/helm.sh >/dev/null
+
 # Debian packages the tests and the lab need (as root; skipped when present).
 deps:
 	@hack/deps.sh
@@ -72,7 +78,7 @@ deps:
 # instead of the guide's etcd. LAB_MODE=nad gives pods the database network as
 # a NetworkAttachmentDefinition under kube-multus's Kubernetes mode,
 # LAB_MODE=multus under upstream multus (docs/guide-nad.md). See docs/lab.md.
-lab: deps build testbin labbin multus
+lab: deps build testbin labbin multus helm
 	$(BIN)/kube-ipam-lab up
 
 lab-down:
@@ -82,7 +88,7 @@ lab-down:
 # Every test: unit, integration against a real etcd and a real control plane,
 # network-namespace tests (root; they skip with a message otherwise, and fail
 # when CI is set).
-test: build vet fmt-check testbin labbin multus
+test: build vet fmt-check testbin labbin multus helm
 	KUBE_IPAM_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 30m ./...
 
 # Pure-logic tests only (no etcd, no API server, no root, no other process):

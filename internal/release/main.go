@@ -59,7 +59,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "kube-ipam-release:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "release %s in %s: %s, %s, %s\n", o.Version, o.Dist, strings.Join(r.Archives, ", "), r.Image, r.Sums)
+	fmt.Fprintf(stdout, "release %s in %s: %s, %s, %s, %s\n", o.Version, o.Dist, strings.Join(r.Archives, ", "), r.Image, r.Chart, r.Sums)
 	return 0
 }
 

@@ -7,9 +7,8 @@
 //
 // The Dockerfile and this package describe the same image (binaries,
 // user, entrypoint, PATH, labels): release_test.go holds them to it.
-// The Helm chart is not packaged here yet: there is no chart in the
-// repository; once charts/kube-ipam exists, its package belongs in Build
-// beside the image, listed in SHA256SUMS like every other output.
+// The Helm chart charts/kube-ipam is packaged beside them (chart.go),
+// stamped with the version, and listed in SHA256SUMS like every output.
 package release
 
 import (
@@ -94,6 +93,7 @@ type Result struct {
 	Archives []string // per platform: the same directory as .tar.gz
 	Image    string   // kube-ipam_<version>_image.oci.tar
 	ImageRef string   // the reference the image archive carries: <Image>:<Version>
+	Chart    string   // kube-ipam-<chart version>.tgz: charts/kube-ipam stamped with the version
 	Sums     string   // SHA256SUMS
 }
 
@@ -159,6 +159,10 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	o.logf("image %s (%d platforms) in %s", r.ImageRef, len(images), r.Image)
+	if r.Chart, err = PackageChart(o.ModuleRoot, o.Dist, o.Version); err != nil {
+		return nil, err
+	}
+	o.logf("chart %s %s (appVersion %s) in %s", ChartName, ChartVersion(o.Version), o.Version, r.Chart)
 	if err := writeSums(o.Dist, r); err != nil {
 		return nil, err
 	}
@@ -324,7 +328,7 @@ func writeTarGz(path, dir, prefix string) (err error) {
 
 // writeSums writes SHA256SUMS (the format of sha256sum, so `sha256sum -c
 // SHA256SUMS` in dist/ checks it) over every file of r: each platform's
-// binaries and docs, its archive, the image archive.
+// binaries and docs, its archive, the image archive, the chart.
 func writeSums(dist string, r *Result) error {
 	var names []string
 	for _, d := range r.Dirs {
@@ -337,6 +341,9 @@ func writeSums(dist string, r *Result) error {
 		}
 	}
 	names = append(append(names, r.Archives...), r.Image)
+	if r.Chart != "" {
+		names = append(names, r.Chart)
+	}
 	sort.Strings(names)
 	var b strings.Builder
 	for _, n := range names {

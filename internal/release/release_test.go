@@ -44,7 +44,7 @@ func TestBuild(t *testing.T) {
 	t.Logf("release built in %v:\n%s", time.Since(start).Round(time.Millisecond), log.String())
 	name := "kube-ipam_" + version + "_linux_" + host.Architecture
 	want := &Result{Dirs: []string{name}, Archives: []string{name + ".tar.gz"}, Image: "kube-ipam_" + version + "_image.oci.tar",
-		ImageRef: "registry.example.com/team/kube-ipam:" + version, Sums: "SHA256SUMS"}
+		ImageRef: "registry.example.com/team/kube-ipam:" + version, Chart: "kube-ipam-9.8.7-test.1.tgz", Sums: "SHA256SUMS"}
 	if !reflect.DeepEqual(r, want) {
 		t.Fatalf("result %+v, want %+v", r, want)
 	}
@@ -187,7 +187,7 @@ func TestBuild(t *testing.T) {
 		}
 		listed = append(listed, m[2])
 	}
-	wantListed := []string{r.Archives[0], r.Image}
+	wantListed := []string{r.Archives[0], r.Image, r.Chart}
 	for _, f := range wantFiles {
 		wantListed = append(wantListed, name+"/"+f)
 	}

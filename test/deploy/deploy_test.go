@@ -62,7 +62,7 @@ func startKube(t *testing.T) *kube {
 }
 
 // certManagerCRDs stands in for cert-manager's CRDs, so that
-// webhook/certificate.yaml is dry-run like the rest: names, namespace and
+// webhook/cert-manager/certificate.yaml is dry-run like the rest: names, namespace and
 // metadata are checked by the API server; the spec is cert-manager's to
 // validate (its own schema is not vendored here).
 const certManagerCRDs = `
@@ -134,6 +134,9 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 				case component + "/kustomization.yaml":
 					// A Component: the install with it, as users apply it.
 					overlay, _ := renderWithComponent(t)
+					args = append(args, "-k", overlay)
+				case certManagerComponent + "/kustomization.yaml":
+					overlay, _ := renderWith(t, certManagerComponent)
 					args = append(args, "-k", overlay)
 				default:
 					if c, ok := modeComponent(rel); ok {
@@ -223,6 +226,17 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 			{ctrl, []string{"update", "leases.coordination.k8s.io/kube-controller-manager", "-n", "kube-ipam"}, false},
 			{ctrl, []string{"create", "leases.coordination.k8s.io", "-n", "kube-system"}, false},
 			{ctrl, []string{"get", "secrets", "-n", "kube-ipam"}, false},
+			{ctrl, []string{"list", "secrets", "-n", "kube-ipam"}, false},
+			{ctrl, []string{"get", "secrets/kube-ipam-etcd", "-n", "kube-ipam"}, false},
+			{ctrl, []string{"get", "secrets/kube-ipam-webhook-tls", "-n", "kube-ipam"}, true},
+			{ctrl, []string{"update", "secrets/kube-ipam-webhook-tls", "-n", "kube-ipam"}, true},
+			{ctrl, []string{"delete", "secrets/kube-ipam-webhook-tls", "-n", "kube-ipam"}, true},
+			{ctrl, []string{"create", "secrets", "-n", "kube-ipam"}, true},
+			{ctrl, []string{"get", "secrets/kube-ipam-webhook-tls", "-n", "default"}, false},
+			{ctrl, []string{"get", "validatingwebhookconfigurations.admissionregistration.k8s.io/kube-ipam"}, true},
+			{ctrl, []string{"patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/kube-ipam"}, true},
+			{ctrl, []string{"patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/other"}, false},
+			{ctrl, []string{"list", "validatingwebhookconfigurations.admissionregistration.k8s.io"}, false},
 			{ctrl, []string{"create", "events", "-n", "kube-ipam"}, false},
 			// The Kubernetes API store (kubernetes-store/rbac.yaml).
 			{plugin, []string{"create", "ipallocations.ipam.kube-ipam.io"}, true},
@@ -317,7 +331,7 @@ func TestManifestsAgainstAPIServer(t *testing.T) {
 	// Last, since it leaves a ValidatingWebhookConfiguration behind that
 	// would send the annotated examples' dry-runs to a webhook that does not
 	// run here.
-	t.Run("gen-certs.sh", func(t *testing.T) { genCerts(t, k, dir) })
+	t.Run("self-managed webhook certificate", func(t *testing.T) { selfManagedCert(t, k, dir) })
 }
 
 // expectedObjects counts the objects kubectl should report for a file.
@@ -325,6 +339,10 @@ func expectedObjects(t *testing.T, rel string) int {
 	t.Helper()
 	if rel == component+"/kustomization.yaml" {
 		return expectedObjects(t, "kustomization.yaml") + componentObjects(t)
+	}
+	if rel == certManagerComponent+"/kustomization.yaml" {
+		_, ds := renderWith(t, certManagerComponent) // checked in certmanager_test.go
+		return len(ds)
 	}
 	if c, ok := modeComponent(rel); ok {
 		_, ds := renderWith(t, c) // checked in modes_test.go
@@ -417,86 +435,6 @@ func servingCA(t *testing.T, k *kube) []byte {
 		t.Fatalf("no CA certificate in %s", filepath.Join(k.Dir, "certs", "apiserver.crt"))
 	}
 	return out
-}
-
-// genCerts runs deploy/webhook/gen-certs.sh against the API server with the
-// real kubectl and openssl: the Secret the controller mounts, then the
-// caBundle once the webhook configuration exists.
-func genCerts(t *testing.T, k *kube, dir string) {
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
-	script := filepath.Join(dir, "webhook", "gen-certs.sh")
-	home := t.TempDir()
-	run := func(env ...string) string {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "sh", script)
-		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(k.kubectl)+":"+os.Getenv("PATH"), "KUBECONFIG="+k.Kubeconfig, "HOME="+home)
-		cmd.Env = append(cmd.Env, env...)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("gen-certs.sh %v: %v\n%s", env, err, out)
-		}
-		return string(out)
-	}
-	ctx := t.Context()
-	secret := func() *corev1.Secret {
-		t.Helper()
-		s, err := k.Client.CoreV1().Secrets("kube-ipam").Get(ctx, "kube-ipam-webhook-tls", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s.Type != corev1.SecretTypeTLS {
-			t.Errorf("Secret type %q", s.Type)
-		}
-		return s
-	}
-	out := run()
-	if !strings.Contains(out, "does not exist yet") {
-		t.Errorf("gen-certs.sh before the webhook configuration:\n%s", out)
-	}
-	s := secret()
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(s.Data["ca.crt"]) {
-		t.Fatal("Secret has no ca.crt")
-	}
-	blk, _ := pem.Decode(s.Data["tls.crt"])
-	if blk == nil {
-		t.Fatal("Secret has no tls.crt")
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cert.Verify(x509.VerifyOptions{DNSName: "kube-ipam-webhook.kube-ipam.svc", Roots: roots}); err != nil {
-		t.Errorf("serving certificate: %v", err)
-	}
-
-	k.must(t, "apply", "--server-side", "-f", filepath.Join(dir, "webhook", "validatingwebhookconfiguration.yaml"))
-	t.Cleanup(func() {
-		_ = k.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(context.Background(), "kube-ipam", metav1.DeleteOptions{})
-	})
-	caBundle := func() []byte {
-		t.Helper()
-		w, err := k.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "kube-ipam", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return w.Webhooks[0].ClientConfig.CABundle
-	}
-	run("PATCH_ONLY=1")
-	if got := caBundle(); !bytes.Equal(got, s.Data["ca.crt"]) {
-		t.Errorf("PATCH_ONLY: caBundle %q, want the Secret's ca.crt", got)
-	}
-	// A renewal with the configuration in place patches it directly.
-	if out := run(); !strings.Contains(out, "caBundle of ValidatingWebhookConfiguration kube-ipam set") {
-		t.Errorf("renewal:\n%s", out)
-	}
-	if s2 := secret(); !bytes.Equal(caBundle(), s2.Data["ca.crt"]) || bytes.Equal(s2.Data["ca.crt"], s.Data["ca.crt"]) {
-		t.Error("renewal did not replace the CA in both the Secret and the caBundle")
-	}
 }
 
 // etcdPKI makes a CA and a client certificate and key signed by it, as the

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -508,13 +509,17 @@ func TestControllerManifest(t *testing.T) {
 			}
 		}
 	}
-	var webhookSecret string
-	for _, f := range []string{"webhook-cert", "webhook-key"} {
-		_, v := mountFor(t, spec, 0, args[f])
-		if v.Secret == nil {
-			t.Fatalf("--%s %s is not from a Secret", f, args[f])
-		}
-		webhookSecret = v.Secret.SecretName
+	// The webhook's certificate: self-managed (internal/servingcert), no
+	// files; the namespace of its Secret from the downward API.
+	if args["webhook-cert-secret"] != "kube-ipam-webhook-tls" || args["webhook-cert"] != "" || args["webhook-key"] != "" {
+		t.Errorf("webhook certificate args %v: want the self-managed Secret and no files", args)
+	}
+	var podNS bool
+	for _, e := range c.Env {
+		podNS = podNS || e.Name == "POD_NAMESPACE" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace"
+	}
+	if !podNS {
+		t.Errorf("env %+v: no POD_NAMESPACE from metadata.namespace", c.Env)
 	}
 	ports := map[string]int32{}
 	for _, p := range c.Ports {
@@ -543,8 +548,9 @@ func TestControllerManifest(t *testing.T) {
 		t.Errorf("PDB %+v", pdb.Spec)
 	}
 
-	// The webhook: configuration → Service → these pods' webhook port, and
-	// the certificate made for that Service into the Secret mounted here.
+	// The webhook: configuration → Service → these pods' webhook port; the
+	// certificate is made for that Service, the caBundle of that
+	// configuration kept by the controller.
 	var svc corev1.Service
 	decode(t, filepath.Join(dir, "webhook", "service.yaml"), "Service", "kube-ipam-webhook", &svc)
 	if svc.Namespace != dep.Namespace || !selects(svc.Spec.Selector) || svc.Spec.Ports[0].TargetPort.String() != "webhook" {
@@ -556,24 +562,20 @@ func TestControllerManifest(t *testing.T) {
 	if ref == nil || ref.Name != svc.Name || ref.Namespace != svc.Namespace || *ref.Port != svc.Spec.Ports[0].Port || *ref.Path != "/validate" {
 		t.Errorf("webhook clientConfig %+v, Service %s/%s", ref, svc.Namespace, svc.Name)
 	}
+	if args["webhook-service"] != svc.Name || args["webhook-configuration"] != vwc.Name {
+		t.Errorf("--webhook-service %q --webhook-configuration %q; Service %s, configuration %s", args["webhook-service"], args["webhook-configuration"], svc.Name, vwc.Name)
+	}
+	// No caBundle (the controller owns it: a re-apply must not reset it)
+	// and no cert-manager annotation by default.
+	if len(vwc.Webhooks[0].ClientConfig.CABundle) != 0 || len(vwc.Annotations) != 0 {
+		t.Errorf("webhook configuration: caBundle %q, annotations %v", vwc.Webhooks[0].ClientConfig.CABundle, vwc.Annotations)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "webhook", "validatingwebhookconfiguration.yaml"))
+	if regexp.MustCompile(`(?m)^\s+caBundle:`).Match(raw) {
+		t.Error("validatingwebhookconfiguration.yaml sets caBundle")
+	}
 	if !slices.Contains(vwc.Webhooks[0].NamespaceSelector.MatchExpressions[0].Values, dep.Namespace) {
 		t.Errorf("the webhook does not exclude its own namespace %s", dep.Namespace)
-	}
-	var cert unstructured.Unstructured
-	decode(t, filepath.Join(dir, "webhook", "certificate.yaml"), "Certificate", "kube-ipam-webhook", &cert.Object)
-	dns, _, _ := unstructured.NestedStringSlice(cert.Object, "spec", "dnsNames")
-	secretName, _, _ := unstructured.NestedString(cert.Object, "spec", "secretName")
-	if cert.GetNamespace() != svc.Namespace || !slices.Contains(dns, svc.Name+"."+svc.Namespace+".svc") || secretName != webhookSecret {
-		t.Errorf("Certificate %s/%s dnsNames %q secret %q; Service %s/%s, mounted Secret %q", cert.GetNamespace(), cert.GetName(), dns, secretName, svc.Namespace, svc.Name, webhookSecret)
-	}
-	if inj := vwc.Annotations["cert-manager.io/inject-ca-from"]; inj != cert.GetNamespace()+"/"+cert.GetName() {
-		t.Errorf("inject-ca-from %q", inj)
-	}
-	gen, _ := os.ReadFile(filepath.Join(dir, "webhook", "gen-certs.sh"))
-	for _, want := range []string{"NAMESPACE=${NAMESPACE:-" + svc.Namespace + "}", "SERVICE=${SERVICE:-" + svc.Name + "}", "SECRET=${SECRET:-" + webhookSecret + "}"} {
-		if !bytes.Contains(gen, []byte(want)) {
-			t.Errorf("gen-certs.sh lacks %q", want)
-		}
 	}
 }
 
@@ -609,6 +611,13 @@ func TestRBACLeastPrivilege(t *testing.T) {
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"apps"}, Resources: []string{"statefulsets"}, Verbs: []string{"get"}},
 			{APIGroups: []string{"k8s.cni.cncf.io"}, Resources: []string{"network-attachment-definitions"}, Verbs: []string{"list"}},
+			{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"validatingwebhookconfigurations"}, ResourceNames: []string{"kube-ipam"}, Verbs: []string{"get", "patch"}},
+		}},
+		// internal/servingcert: Get, Create, Update, and Delete of a
+		// Secret of the wrong type.
+		{"Role", "kube-ipam-controller-webhook-cert", []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
+			{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"kube-ipam-webhook-tls"}, Verbs: []string{"get", "update", "delete"}},
 		}},
 		{"Role", "kube-ipam-controller-leader-election", []rbacv1.PolicyRule{
 			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
@@ -702,10 +711,9 @@ func TestKustomizationListsTheInstall(t *testing.T) {
 			// (store_test.go checks it), and the installer's mode
 			// components (modes_test.go).
 			strings.HasPrefix(m, component+"/"), slices.ContainsFunc(modeComponents, func(c string) bool { return strings.HasPrefix(m, c+"/") }),
-			// Applied in their own steps (deploy/README.md): the webhook
-			// configuration once the controller is Ready, the certificate
-			// only with cert-manager.
-			m == "webhook/validatingwebhookconfiguration.yaml", m == "webhook/certificate.yaml":
+			// cert-manager instead of the controller's own certificate
+			// (certmanager_test.go).
+			strings.HasPrefix(m, certManagerComponent+"/"):
 		default:
 			want = append(want, m)
 		}

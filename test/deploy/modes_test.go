@@ -46,7 +46,7 @@ func modeComponent(rel string) (string, bool) {
 func allComponentPatches(t *testing.T) []string {
 	t.Helper()
 	out := componentPatches(t)
-	for _, c := range modeComponents {
+	for _, c := range append(slices.Clone(modeComponents), certManagerComponent) {
 		for _, p := range readKustomization(t, filepath.Join(deployDir(t), c)).Patches {
 			out = append(out, path.Join(c, p.Path))
 		}

@@ -138,6 +138,9 @@ func (l *Lab) startNodes(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	if err := l.routePodCIDRs(ctx, cs); err != nil {
+		return err
+	}
 	netConf := filepath.Join(l.opts.Dir, "flannel-net-conf.json")
 	if err := os.WriteFile(netConf, []byte(NetConf), 0o644); err != nil {
 		return err
@@ -245,4 +248,21 @@ func (l *Lab) imageTars() []string {
 		}
 	}
 	return out
+}
+
+// routePodCIDRs routes each node's podCIDR via the node's underlay address
+// on the host, so that processes on the host (the API server calling the
+// webhook's pods) reach pod IPs; the node forwards into its cni0. The routes
+// go through the lab's bridge and disappear with it.
+func (l *Lab) routePodCIDRs(ctx context.Context, cs kubernetes.Interface) error {
+	for _, n := range l.state.Nodes {
+		node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if _, err := run(ctx, "ip", "route", "replace", node.Spec.PodCIDR, "via", n.IP.String(), "dev", l.bridge()); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -236,6 +237,8 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	r.check("kube-ipamctl who-has: 10.188.0.219 is registered to the new database-2-0 only",
 		err == nil && now != nil && len(holders) == 1 && holders[0].PodUID == now.UID && holders[0].Node == now.Spec.NodeName,
 		"%v: %s", err, strings.TrimSpace(string(b)))
+
+	r.webhookRefuses(now)
 
 	if l.opts.KubernetesStore() {
 		r.section("The registry in the Kubernetes API: one IPAllocation per address")
@@ -489,4 +492,55 @@ func httpGet(ctx context.Context, url string) (string, error) {
 		return resp.StatusCode == 200, resp.Status, nil
 	})
 	return body, err
+}
+
+// conflictingStatefulSet asks for database-2-0's fixed address.
+const conflictingStatefulSet = `apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: database-3
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: database-3
+  serviceName: database-3
+  template:
+    metadata:
+      labels:
+        app: database-3
+      annotations:
+        kube-ipam.ip: "` + DB2IP + `"
+    spec:
+      containers:
+      - name: database-3c
+        image: ` + BusyboxImage + `
+        command: ["sleep", "infinity"]
+`
+
+// webhookRefuses: the validating webhook (served by the controller, with
+// the certificate it made itself) refuses at `kubectl apply` a second
+// StatefulSet asking for the address database-2-0 holds, naming the holder.
+func (r *replay) webhookRefuses(holder *corev1.Pod) {
+	r.section("The admission webhook: another StatefulSet asking for " + DB2IP + " is refused at kubectl apply")
+	f := filepath.Join(r.l.opts.Dir, "database-3.yaml")
+	if err := os.WriteFile(f, []byte(conflictingStatefulSet), 0o644); err != nil {
+		r.check("database-3.yaml written", false, "%v", err)
+		return
+	}
+	o, err := r.kubectl("apply", "-f", f)
+	want := []string{`admission webhook "validate.kube-ipam.io" denied the request`, DB2IP, "is already held", "default/database-2"}
+	ok := err != nil
+	for _, w := range want {
+		ok = ok && strings.Contains(o, w)
+	}
+	uid := ""
+	if holder != nil {
+		uid = string(holder.UID)
+	}
+	r.check("kubectl apply of StatefulSet database-3 asking for "+DB2IP+" is refused naming its holder database-2",
+		ok, "err %v, output %q (want %q; holder uid %s)", err, strings.TrimSpace(o), want, uid)
+	if err == nil {
+		_, _ = r.kubectl("delete", "-f", f, "--wait=false")
+	}
 }

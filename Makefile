@@ -73,9 +73,10 @@ deps:
 # The seed's architecture on this machine: etcd, a control plane and 3 real
 # kubelet nodes (containerd + runc, each in its own network namespace), our
 # CNI chain, the seed's manifests, then the seed's verification with PASS/FAIL.
+# kube-ipam is installed with charts/kube-ipam (helm).
 # LAB_KEEP=1 keeps it running; `make lab-down` removes it. LAB_STORE=kubernetes
-# keeps kube-ipam's allocations in the Kubernetes API (deploy/kubernetes-store)
-# instead of the guide's etcd. LAB_MODE=nad gives pods the database network as
+# keeps kube-ipam's allocations in the Kubernetes API (the chart's store:
+# kubernetes) instead of the guide's etcd. LAB_MODE=nad gives pods the database network as
 # a NetworkAttachmentDefinition under kube-multus's Kubernetes mode,
 # LAB_MODE=multus under upstream multus (docs/guide-nad.md). See docs/lab.md.
 lab: deps build testbin labbin multus helm

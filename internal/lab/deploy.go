@@ -2,8 +2,8 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"kubeipam/internal/pki"
 	"kubeipam/internal/release"
 )
 
@@ -29,60 +28,45 @@ func (l *Lab) kubectl(ctx context.Context, args ...string) (string, error) {
 	return run(ctx, append([]string{l.kube("kubectl"), "--kubeconfig", l.opts.Kubeconfig()}, args...)...)
 }
 
-// deployKubeIPAM installs kube-ipam the way deploy/README.md tells a user
-// to, from the locally built image: namespace and RBAC, the etcd client
-// Secret, the webhook's serving Secret, the network ConfigMap, then the
-// installer DaemonSet (which puts the plugins and the config on every node)
-// and the controller. On the Kubernetes store, and in the NAD modes, it
-// installs deploy/ with the matching kustomize components instead
-// (kustomizeSteps).
+// HelmVersion is the helm hack/helm.sh builds (make helm), which the lab
+// installs kube-ipam with; test/chart holds the two to one version.
+const HelmVersion = "v4.3.2"
+
+// HelmBinary is helm in hack/helm.sh's cache: $KUBE_IPAM_HELM/helm, else
+// the user cache directory's helm-<HelmVersion>/helm.
+func HelmBinary() string {
+	return filepath.Join(cacheDir("KUBE_IPAM_HELM", "helm-"+HelmVersion), "helm")
+}
+
+// deployKubeIPAM installs kube-ipam the way docs/install.md tells a user
+// to, from the locally built image: the namespace (deploy/namespace.yaml,
+// Pod Security privileged), then `helm install` of charts/kube-ipam with
+// this lab's store and mode as values (chartValues): the etcd Secret from
+// the lab's PKI, the network config, the installer DaemonSet (which puts
+// the plugins and the config on every node), the controller, and the
+// webhook, whose certificate the controller makes itself.
 func (l *Lab) deployKubeIPAM(ctx context.Context) error {
-	if err := l.ca.issue(certSpec{"webhook", pki.Leaf{CN: "kube-ipam-webhook.kube-ipam.svc", Server: true,
-		DNS: []string{"kube-ipam-webhook", "kube-ipam-webhook.kube-ipam", "kube-ipam-webhook.kube-ipam.svc"},
-		IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}}); err != nil {
+	values, err := l.chartValues()
+	if err != nil {
 		return err
 	}
-	webhookSecret := []string{"-n", "kube-ipam", "create", "secret", "tls", "kube-ipam-webhook-tls",
-		"--cert=" + l.pki("webhook.crt"), "--key=" + l.pki("webhook.key")}
-	etcdSecret := []string{"-n", "kube-ipam", "create", "secret", "generic", "kube-ipam-etcd", "--type=kubernetes.io/tls",
-		"--from-file=tls.crt=" + l.pki("etcd-client.crt"), "--from-file=tls.key=" + l.pki("etcd-client.key"),
-		"--from-file=ca.crt=" + l.pki("etcd-ca.crt")}
-	var steps [][]string
-	if l.opts.KubernetesStore() || l.opts.NADs() {
-		data, err := l.configMapData()
-		if err != nil {
-			return err
-		}
-		secrets := [][]string{webhookSecret}
-		if !l.opts.KubernetesStore() {
-			secrets = append(secrets, etcdSecret)
-		}
-		steps, err = l.kustomizeSteps(ctx, data, secrets)
-		if err != nil {
-			return err
-		}
-	} else {
-		conf, err := l.NetworkConfig()
-		if err != nil {
-			return err
-		}
-		d := l.opts.Deploy
-		confFile := filepath.Join(l.opts.Dir, ConfigKey)
-		if err := os.WriteFile(confFile, conf, 0o644); err != nil {
-			return err
-		}
-		steps = [][]string{
-			{"apply", "-f", filepath.Join(d, "namespace.yaml"), "-f", filepath.Join(d, "rbac.yaml")},
-			etcdSecret,
-			webhookSecret,
-			{"-n", "kube-ipam", "create", "configmap", "kube-ipam-config", "--from-file=" + ConfigKey + "=" + confFile},
-			{"apply", "-f", filepath.Join(d, "daemonset.yaml"), "-f", filepath.Join(d, "controller.yaml")},
-		}
+	dir := filepath.Join(l.opts.Dir, "manifests", "kube-ipam")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
 	}
-	for _, s := range steps {
-		if _, err := l.kubectl(ctx, s...); err != nil {
-			return err
-		}
+	valuesFile := filepath.Join(dir, "values.yaml")
+	if err := os.WriteFile(valuesFile, values, 0o600); err != nil { // holds the etcd client key
+		return err
+	}
+	if _, err := l.kubectl(ctx, "apply", "-f", filepath.Join(l.opts.Deploy, "namespace.yaml")); err != nil {
+		return err
+	}
+	chart := filepath.Join(filepath.Dir(l.opts.Deploy), "charts", "kube-ipam")
+	args := []string{HelmBinary(), "upgrade", "--install", "kube-ipam", chart, "--namespace", "kube-ipam",
+		"--kubeconfig", l.opts.Kubeconfig(), "-f", valuesFile}
+	l.logf("  helm %s", strings.Join(args[1:], " "))
+	if out, err := run(ctx, args...); err != nil {
+		return fmt.Errorf("helm install: %w\n%s", err, out)
 	}
 	cs, err := l.client()
 	if err != nil {
@@ -118,7 +102,7 @@ func (l *Lab) deployKubeIPAM(ctx context.Context) error {
 	if err := l.waitNodesReady(ctx, cs); err != nil {
 		return err
 	}
-	return poll(ctx, 3*time.Minute, "kube-ipam-controller available", func() (bool, string, error) {
+	if err := poll(ctx, 3*time.Minute, "kube-ipam-controller available", func() (bool, string, error) {
 		dep, err := cs.AppsV1().Deployments("kube-ipam").Get(ctx, "kube-ipam-controller", metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error(), nil
@@ -128,38 +112,43 @@ func (l *Lab) deployKubeIPAM(ctx context.Context) error {
 			want = *dep.Spec.Replicas
 		}
 		return dep.Status.AvailableReplicas >= want, fmt.Sprintf("%d/%d available", dep.Status.AvailableReplicas, want), nil
+	}); err != nil {
+		return err
+	}
+	return l.waitWebhook(ctx)
+}
+
+// waitWebhook waits until the API server really calls the webhook the
+// chart configured (ValidatingWebhookConfiguration kube-ipam; the
+// controller makes its certificate and sets the caBundle itself): a
+// server-side dry-run of a pod with a malformed kube-ipam annotation
+// (webhookProbe) is denied by it.
+func (l *Lab) waitWebhook(ctx context.Context) error {
+	probe := filepath.Join(l.opts.Dir, "webhook-probe.yaml")
+	if err := os.WriteFile(probe, []byte(webhookProbe), 0o644); err != nil {
+		return err
+	}
+	l.logf("  waiting for the API server to call the webhook (kubectl create --dry-run=server -f %s)", probe)
+	return poll(ctx, 2*time.Minute, "the API server calling the kube-ipam webhook", func() (bool, string, error) {
+		out, err := run(ctx, l.kube("kubectl"), "--kubeconfig", l.opts.Kubeconfig(), "create", "--dry-run=server", "-f", probe)
+		switch {
+		case err == nil:
+			return false, "probe pod admitted: the configuration is not in effect yet", nil
+		case strings.Contains(out, `admission webhook "validate.kube-ipam.io" denied the request`):
+			return true, "", nil
+		default:
+			return false, strings.TrimSpace(out), nil
+		}
 	})
 }
 
-// The kustomize Components of deploy/ the lab can switch on.
-const (
-	// StoreComponent moves kube-ipam's allocations to the Kubernetes API.
-	StoreComponent = "kubernetes-store"
-	// AutoComponent builds each node's meta config around its cluster
-	// network (kube-ipam-install --cluster-network=auto).
-	AutoComponent = "auto-cluster-network"
-	// IPAMOnlyComponent installs kube-ipam beside another multus.
-	IPAMOnlyComponent = "ipam-only"
-)
+// StoreComponent is deploy/'s kustomize Component for the Kubernetes API
+// store, the chart's store: kubernetes.
+const StoreComponent = "kubernetes-store"
 
 // NADConfigKey is the ConfigMap key of the database network's config in
 // the NAD modes: the controller reads it (the nodes run the NAD).
 const NADConfigKey = "db-net.conflist"
-
-// components are the kustomize Components of this lab's install.
-func (o Options) components() []string {
-	var c []string
-	if o.KubernetesStore() {
-		c = append(c, StoreComponent)
-	}
-	switch o.Mode {
-	case ModeNAD:
-		c = append(c, AutoComponent)
-	case ModeMultus:
-		c = append(c, IPAMOnlyComponent)
-	}
-	return c
-}
 
 // KubernetesModeConfig is the ConfigMap's meta config in ModeNAD:
 // kube-multus in Kubernetes mode with no network of its own. The installer
@@ -177,145 +166,78 @@ func KubernetesModeConfig() []byte {
 `)
 }
 
-// configMapData is ConfigMap kube-ipam-config's data: the guide's network
-// config, or in the NAD modes the database network's NAD config for the
-// controller (and, for kube-multus, the Kubernetes-mode meta config).
-func (l *Lab) configMapData() (map[string]string, error) {
-	if !l.opts.NADs() {
-		conf, err := l.NetworkConfig()
-		return map[string]string{ConfigKey: string(conf)}, err
+// chartValues are the chart's values for this lab (docs/install.md's
+// values file): the image built here, the store, the guide's network
+// config with the lab's etcd (on the Kubernetes store without etcdConfig),
+// the etcd client Secret from the lab's PKI; in ModeNAD kube-multus's
+// Kubernetes-mode meta config, the node's own cluster network and the
+// database network's NAD config for the controller; in ModeMultus the
+// IPAM-only install with that NAD config.
+func (l *Lab) chartValues() ([]byte, error) {
+	v := map[string]any{
+		"image": map[string]any{"repository": strings.TrimSuffix(strings.TrimPrefix(ImageRef, "docker.io/library/"), ":dev"), "tag": "dev"},
+		"store": StoreEtcd,
 	}
-	_, nad, err := l.NADConfig()
-	if err != nil {
-		return nil, err
-	}
-	data := map[string]string{NADConfigKey: string(nad)}
-	if l.opts.Mode == ModeNAD {
-		data[ConfigKey] = string(KubernetesModeConfig())
-	}
-	return data, nil
-}
-
-// controllerReadsDir is ModeNAD's patch of the controller: it reads every
-// network of the mounted ConfigMap (the NAD's config beside the meta
-// config), as deploy/ipam-only's does.
-const controllerReadsDir = `- op: replace
-  path: /spec/template/spec/containers/0/args/0
-  value: --config=/etc/kube-ipam/config
-- op: remove
-  path: /spec/template/spec/volumes/0/configMap/items
-`
-
-// kustomizeSteps are the kubectl steps of deploy/README.md's install with
-// this lab's components, rendered by kubectl's kustomize from an overlay in
-// the lab dir. data replaces the ConfigMap's; the CRDs, RBAC and
-// ConfigMaps are applied, and the CRDs Established, before the secrets,
-// the installer DaemonSet and the controller.
-func (l *Lab) kustomizeSteps(ctx context.Context, data map[string]string, secrets [][]string) ([][]string, error) {
-	deploy, err := filepath.Abs(l.opts.Deploy)
-	if err != nil {
-		return nil, err
-	}
-	dir := filepath.Join(l.opts.Dir, "manifests", "kube-ipam")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	// kustomize takes only relative paths, and an overlay must not sit
-	// inside its base: hence one here, pointing back at the checkout.
-	base, err := filepath.Rel(dir, deploy)
-	if err != nil {
-		return nil, err
-	}
-	base = filepath.ToSlash(base)
-	overlay := fmt.Sprintf("# The lab's install: deploy/ with %v.\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\n",
-		l.opts.components(), base)
-	if cs := l.opts.components(); len(cs) > 0 {
-		overlay += "components:\n"
-		for _, c := range cs {
-			overlay += "  - " + base + "/" + c + "\n"
-		}
-	}
-	if l.opts.Mode == ModeNAD {
-		if err := os.WriteFile(filepath.Join(dir, "controller-patch.yaml"), []byte(controllerReadsDir), 0o644); err != nil {
-			return nil, err
-		}
-		overlay += "patches:\n  - path: controller-patch.yaml\n    target:\n      group: apps\n      version: v1\n      kind: Deployment\n      name: kube-ipam-controller\n"
-	}
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
-		return nil, err
-	}
-	out := filepath.Join(dir, "rendered.yaml")
-	if _, err := l.kubectl(ctx, "kustomize", dir, "--output", out); err != nil {
-		return nil, err
-	}
-	rendered, err := os.ReadFile(out)
-	if err != nil {
-		return nil, err
-	}
-	setup, workloads, crds, err := splitInstall(rendered, data)
-	if err != nil {
-		return nil, fmt.Errorf("kubectl kustomize %s: %w", dir, err)
-	}
-	files := map[string][]byte{"setup.yaml": setup, "workloads.yaml": workloads}
-	for name, b := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			return nil, err
-		}
-	}
-	steps := [][]string{{"apply", "-f", filepath.Join(dir, "setup.yaml")}}
-	if len(crds) > 0 {
-		wait := []string{"wait", "--for=condition=Established", "--timeout=60s"}
-		for _, c := range crds {
-			wait = append(wait, "crd/"+c)
-		}
-		steps = append(steps, wait)
-	}
-	steps = append(steps, secrets...)
-	return append(steps, []string{"apply", "-f", filepath.Join(dir, "workloads.yaml")}), nil
-}
-
-// splitInstall splits a rendered install into what must exist first
-// (namespace, CRDs, RBAC, ConfigMaps, Services, …) and the workloads that
-// use it (the DaemonSet and the Deployment), with data as the data of
-// ConfigMap kube-ipam-config; it also returns the CRDs' names.
-func splitInstall(rendered []byte, data map[string]string) (setup, workloads []byte, crds []string, err error) {
-	var cm, ds, dep bool
-	for _, d := range strings.Split("\n"+string(rendered), "\n---\n") {
-		var obj map[string]any
-		if err := yaml.Unmarshal([]byte(d), &obj); err != nil {
-			return nil, nil, nil, err
-		}
-		if len(obj) == 0 {
-			continue
-		}
-		kind, _ := obj["kind"].(string)
-		meta, _ := obj["metadata"].(map[string]any)
-		name, _ := meta["name"].(string)
-		to := &setup
-		switch kind {
-		case "ConfigMap":
-			if name == "kube-ipam-config" {
-				obj["data"] = data
-				cm = true
+	if l.opts.KubernetesStore() {
+		v["store"] = StoreKubernetes
+	} else {
+		tls := map[string]any{}
+		for key, file := range map[string]string{"cert": "etcd-client.crt", "key": "etcd-client.key", "ca": "etcd-ca.crt"} {
+			b, err := os.ReadFile(l.pki(file))
+			if err != nil {
+				return nil, err
 			}
-		case "CustomResourceDefinition":
-			crds = append(crds, name)
-		case "DaemonSet":
-			to, ds = &workloads, true
-		case "Deployment":
-			to, dep = &workloads, true
+			tls[key] = string(b)
 		}
-		b, err := yaml.Marshal(obj)
+		v["etcd"] = map[string]any{"endpoints": []string{l.opts.EtcdURL()}, "tls": tls}
+	}
+	// The chart refuses an etcdConfig on the Kubernetes store.
+	storeConf := func(conf []byte) (string, error) {
+		if !l.opts.KubernetesStore() {
+			return string(conf), nil
+		}
+		var m map[string]any
+		if err := json.Unmarshal(conf, &m); err != nil {
+			return "", err
+		}
+		var sections []any
+		for _, key := range []string{"delegates", "plugins"} {
+			list, _ := m[key].([]any)
+			sections = append(sections, list...)
+		}
+		for _, d := range sections {
+			if ipam, ok := d.(map[string]any)["ipam"].(map[string]any); ok {
+				delete(ipam, "etcdConfig")
+			}
+		}
+		b, err := json.Marshal(m)
+		return string(b), err
+	}
+	if l.opts.NADs() {
+		_, nad, err := l.NADConfig()
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
-		if len(*to) > 0 {
-			*to = append(*to, "---\n"...)
+		c, err := storeConf(nad)
+		if err != nil {
+			return nil, err
 		}
-		*to = append(*to, b...)
+		v["nadConfigs"] = map[string]any{NADConfigKey: c}
 	}
-	if !cm || !ds || !dep {
-		return nil, nil, nil, fmt.Errorf("want ConfigMap kube-ipam-config, a DaemonSet and a Deployment; have %v, %v, %v", cm, ds, dep)
+	switch l.opts.Mode {
+	case ModeNAD:
+		v["networkConfig"] = string(KubernetesModeConfig())
+		v["clusterNetwork"] = "auto"
+	case ModeMultus:
+		v["ipamOnly"] = true
+	default:
+		conf, err := l.NetworkConfig()
+		if err != nil {
+			return nil, err
+		}
+		if v["networkConfig"], err = storeConf(conf); err != nil {
+			return nil, err
+		}
 	}
-	return setup, workloads, crds, nil
+	return yaml.Marshal(v)
 }

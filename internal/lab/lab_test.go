@@ -6,9 +6,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/meta"
@@ -96,65 +97,80 @@ func TestNetworkConfigKubernetesStore(t *testing.T) {
 	}
 }
 
-func TestSplitInstall(t *testing.T) {
-	rendered := `apiVersion: v1
-kind: Namespace
-metadata:
-  name: kube-ipam
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: ipallocations.ipam.kube-ipam.io
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: kube-ipam-config
-  namespace: kube-ipam
-data:
-  00-multus.conf: |
-    {"shipped": true}
----
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: kube-ipam-other-config
-  namespace: kube-ipam
-data:
-  kubeconfig: |
-    apiVersion: v1
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata:
-  name: kube-ipam-node
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: kube-ipam-controller
-`
-	setup, workloads, crds, err := splitInstall([]byte(rendered), map[string]string{"00-multus.conf": `{"lab": true}`})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(crds, []string{"ipallocations.ipam.kube-ipam.io"}) {
-		t.Errorf("CRDs %q", crds)
-	}
-	for _, want := range []string{"kind: Namespace", "kind: CustomResourceDefinition", `00-multus.conf: '{"lab": true}'`, "kube-ipam-other-config"} {
-		if !strings.Contains(string(setup), want) {
-			t.Errorf("setup has no %q:\n%s", want, setup)
-		}
-	}
-	if strings.Contains(string(setup), "shipped") || strings.Contains(string(setup), "kind: DaemonSet") || strings.Contains(string(setup), "kind: Deployment") {
-		t.Errorf("setup:\n%s", setup)
-	}
-	if n := strings.Count(string(workloads), "\n---\n"); n != 1 || !strings.Contains(string(workloads), "kind: DaemonSet") || !strings.Contains(string(workloads), "kind: Deployment") {
-		t.Errorf("workloads:\n%s", workloads)
-	}
-	if _, _, _, err := splitInstall([]byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"), nil); err == nil {
-		t.Error("an install without the kube-ipam objects was split")
+// The chart's values for each store and mode: the image built here, the
+// store, the etcd Secret from the lab's PKI, the config of the mode
+// (the chart refuses an etcdConfig on the Kubernetes store).
+func TestChartValues(t *testing.T) {
+	for _, c := range []struct{ store, mode string }{
+		{StoreEtcd, ModeDelegates}, {StoreKubernetes, ModeDelegates}, {StoreEtcd, ModeNAD}, {StoreKubernetes, ModeNAD}, {StoreEtcd, ModeMultus},
+	} {
+		t.Run(c.store+"/"+c.mode, func(t *testing.T) {
+			o := DefaultOptions(moduleRoot(t))
+			o.Dir, o.Store, o.Mode = t.TempDir(), c.store, c.mode
+			l := &Lab{opts: o}
+			if err := os.MkdirAll(filepath.Join(o.Dir, "pki"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{"etcd-client.crt", "etcd-client.key", "etcd-ca.crt"} {
+				if err := os.WriteFile(l.pki(f), []byte("PEM of "+f), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, err := l.chartValues()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v struct {
+				Image map[string]string `json:"image"`
+				Store string            `json:"store"`
+				Etcd  *struct {
+					Endpoints []string          `json:"endpoints"`
+					TLS       map[string]string `json:"tls"`
+				} `json:"etcd"`
+				NetworkConfig  string            `json:"networkConfig"`
+				NADConfigs     map[string]string `json:"nadConfigs"`
+				IPAMOnly       bool              `json:"ipamOnly"`
+				ClusterNetwork string            `json:"clusterNetwork"`
+			}
+			if err := yaml.UnmarshalStrict(b, &v); err != nil {
+				t.Fatalf("%v\n%s", err, b)
+			}
+			if ref := "docker.io/library/" + v.Image["repository"] + ":" + v.Image["tag"]; ref != ImageRef || v.Store != c.store {
+				t.Errorf("image %s store %s", ref, v.Store)
+			}
+			if (c.store == StoreEtcd) != (v.Etcd != nil && v.Etcd.TLS["key"] == "PEM of etcd-client.key" && v.Etcd.Endpoints[0] == o.EtcdURL()) {
+				t.Errorf("etcd %+v", v.Etcd)
+			}
+			var confs []string
+			if c.mode != ModeNAD { // kube-multus's own config there: no network
+				confs = append(confs, v.NetworkConfig)
+			}
+			for _, n := range v.NADConfigs {
+				confs = append(confs, n)
+			}
+			for _, conf := range confs {
+				if conf == "" {
+					continue
+				}
+				nets, err := config.ParseNetworks([]byte(conf), "lab")
+				if err != nil {
+					t.Fatalf("%v in %s", err, conf)
+				}
+				for _, n := range nets {
+					if n.Store != c.store {
+						t.Errorf("network %s on %s", n.Name, n.Store)
+					}
+				}
+				if c.store == StoreKubernetes && strings.Contains(conf, "etcdConfig") {
+					t.Errorf("etcdConfig on the Kubernetes store: %s", conf)
+				}
+			}
+			nads := c.mode != ModeDelegates
+			if (v.NADConfigs[NADConfigKey] != "") != nads || v.IPAMOnly != (c.mode == ModeMultus) ||
+				(v.ClusterNetwork == "auto") != (c.mode == ModeNAD) || (v.NetworkConfig == "") != (c.mode == ModeMultus) {
+				t.Errorf("mode %s: %s", c.mode, b)
+			}
+		})
 	}
 }
 

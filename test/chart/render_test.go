@@ -14,6 +14,7 @@ import (
 
 	"kubeipam/internal/config"
 	"kubeipam/internal/install"
+	"kubeipam/internal/lab"
 	"kubeipam/internal/testenv"
 	"kubeipam/internal/version"
 )
@@ -56,6 +57,21 @@ func TestChartMetadata(t *testing.T) {
 		if want := filepath.Join(root, target); got != want {
 			t.Errorf("files/%s resolves to %s, want a link to %s (the one copy)", link, got, want)
 		}
+	}
+}
+
+// TestHelmVersionPinnedOnce: the helm hack/helm.sh builds is the one the
+// lab looks for.
+func TestHelmVersionPinnedOnce(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(testenv.ModuleRoot(t), "hack", "helm.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "\nHELM_VERSION=" + lab.HelmVersion + "\n"; !strings.Contains(string(b), want) {
+		t.Errorf("hack/helm.sh does not pin %q (lab.HelmVersion)", strings.TrimSpace(want))
+	}
+	if !strings.HasSuffix(lab.HelmBinary(), "/helm-"+lab.HelmVersion+"/helm") && os.Getenv("KUBE_IPAM_HELM") == "" {
+		t.Errorf("lab.HelmBinary() = %s", lab.HelmBinary())
 	}
 }
 

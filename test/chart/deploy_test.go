@@ -66,14 +66,9 @@ func normalize(t *testing.T, o obj) obj {
 		t.Fatal(err)
 	}
 	meta := c["metadata"].(map[string]any)
-	if l, ok := meta["labels"].(map[string]any); ok {
-		for _, k := range []string{"app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version", "helm.sh/chart"} {
-			delete(l, k)
-		}
-	}
+	delete(meta, "labels") // compared by labelsCovered
 	if a, ok := meta["annotations"].(map[string]any); ok {
 		delete(a, "helm.sh/resource-policy")
-		delete(a, "cert-manager.io/inject-ca-from")
 		if len(a) == 0 {
 			delete(meta, "annotations")
 		}
@@ -103,35 +98,13 @@ func normalize(t *testing.T, o obj) obj {
 // arguments, mounts, RBAC rules, CRDs, config, webhook), in every mode
 // deploy/ has a component for, so that the two install paths cannot
 // drift. Only the Namespace (the chart installs into the release's) and
-// the Helm labels differ. The webhook's certificate is compared in the
-// mode deploy/controller.yaml uses: the controller's own Secret
-// (--webhook-cert-secret) or mounted files, which the chart serves with
-// cert-manager.
+// the Helm labels differ (the chart's labels are a superset of deploy/'s).
 func TestChartMatchesDeploy(t *testing.T) {
 	h := newHelm(t)
 	root := testenv.ModuleRoot(t)
 	deploy := filepath.Join(root, "deploy")
-	webhook := filepath.Join(deploy, "webhook")
 
-	base := kustomize(t, deploy)
-	dep := find(base, "Deployment", "kube-ipam-controller")
-	selfManaged := strings.Contains(mustJSON(t, dep.get("spec", "template", "spec", "containers")), "--webhook-cert-secret=")
 	common := "image: {tag: dev}\n"
-	var webhookObjs []obj
-	ents, err := os.ReadDir(webhook)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		f := filepath.Join(webhook, e.Name())
-		if !strings.HasSuffix(f, ".yaml") || e.Name() == "service.yaml" || (selfManaged && e.Name() == "certificate.yaml") {
-			continue // service.yaml is in the kustomization
-		}
-		webhookObjs = append(webhookObjs, fileObjs(t, f)...)
-	}
-	if !selfManaged {
-		common += "webhook: {certManager: {enabled: true}}\n"
-	}
 	nad, _ := json.Marshal(nadConfig(t))
 	for _, c := range []struct {
 		name, values string
@@ -144,9 +117,10 @@ func TestChartMatchesDeploy(t *testing.T) {
 		// an etcdConfig it is given.
 		{"ipam-only", "ipamOnly: true\nnadConfigs: {db-net.conflist: " + string(nad) + "}\n", []string{"ipam-only"}},
 		{"kubernetes-store+auto-cluster-network", "store: kubernetes\nclusterNetwork: auto\n", []string{"kubernetes-store", "auto-cluster-network"}},
+		{"webhook/cert-manager", "webhook: {certManager: {enabled: true}}\n", []string{"webhook/cert-manager"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			want := append(kustomize(t, deploy, c.comps...), webhookObjs...)
+			want := kustomize(t, deploy, c.comps...)
 			objs, out, err := h.template(t, common+c.values)
 			if err != nil {
 				t.Fatalf("helm template: %v\n%s", err, out)
@@ -167,11 +141,24 @@ func TestChartMatchesDeploy(t *testing.T) {
 				t.Errorf("the chart has no %s", w.key())
 				continue
 			}
+			labelsCovered(t, got, w)
 			if g, w := normalize(t, got), normalize(t, w); !reflect.DeepEqual(g, w) {
 				t.Errorf("%s differs:\nchart:   %s\ndeploy/: %s", w.key(), mustJSON(t, g), mustJSON(t, w))
 			}
 		}
 	})
+}
+
+// labelsCovered: every label deploy/ gives an object, the chart gives it.
+func labelsCovered(t *testing.T, chart, deploy obj) {
+	t.Helper()
+	have, _ := chart.get("metadata", "labels").(map[string]any)
+	want, _ := deploy.get("metadata", "labels").(map[string]any)
+	for k, v := range want {
+		if have[k] != v {
+			t.Errorf("%s: label %s=%v, deploy/ has %v", deploy.key(), k, have[k], v)
+		}
+	}
 }
 
 // compareInstalls holds the chart's objects to deploy/'s, one by one.
@@ -187,6 +174,7 @@ func compareInstalls(t *testing.T, want, got []obj) {
 		if g == nil {
 			continue
 		}
+		labelsCovered(t, g, w)
 		if gn, wn := normalize(t, g), normalize(t, w); !reflect.DeepEqual(gn, wn) {
 			t.Errorf("%s differs:\nchart:   %s\ndeploy/: %s", w.key(), mustJSON(t, gn), mustJSON(t, wn))
 		}

@@ -225,15 +225,19 @@ func matrix(t *testing.T) []matrixCase {
 				t.Errorf("image %q, want the appVersion's tag", r.ds.Spec.Template.Spec.Containers[0].Image)
 			}
 			for _, a := range []string{"--webhook-cert-secret=kube-ipam-webhook-tls", "--webhook-service=kube-ipam-webhook",
-				"--webhook-namespace=kube-ipam", "--webhook-configuration=kube-ipam"} {
+				"--webhook-configuration=kube-ipam"} {
 				if !slices.Contains(r.ctrlArgs, a) {
 					t.Errorf("controller args %q lack %s (self-managed certificate)", r.ctrlArgs, a)
 				}
 			}
+			if env := r.dep.Spec.Template.Spec.Containers[0].Env; len(env) != 1 || env[0].Name != "POD_NAMESPACE" ||
+				env[0].ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
+				t.Errorf("controller env %+v: want POD_NAMESPACE from the downward API", env)
+			}
 			if slices.Contains(volumeNames(r.dep.Spec.Template.Spec), "webhook-tls") {
 				t.Error("self-managed certificate: the controller mounts no webhook Secret")
 			}
-			if !r.has("Role", "kube-ipam-controller-webhook-cert") || !r.has("ClusterRole", "kube-ipam-controller-webhook-cert") ||
+			if !r.has("Role", "kube-ipam-controller-webhook-cert") || !strings.Contains(mustJSON(t, find(r.objs, "ClusterRole", "kube-ipam-controller")), "validatingwebhookconfigurations") ||
 				!r.has("ValidatingWebhookConfiguration", "kube-ipam") || !r.has("Service", "kube-ipam-webhook") {
 				t.Error("the webhook and its certificate's RBAC are missing")
 			}
@@ -305,12 +309,10 @@ func matrix(t *testing.T) []matrixCase {
 			}
 		}},
 		{"cert-manager", "webhook: {certManager: {enabled: true}}\n", func(t *testing.T, r render) {
-			if !slices.Contains(r.ctrlArgs, "--webhook-cert=/etc/kube-ipam/webhook/tls.crt") || slices.ContainsFunc(r.ctrlArgs, func(a string) bool {
-				return strings.HasPrefix(a, "--webhook-cert-secret")
-			}) {
-				t.Errorf("controller args %q", r.ctrlArgs)
+			if r.ctrlArgs[len(r.ctrlArgs)-1] != "--webhook-cert-secret=" || !slices.Contains(volumeNames(r.dep.Spec.Template.Spec), "webhook-tls") {
+				t.Errorf("controller args %q, volumes %q: want the files of cert-manager's Secret", r.ctrlArgs, volumeNames(r.dep.Spec.Template.Spec))
 			}
-			if !r.has("Certificate", "kube-ipam-webhook") || !r.has("Issuer", "kube-ipam-selfsigned") || r.has("Role", "kube-ipam-controller-webhook-cert") {
+			if !r.has("Certificate", "kube-ipam-webhook") || !r.has("Issuer", "kube-ipam-selfsigned") {
 				t.Error("cert-manager objects")
 			}
 			vwc := find(r.objs, "ValidatingWebhookConfiguration", "kube-ipam")

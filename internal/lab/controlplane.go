@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -284,43 +283,8 @@ func (l *Lab) client() (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-// applyWebhook applies the webhook's Service and configuration
-// (deploy/webhook/) once the controller is available, unless the install
-// made them already, then waits until the API
-// server really calls the webhook: a server-side dry-run of a pod with a
-// malformed kube-ipam annotation is denied by it. The controller creates
-// the serving certificate and sets the caBundle itself
-// (--webhook-cert-secret); the API server reaches its pods through
-// --enable-aggregator-routing and routePodCIDRs.
-func (l *Lab) applyWebhook(ctx context.Context) error {
-	// An install that has the configuration already (the chart, kustomize
-	// installs) owns it: leave it alone.
-	if _, err := l.kubectl(ctx, "get", "validatingwebhookconfiguration", "kube-ipam"); err != nil {
-		d := l.opts.Deploy
-		if _, err := l.kubectl(ctx, "apply", "-f", filepath.Join(d, "webhook", "service.yaml"),
-			"-f", filepath.Join(d, "webhook", "validatingwebhookconfiguration.yaml")); err != nil {
-			return err
-		}
-	}
-	probe := filepath.Join(l.opts.Dir, "webhook-probe.yaml")
-	if err := os.WriteFile(probe, []byte(webhookProbe), 0o644); err != nil {
-		return err
-	}
-	l.logf("  waiting for the API server to call the webhook (kubectl create --dry-run=server -f %s)", probe)
-	return poll(ctx, 2*time.Minute, "the API server calling the kube-ipam webhook", func() (bool, string, error) {
-		out, err := run(ctx, l.kube("kubectl"), "--kubeconfig", l.opts.Kubeconfig(), "create", "--dry-run=server", "-f", probe)
-		switch {
-		case err == nil:
-			return false, "probe pod admitted: the configuration is not in effect yet", nil
-		case strings.Contains(out, `admission webhook "validate.kube-ipam.io" denied the request`):
-			return true, "", nil
-		default:
-			return false, strings.TrimSpace(out), nil
-		}
-	})
-}
-
-// webhookProbe is a pod the webhook must refuse (never created: dry-run).
+// webhookProbe is a pod the webhook must refuse (never created: waitWebhook
+// dry-runs it).
 const webhookProbe = `apiVersion: v1
 kind: Pod
 metadata:

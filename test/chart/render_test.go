@@ -15,6 +15,7 @@ import (
 	"kubeipam/internal/config"
 	"kubeipam/internal/install"
 	"kubeipam/internal/lab"
+	"kubeipam/internal/release"
 	"kubeipam/internal/testenv"
 	"kubeipam/internal/version"
 )
@@ -427,5 +428,38 @@ func TestBadValuesRefused(t *testing.T) {
 				t.Errorf("refused with\n%s\nwant it to name %q", out, c.want)
 			}
 		})
+	}
+}
+
+// TestReleasePackage: the package make release writes (internal/release,
+// in Go) is a chart helm reads: it lints, shows the stamped version and
+// appVersion, and renders what the chart's directory renders, the image
+// tag following the appVersion.
+func TestReleasePackage(t *testing.T) {
+	h := newHelm(t)
+	dist := t.TempDir()
+	name, err := release.PackageChart(testenv.ModuleRoot(t), dist, "v1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkg := filepath.Join(dist, name)
+	h.must(t, "lint", "--strict", pkg, "--namespace", "kube-ipam")
+	var meta struct{ Version, AppVersion string }
+	if err := yaml.Unmarshal([]byte(h.must(t, "show", "chart", pkg)), &meta); err != nil {
+		t.Fatal(err)
+	}
+	if meta.Version != "1.2.3" || meta.AppVersion != "v1.2.3" {
+		t.Errorf("helm show chart: version %q appVersion %q", meta.Version, meta.AppVersion)
+	}
+	values := valuesFile(t, "store: kubernetes\nmonitoring: {prometheusRule: {enabled: true}}\n")
+	fromPkg := h.must(t, "template", "kube-ipam", pkg, "-n", "kube-ipam", "-f", values)
+	fromDir := h.must(t, "template", "kube-ipam", chartDir(t), "-n", "kube-ipam", "-f", values, "--set", "image.tag=v1.2.3")
+	strip := strings.NewReplacer("kube-ipam-1.2.3", "CHART", "kube-ipam-"+strings.TrimPrefix(version.Version, "v"), "CHART",
+		`"v1.2.3"`, "APP", `"`+version.Version+`"`, "APP", "version: v1.2.3", "version: APP", "version: "+version.Version, "version: APP")
+	if a, b := strip.Replace(fromPkg), strip.Replace(fromDir); a != b {
+		t.Errorf("the package renders differently from the chart's directory:\n%s\n---- directory:\n%s", a, b)
+	}
+	if !strings.Contains(fromPkg, "image: kube-ipam:v1.2.3") || !strings.Contains(fromPkg, "KubeIPAMControllerDown") {
+		t.Error("the package's render lacks the release's image tag or the alert rules")
 	}
 }

@@ -442,10 +442,10 @@ func TestRelease(t *testing.T) {
 func TestHelpAndUsage(t *testing.T) {
 	var out, errb bytes.Buffer
 	app := &App{Out: &out, Err: &errb}
-	for _, c := range app.commands() {
+	for _, c := range app.newRoot().Commands() {
 		out.Reset()
-		if code := app.Run(context.Background(), []string{c.name, "--help"}); code != 0 || !strings.Contains(out.String(), "Examples:\n  kube-ipamctl "+c.name) {
-			t.Errorf("%s --help: exit %d\n%s", c.name, code, out.String())
+		if code := app.Run(context.Background(), []string{c.Name(), "--help"}); code != 0 || !strings.Contains(out.String(), "Examples:\n  kube-ipamctl "+c.Name()) {
+			t.Errorf("%s --help: exit %d\n%s", c.Name(), code, out.String())
 		}
 	}
 	out.Reset()

@@ -108,6 +108,9 @@ func exactArgs(n int) cobra.PositionalArgs {
 		if len(args) == n {
 			return nil
 		}
+		if n == 0 {
+			return &cmdLineError{fmt.Errorf("unexpected argument %q (it takes none)", args[0])}
+		}
 		_, names, _ := strings.Cut(cmd.Use, " ")
 		return &cmdLineError{fmt.Errorf("want %d argument(s) %s, got %d", n, names, len(args))}
 	}

@@ -196,7 +196,8 @@ func ipamOf(t *testing.T, conf string) map[string]any {
 		t.Fatalf("%v in %s", err, conf)
 	}
 	list, _ := m["delegates"].([]any)
-	list = append(list, m["plugins"].([]any)...)
+	plugins, _ := m["plugins"].([]any)
+	list = append(list, plugins...)
 	for _, d := range list {
 		if ipam, ok := d.(map[string]any)["ipam"].(map[string]any); ok && ipam["type"] == "kube-ipam" {
 			return ipam
@@ -343,7 +344,8 @@ image: {repository: registry.example.com/net/kube-ipam, tag: v9.9.9}
 `, func(t *testing.T, r render) {
 			ds, dep := r.ds.Spec.Template.Spec, r.dep.Spec.Template.Spec
 			if ds.PriorityClassName != "system-cluster-critical" || len(ds.Tolerations) != 1 || ds.Tolerations[0].Key != "dedicated" ||
-				ds.NodeSelector["node-role.kubernetes.io/worker"] != "" || len(ds.NodeSelector) != 1 ||
+				// Helm merges maps: the default kubernetes.io/os stays.
+				ds.NodeSelector["node-role.kubernetes.io/worker"] != "" || len(ds.NodeSelector) != 2 ||
 				ds.Containers[0].Resources.Limits.Memory().String() != "100Mi" {
 				t.Errorf("installer pod spec %+v", ds)
 			}

@@ -81,8 +81,11 @@ func (m *Metrics) observePass(network string, r Result, d time.Duration, err err
 		// what is skipped.
 		m.skipped.WithLabelValues(network).Set(float64(r.Skipped))
 	}
+	// The failure counter exists from the first pass on, at 0, so that
+	// increase() sees the first failure.
+	failures := m.passFailures.WithLabelValues(network)
 	if err != nil {
-		m.passFailures.WithLabelValues(network).Inc()
+		failures.Inc()
 		return
 	}
 	m.candidates.WithLabelValues(network).Set(float64(r.Candidates))

@@ -64,7 +64,9 @@ func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Resu
 	if m.once {
 		metrics = nil
 	}
-	snap, err := readSnapshot(ctx, n)
+	sctx, cancel := storeCall(ctx, n)
+	snap, err := readSnapshot(sctx, n)
+	cancel()
 	if err != nil {
 		if metrics != nil {
 			metrics.observePass(n.Cfg.Name, res, time.Since(start), err)
@@ -176,6 +178,17 @@ func (r *Reconciler) pass(ctx context.Context, n *Network, m passMode) (res Resu
 	return res, err
 }
 
+// storeCall bounds one store call of a pass by the network's ipam.timeout,
+// as the plugin's calls are: the store clients wait for an unreachable
+// etcd rather than fail, and a pass stuck there would neither finish nor
+// count as failed until the store came back.
+func storeCall(ctx context.Context, n *Network) (context.Context, context.CancelFunc) {
+	if n.Cfg.Timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, n.Cfg.Timeout)
+}
+
 // graceKey identifies a candidate for the grace clock: any write to the
 // attachment, its records or the sticky record restarts the clock.
 func graceKey(network string, d *Decision) string {
@@ -230,10 +243,12 @@ func (r *Reconciler) release(ctx context.Context, n *Network, now time.Time, job
 				return
 			}
 			j.done = true
+			sctx, cancel := storeCall(ctx, n)
+			defer cancel()
 			if kind == KindAttachment {
-				j.freed, j.ok, j.err = n.Store.ReleaseAttachment(ctx, j.d.Attachment, now, n.Policy)
+				j.freed, j.ok, j.err = n.Store.ReleaseAttachment(sctx, j.d.Attachment, now, n.Policy)
 			} else {
-				j.freed, j.ok, j.err = n.Store.ReleaseSticky(ctx, *j.d.Sticky, now, n.Policy)
+				j.freed, j.ok, j.err = n.Store.ReleaseSticky(sctx, *j.d.Sticky, now, n.Policy)
 			}
 			if j.err != nil {
 				mu.Lock()

@@ -142,10 +142,6 @@ func (l *Lab) waitWebhook(ctx context.Context) error {
 	})
 }
 
-// StoreComponent is deploy/'s kustomize Component for the Kubernetes API
-// store, the chart's store: kubernetes.
-const StoreComponent = "kubernetes-store"
-
 // NADConfigKey is the ConfigMap key of the database network's config in
 // the NAD modes: the controller reads it (the nodes run the NAD).
 const NADConfigKey = "db-net.conflist"

@@ -96,12 +96,12 @@ func (l *Lab) Replay(ctx context.Context) ([]Result, error) {
 	}
 
 	if l.opts.KubernetesStore() {
-		r.section("2. kube-ipam on every node (deploy/ with its " + StoreComponent + " component: installer DaemonSet, controller, CRDs)")
+		r.section("2. kube-ipam on every node (charts/kube-ipam with store: kubernetes: installer DaemonSet, controller, CRDs)")
 		o, err := r.kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=kube-ipam")
 		r.check("the IPAllocation and IPSticky CRDs are installed", err == nil && strings.Contains(o, "ipallocations.ipam.kube-ipam.io") &&
 			strings.Contains(o, "ipstickies.ipam.kube-ipam.io"), "%v", err)
 	} else {
-		r.section("2. kube-ipam on every node (deploy/: installer DaemonSet and controller)")
+		r.section("2. kube-ipam on every node (charts/kube-ipam: installer DaemonSet and controller)")
 	}
 	r.kubectl("-n", "kube-ipam", "get", "daemonset,deployment")
 	ds, err := cs.AppsV1().DaemonSets("kube-ipam").Get(ctx, "kube-ipam-node", metav1.GetOptions{})

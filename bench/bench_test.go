@@ -62,6 +62,9 @@ const (
 	concKI, concHL   = "10.60.0.0/16", "10.61.0.0/16"
 	emptyKI, emptyHL = "10.63.0.0/16", "10.65.0.0/16"
 	fullKI, fullHL   = "10.62.0.0/16", "10.64.0.0/16"
+	// kube-ipam against an etcd that requires client certificates, as
+	// deployed (every ADD process pays the TLS handshake).
+	warmTLS, concTLS, emptyTLS = "10.67.0.0/16", "10.68.0.0/16", "10.69.0.0/16"
 )
 
 // sample is one ADD process.
@@ -125,6 +128,7 @@ type results struct {
 
 const (
 	kipam     = "kube-ipam"
+	kipamTLS  = "kube-ipam-tls" // the same binary, etcd over TLS with a client certificate
 	hostLocal = "host-local"
 )
 
@@ -133,7 +137,7 @@ var addScenario scenario[results]
 func BenchmarkAdd(b *testing.B) {
 	r := addScenario.result(b, runScenario, printTable)
 	report := func(name string, f func(b *testing.B)) { reportMetrics(b, name, f) }
-	for _, pl := range []string{kipam, hostLocal} {
+	for _, pl := range []string{kipam, kipamTLS, hostLocal} {
 		c := r.conc[pl]
 		report(fmt.Sprintf("concurrent%d/%s", inFlight, pl), func(b *testing.B) {
 			b.ReportMetric(c.addsPerSec(), "adds/s")
@@ -141,13 +145,16 @@ func BenchmarkAdd(b *testing.B) {
 			b.ReportMetric(c.p99(), "p99-ms")
 		})
 	}
-	for _, pl := range []string{kipam, hostLocal} {
-		e, f := r.seqEmpty[pl], r.seqFull[pl]
+	for _, pl := range []string{kipam, kipamTLS, hostLocal} {
+		e := r.seqEmpty[pl]
 		report("sequential-empty16/"+pl, func(b *testing.B) {
 			b.ReportMetric(e.p50(), "p50-ms")
 			b.ReportMetric(e.p99(), "p99-ms")
 			b.ReportMetric(e.cpuP50(), "cpu-p50-ms")
 		})
+	}
+	for _, pl := range []string{kipam, hostLocal} {
+		e, f := r.seqEmpty[pl], r.seqFull[pl]
 		report("sequential-full99/"+pl, func(b *testing.B) {
 			b.ReportMetric(f.p50(), "p50-ms")
 			b.ReportMetric(f.p99(), "p99-ms")
@@ -164,6 +171,10 @@ func BenchmarkAdd(b *testing.B) {
 		b.ReportMetric(r.conc[kipam].p50()/r.conc[hostLocal].p50(), "p50-ratio")
 		b.ReportMetric(r.conc[kipam].p99()/r.conc[hostLocal].p99(), "p99-ratio")
 	})
+	report("ratio-kube-ipam-tls/host-local", func(b *testing.B) {
+		b.ReportMetric(r.conc[kipamTLS].addsPerSec()/r.conc[hostLocal].addsPerSec(), "adds/s-ratio")
+		b.ReportMetric(r.seqEmpty[kipamTLS].p50()/r.seqEmpty[hostLocal].p50(), "seq-p50-ratio")
+	})
 }
 
 // env is the scenario's shared setup.
@@ -172,6 +183,8 @@ type env struct {
 	ctx      context.Context
 	etcd     *testenv.Etcd
 	cli      *clientv3.Client
+	etcdTLS  *testenv.Etcd // kipamTLS's store
+	cliTLS   *clientv3.Client
 	bins     map[string]string
 	cni      *cniRunner
 	dir      string
@@ -186,16 +199,19 @@ func runScenario(b *testing.B) *results {
 	e.cni = newCNIRunner(ctx, testenv.CNIPluginDir(b))
 	e.etcd = testenv.StartEtcd(b)
 	e.cli = e.etcd.Client(b)
+	e.etcdTLS = testenv.StartEtcdTLS(b)
+	e.cliTLS = e.etcdTLS.Client(b)
 	e.bins = map[string]string{
 		kipam:     testenv.Binary(b, "kube-ipam"),
+		kipamTLS:  testenv.Binary(b, "kube-ipam"),
 		hostLocal: filepath.Join(e.cni.path, "host-local"),
 	}
 	r := &results{conc: map[string]phase{}, seqEmpty: map[string]phase{}, seqFull: map[string]phase{},
 		startup: map[string]phase{}, inPlugin: map[string][]int{}}
 
 	// Warm-up: first exec of each binary pays for reading it from disk.
-	for _, pl := range []string{kipam, hostLocal} {
-		subnet := map[string]string{kipam: warmKI, hostLocal: warmHL}[pl]
+	for _, pl := range []string{kipam, kipamTLS, hostLocal} {
+		subnet := map[string]string{kipam: warmKI, kipamTLS: warmTLS, hostLocal: warmHL}[pl]
 		p := e.run(pl, "warm", subnet, warmupAdds, 1)
 		e.mustOK(pl+" warm-up", p, subnet, nil)
 	}
@@ -213,12 +229,19 @@ func runScenario(b *testing.B) *results {
 	r.conc[hostLocal] = e.run(hostLocal, "conc", concHL, concurrentAdds, inFlight)
 	e.mustOK("host-local concurrent", r.conc[hostLocal], concHL, nil)
 	e.checkHostLocalDir("host-local concurrent", "conc", concurrentAdds)
+	r.conc[kipamTLS] = e.run(kipamTLS, "conc-tls", concTLS, concurrentAdds, inFlight)
+	e.mustOK("kube-ipam concurrent, TLS", r.conc[kipamTLS], concTLS, nil)
+	if err := etcdRecordErrors(e.ctx, e.cliTLS, config.DefaultEtcdPrefix, "bench-conc-tls", r.conc[kipamTLS]); err != nil {
+		b.Fatalf("kube-ipam concurrent, TLS: %v", err)
+	}
 
 	// 2. Sequential on an empty /16.
 	r.seqEmpty[kipam] = e.run(kipam, "empty", emptyKI, sequentialAdds, 1)
 	e.mustOK("kube-ipam sequential empty", r.seqEmpty[kipam], emptyKI, nil)
 	r.seqEmpty[hostLocal] = e.run(hostLocal, "empty", emptyHL, sequentialAdds, 1)
 	e.mustOK("host-local sequential empty", r.seqEmpty[hostLocal], emptyHL, nil)
+	r.seqEmpty[kipamTLS] = e.run(kipamTLS, "empty-tls", emptyTLS, sequentialAdds, 1)
+	e.mustOK("kube-ipam sequential empty, TLS", r.seqEmpty[kipamTLS], emptyTLS, nil)
 
 	// 3. Sequential on a /16 filled to 99 % at random positions.
 	fillStart := time.Now()
@@ -281,13 +304,19 @@ func (e *env) timePuts(n int) phase {
 func (e *env) conf(pl, tag, subnet string) []byte {
 	var v map[string]any
 	switch pl {
-	case kipam:
+	case kipam, kipamTLS:
 		logFile := filepath.Join(e.dir, "kube-ipam-"+tag+".log")
 		e.logFiles[tag] = logFile
+		etcdConfig := map[string]any{"etcdURL": strings.Join(e.etcd.Endpoints, ",")}
+		if pl == kipamTLS {
+			// The guide's key names.
+			etcdConfig = map[string]any{"etcdURL": strings.Join(e.etcdTLS.Endpoints, ","),
+				"etcdCertFile": e.etcdTLS.CertFile, "etcdKeyFile": e.etcdTLS.KeyFile, "etcdTrustedCAFileFile": e.etcdTLS.CAFile}
+		}
 		// debug logs the number of claim races lost, when there were any.
 		v = map[string]any{"cniVersion": "0.3.1", "name": "bench-" + tag, "type": "macvlan",
 			"ipam": map[string]any{"type": "kube-ipam",
-				"etcdConfig": map[string]any{"etcdURL": strings.Join(e.etcd.Endpoints, ",")},
+				"etcdConfig": etcdConfig,
 				"subnet":     subnet, "logFile": logFile, "logLevel": "debug",
 				"podLookup": false, "releaseCooldown": "30s"}}
 	case hostLocal:
@@ -596,7 +625,13 @@ func printTable(r *results) {
 		num(r.seqFull[k].p50()/r.seqEmpty[k].p50(), 2), num(r.seqFull[h].p50()/r.seqEmpty[h].p50(), 2))
 	row("p50 ms process start only", r.startup[k].p50(), r.startup[h].p50())
 	row("p50 CPU ms per ADD process", r.seqEmpty[k].cpuP50(), r.seqEmpty[h].cpuP50())
+	kt := r.conc[kipamTLS]
+	t.row(fmt.Sprintf("TLS: ADDs/s, %d in flight", inFlight), num(kt.addsPerSec(), 1), num(r.conc[h].addsPerSec(), 1), num(kt.addsPerSec()/r.conc[h].addsPerSec(), 2))
+	t.row("TLS: p50 ms sequential, empty /16", num(r.seqEmpty[kipamTLS].p50(), 1), num(r.seqEmpty[h].p50(), 1), num(r.seqEmpty[kipamTLS].p50()/r.seqEmpty[h].p50(), 2))
+	t.row("TLS: p50 CPU ms per ADD process", num(r.seqEmpty[kipamTLS].cpuP50(), 1), num(r.seqEmpty[h].cpuP50(), 1), num(r.seqEmpty[kipamTLS].cpuP50()/r.seqEmpty[h].cpuP50(), 2))
 	t.text("ratio = kube-ipam / host-local (ADDs/s: higher is better for kube-ipam; ms: lower is).")
+	t.text("TLS rows: kube-ipam against a second etcd that requires a client certificate (every ADD process")
+	t.text("  makes its own TLS handshake, as deployed); the other kube-ipam rows use plain HTTP.")
 	t.text("%d ADDs with %d in flight; %d sequential ADDs per pool (host-local on the 99%% pool: %d);",
 		concurrentAdds, inFlight, sequentialAdds, hostLocalFullAdds)
 	t.text("99%% = %d of %d addresses claimed at random positions (written in %v), the %d gaps never used.",

@@ -1,9 +1,13 @@
-// Package pki issues the ECDSA certificates the lab and the tests need: a
-// self-signed CA and leaves it signs, as PEM. Serial numbers are random; a
-// leaf is valid as long as its CA, from an hour before it was made.
+// Package pki issues ECDSA certificates: Sign is the one signing step (a
+// new P-256 key, never valid beyond its parent), used by the controller's
+// webhook certificates (internal/servingcert); CA and Pair are the lab's
+// and the tests' self-signed CA and leaves, as PEM. Serial numbers are
+// random; such a leaf is valid as long as its CA, from an hour before it
+// was made.
 package pki
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -69,23 +73,12 @@ func (ca *CA) Issue(l Leaf) (*Pair, error) {
 
 // sign self-signs tmpl when parent is nil.
 func sign(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, validity time.Duration) (*Pair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
+	now := time.Now()
+	var pk crypto.Signer
+	if parentKey != nil {
+		pk = parentKey
 	}
-	// A nil SerialNumber makes CreateCertificate pick a random one.
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(validity)
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	} else if tmpl.NotAfter.After(parent.NotAfter) {
-		tmpl.NotAfter = parent.NotAfter
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
+	cert, key, err := Sign(tmpl, parent, pk, now.Add(-time.Hour), now.Add(validity))
 	if err != nil {
 		return nil, err
 	}
@@ -94,11 +87,35 @@ func sign(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, validity 
 		return nil, err
 	}
 	return &Pair{Cert: cert, Key: key,
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})}, nil
 }
 
-// TLS is the pair as a tls.Certificate.
+// Sign issues tmpl with a new P-256 key, valid from notBefore to notAfter
+// but never beyond parent, signed by parent and parentKey (self-signed
+// when parent is nil). A nil SerialNumber makes it random.
+func Sign(tmpl, parent *x509.Certificate, parentKey crypto.Signer, notBefore, notAfter time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	} else if tmpl.NotAfter.After(parent.NotAfter) {
+		tmpl.NotAfter = parent.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cert, key, nil
+}
+
 func (p *Pair) TLS() tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{p.Cert.Raw}, PrivateKey: p.Key, Leaf: p.Cert}
 }

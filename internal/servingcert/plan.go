@@ -18,9 +18,6 @@ package servingcert
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -29,6 +26,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"kubeipam/internal/pki"
 )
 
 // The Secret's keys. tls.crt, tls.key and ca.crt are those of a
@@ -386,25 +385,12 @@ func newLeaf(ca *keyPair, dns []string, now time.Time, validity time.Duration) (
 // sign issues tmpl, signed by parent (self-signed when nil), valid from
 // backdate before now for validity, but never beyond its parent.
 func sign(tmpl *x509.Certificate, parent *keyPair, now time.Time, validity time.Duration) (*keyPair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl.NotBefore = now.Add(-backdate)
-	tmpl.NotAfter = now.Add(validity)
-	pc, pk := tmpl, crypto.Signer(key)
+	var pc *x509.Certificate
+	var pk crypto.Signer
 	if parent != nil {
 		pc, pk = parent.cert, parent.key
-		if tmpl.NotAfter.After(pc.NotAfter) {
-			tmpl.NotAfter = pc.NotAfter
-		}
 	}
-	// A nil SerialNumber makes CreateCertificate pick a random one.
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, pc, &key.PublicKey, pk)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
+	cert, key, err := pki.Sign(tmpl, pc, pk, now.Add(-backdate), now.Add(validity))
 	if err != nil {
 		return nil, err
 	}

@@ -16,8 +16,11 @@ const (
 	clusterTimeout = 8 * time.Second // ipam.timeout
 	clusterWorkers = 8
 	// An ADD in flight when a member is cut off fails over or fails with 11
-	// within this long.
-	failoverBound = 5 * time.Second
+	// within this long, or within failoverAfterLeader of etcd having a leader
+	// again when its election itself takes longer (a loaded machine: the
+	// plugin cannot commit anything before there is a leader).
+	failoverBound       = 5 * time.Second
+	failoverAfterLeader = 2 * time.Second
 	phase         = 4 * time.Second // length of the throughput windows
 )
 
@@ -26,8 +29,9 @@ const (
 // 8 in flight throughout.
 //
 //   - Leader cut off (its packets dropped both ways): ADDs continue; none in
-//     flight waits more than 5 s after the cut (it fails over to the other
-//     members or fails with 11); every failure is code 11.
+//     flight waits more than 5 s after the cut, or 2 s after the new leader
+//     when the election takes longer (it fails over to the other members or
+//     fails with 11); every failure is code 11.
 //   - Restored: the members agree again.
 //   - Quorum lost (both followers cut off): every ADD fails with 11 within
 //     the call's timeout (plus process start-up); none started after the
@@ -116,6 +120,8 @@ func TestEtcdClusterMemberLoss(t *testing.T) {
 	results := l.snapshot()
 
 	// Leader cut: every ADD that ran across it, and across its restore.
+	cutBound := max(failoverBound, elected+failoverAfterLeader)
+	restoreBound := max(failoverBound, rejoined+failoverAfterLeader)
 	var waitedCut, waitedRestore latencies
 	firstOK := time.Duration(-1)
 	var worst *result
@@ -126,16 +132,16 @@ func TestEtcdClusterMemberLoss(t *testing.T) {
 		if r.start.Before(restoredAt) {
 			w := minTime(r.end, restoredAt).Sub(maxTime(r.start, cutAt))
 			waitedCut = append(waitedCut, w)
-			if w > failoverBound {
-				bad.add("an ADD in flight while the leader was cut off waited more than 5 s", "%s, %v of it with the leader cut off", r, w.Round(time.Millisecond))
+			if w > cutBound {
+				bad.add(fmt.Sprintf("an ADD in flight while the leader was cut off waited more than %v", cutBound.Round(time.Millisecond)), "%s, %v of it with the leader cut off", r, w.Round(time.Millisecond))
 				worst = r
 			}
 		}
 		if r.end.After(restoredAt) && r.start.Before(restoredAt.Add(phase)) {
 			w := r.end.Sub(maxTime(r.start, restoredAt))
 			waitedRestore = append(waitedRestore, w)
-			if w > failoverBound {
-				bad.add("an ADD in flight when the cut-off member was restored waited more than 5 s", "%s, %v of it after the restore", r, w.Round(time.Millisecond))
+			if w > restoreBound {
+				bad.add(fmt.Sprintf("an ADD in flight when the cut-off member was restored waited more than %v", restoreBound.Round(time.Millisecond)), "%s, %v of it after the restore", r, w.Round(time.Millisecond))
 				worst = r
 			}
 		}
@@ -147,7 +153,7 @@ func TestEtcdClusterMemberLoss(t *testing.T) {
 		}
 	}
 	if worst != nil {
-		t.Logf("kube-ipam log of the last ADD that waited more than 5 s (%s):\n%s", worst, logOf(logFile, worst.cid))
+		t.Logf("kube-ipam log of the last ADD that waited too long (%s):\n%s", worst, logOf(logFile, worst.cid))
 		for i, s := range rejoining {
 			if s != nil {
 				t.Logf("1 s after the restore, member m%d: leader %x, raft term %d, index %d, applied %d", i, s.Leader, s.RaftTerm, s.RaftIndex, s.RaftApplied)

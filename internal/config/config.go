@@ -724,3 +724,40 @@ func MergeRequests(specs []IPSpec) ([]IPSpec, error) {
 	}
 	return out, nil
 }
+
+// HostFile is one file of the node that a call of the network reads or
+// writes, named by its key in the config.
+type HostFile struct {
+	Key  string
+	Path *string
+	// Written: the call creates the file if needed (its directory must
+	// exist), rather than reading it.
+	Written bool
+}
+
+// HostFiles lists the node's files that calls of n use. A process that
+// sees the node's filesystem under another root (the node agent in its
+// container) rewrites them through these pointers. Only the files a call
+// really opens are listed: the kubeconfig with pod lookups or the
+// Kubernetes store, the etcd TLS files with the etcd store.
+func (n *Network) HostFiles() []HostFile {
+	files := []HostFile{{"ipam.logFile", &n.LogFile, true}}
+	if n.ResolvConf != "" {
+		files = append(files, HostFile{"ipam.resolvConf", &n.ResolvConf, false})
+	}
+	if n.PodLookup || n.Store == StoreKubernetes {
+		files = append(files, HostFile{"ipam.kubeConfig", &n.KubeConfig, false})
+	}
+	if n.Store != StoreKubernetes {
+		for _, f := range []HostFile{
+			{"ipam.etcdConfig.etcdCertFile", &n.Etcd.CertFile, false},
+			{"ipam.etcdConfig.etcdKeyFile", &n.Etcd.KeyFile, false},
+			{"ipam.etcdConfig.etcdTrustedCAFileFile", &n.Etcd.CAFile, false},
+		} {
+			if *f.Path != "" {
+				files = append(files, f)
+			}
+		}
+	}
+	return files
+}

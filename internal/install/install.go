@@ -54,8 +54,8 @@ const (
 
 // The binaries each mode installs unless --binaries says otherwise.
 var (
-	DefaultBinaries  = []string{"kube-ipam", "kube-multus", "kube-tier"}
-	IPAMOnlyBinaries = []string{"kube-ipam", "kube-tier"}
+	DefaultBinaries  = []string{"kube-ipam-direct", "kube-ipam", "kube-multus", "kube-tier"}
+	IPAMOnlyBinaries = []string{"kube-ipam-direct", "kube-ipam", "kube-tier"}
 )
 
 // Options are the installer's flags. Paths under /host are the node's

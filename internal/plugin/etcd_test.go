@@ -68,7 +68,9 @@ func newEnv(t *testing.T, e *testenv.Etcd) *env {
 			}
 			return clientset.New(v.cs), nil
 		},
-		Now: func() time.Time { v.mu.Lock(); defer v.mu.Unlock(); return v.now },
+		Now:  func() time.Time { v.mu.Lock(); defer v.mu.Unlock(); return v.now },
+		Etcd: Default().Etcd,
+		Kube: Default().Kube,
 	}
 	return v
 }

@@ -36,6 +36,17 @@ type Plugin struct {
 	Now func() time.Time
 	// Out receives the ADD result (stdout for the real plugin).
 	Out io.Writer
+	// Etcd gives a call its etcd client (default: a new one, closed at
+	// the end). done(reusable) hands it back: reusable when the call left
+	// it as it got it (no member dropped, no etcd failure).
+	Etcd func(e config.Etcd, dialTimeout time.Duration) (cli *clientv3.Client, done func(reusable bool), err error)
+	// Kube opens a network's Kubernetes API store (default: openKube).
+	Kube func(n *config.Network) (store.Backend, error)
+	// Root is where the node's filesystem is seen ("" for the plugin
+	// process, which runs on the node): the node agent in its container
+	// sees it under its host root. Every file of the config is looked up
+	// under it.
+	Root string
 }
 
 // Default is the production wiring.
@@ -44,9 +55,20 @@ func Default() *Plugin {
 		Pods: func(n *config.Network) (pod.Getter, error) {
 			return pod.NewClient(n.KubeConfig, n.Timeout)
 		},
-		Now: time.Now,
-		Out: os.Stdout,
+		Now:  time.Now,
+		Out:  os.Stdout,
+		Etcd: connectEtcd,
+		Kube: func(n *config.Network) (store.Backend, error) { return openKube(n, n.Timeout) },
 	}
+}
+
+// connectEtcd opens a new client for one call; it is closed at the end.
+func connectEtcd(e config.Etcd, dialTimeout time.Duration) (*clientv3.Client, func(bool), error) {
+	cli, err := store.Connect(e, dialTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cli, func(bool) { cli.Close() }, nil
 }
 
 // Funcs returns the skel callbacks.
@@ -56,6 +78,7 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 
 // call is the per-invocation context shared by the verbs.
 type call struct {
+	p     *Plugin
 	verb  string
 	args  *skel.CmdArgs
 	net   *config.Network
@@ -64,7 +87,9 @@ type call struct {
 	ctx   context.Context
 	stop  context.CancelFunc
 	cli   *clientv3.Client
-	st    store.Backend
+	// cliDone hands cli back (see Plugin.Etcd).
+	cliDone func(reusable bool)
+	st      store.Backend
 	// started is when the call began.
 	started time.Time
 	// claimed: this ADD's own claim was applied (rolled back if the ADD
@@ -74,6 +99,11 @@ type call struct {
 
 func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	n, err := config.Parse(args.StdinData)
+	if err == nil && p.Root != "" {
+		for _, f := range n.HostFiles() {
+			*f.Path = filepath.Join(p.Root, *f.Path)
+		}
+	}
 	if err != nil {
 		// The config is unusable, but its logFile may still be readable.
 		var partial struct {
@@ -90,7 +120,7 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 		lg.Error("invalid network config", "verb", verb, "container", args.ContainerID, "err", err)
 		return nil, toCNI(err)
 	}
-	c := &call{verb: verb, args: args, net: n, started: p.Now()}
+	c := &call{p: p, verb: verb, args: args, net: n, started: p.Now()}
 	c.log, c.close = openLog(n.LogFile, n.LogLevel)
 	c.log = c.log.With("verb", verb, "network", n.Name, "container", short(args.ContainerID), "ifname", args.IfName)
 	// Logged at info on ADD only: the seed's own config has a default route,
@@ -120,7 +150,7 @@ const DialTimeout = 5 * time.Second
 // would do anyway.
 func (c *call) connect() error {
 	if c.net.Store == config.StoreKubernetes {
-		b, err := openKube(c.net, c.net.Timeout)
+		b, err := c.p.Kube(c.net)
 		if err != nil {
 			return err
 		}
@@ -128,11 +158,11 @@ func (c *call) connect() error {
 		return nil
 	}
 	dial := min(c.net.Timeout, DialTimeout)
-	cli, err := store.Connect(c.net.Etcd, dial)
+	cli, done, err := c.p.Etcd(c.net.Etcd, dial)
 	if err != nil {
 		return err
 	}
-	c.cli = cli
+	c.cli, c.cliDone = cli, done
 	es := store.New(cli, c.net.Etcd.Prefix, c.net.Name)
 	wd := store.DefaultWatchdog()
 	wd.Log = c.log.Info
@@ -150,7 +180,10 @@ func (c *call) end(err error, attrs ...any) error {
 	defer c.close()
 	defer c.stop()
 	if c.cli != nil {
-		defer c.cli.Close()
+		// Reusable only as it was lent: every endpoint still in use (the
+		// watchdog drops the members that stall) and no etcd failure.
+		reusable := err == nil && slices.Equal(c.cli.Endpoints(), c.net.Etcd.Endpoints)
+		defer c.cliDone(reusable)
 	}
 	if err != nil {
 		e := toCNI(err)

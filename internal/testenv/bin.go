@@ -51,8 +51,14 @@ func buildDir(root string) (string, error) {
 // KUBE_IPAM_BIN_DIR set (e.g. to test release artefacts) it is the prebuilt
 // $KUBE_IPAM_BIN_DIR/<name>; otherwise it is built once per test process,
 // so tests share the build.
+//
+// kube-ipam comes with kube-ipam-direct beside it: the plugin process runs
+// it when no node agent takes the call.
 func Binary(t testing.TB, name string) string {
 	t.Helper()
+	if name == "kube-ipam" {
+		Binary(t, "kube-ipam-direct")
+	}
 	if dir := os.Getenv("KUBE_IPAM_BIN_DIR"); dir != "" {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p); err != nil {

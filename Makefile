@@ -8,7 +8,7 @@ BINARIES := kube-ipam kube-multus kube-tier kube-ipamctl kube-ipam-controller ku
 # The lab's own commands (not installed on nodes).
 LAB_BINARIES := kube-ipam-lab kube-ipam-lab-pause
 
-.PHONY: all build release test unit bench vet fmt-check clean testbin labbin whereabouts multus helm deps lab lab-down
+.PHONY: all build release test unit bench vet fmt-check clean testbin labbin whereabouts multus helm deps lab lab-down lab-bench
 
 all: build
 
@@ -81,6 +81,14 @@ deps:
 # LAB_MODE=multus under upstream multus (docs/guide-nad.md). See docs/lab.md.
 lab: deps build testbin labbin multus helm
 	$(BIN)/kube-ipam-lab up
+
+# Pod start on the lab's real nodes (docs/lab.md, "Pod start"): N pods
+# (LAB_BENCH_N, default 150) by one Deployment scaled at once, eth0 only,
+# then net1 with kube-ipam, then with whereabouts; the table goes to
+# /var/tmp/kube-ipam-lab-bench (LAB_BENCH_OUT). Brings up its own lab (mode
+# nad) and takes it down afterwards unless LAB_KEEP=1; reuses a running one.
+lab-bench: deps build testbin labbin multus helm whereabouts
+	$(BIN)/kube-ipam-lab bench
 
 lab-down:
 	@test -x $(BIN)/kube-ipam-lab || $(MAKE) --no-print-directory build

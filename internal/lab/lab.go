@@ -67,6 +67,9 @@ type Options struct {
 	// MultusBin has upstream multus's thin plugin, "multus" (hack/multus.sh);
 	// only ModeMultus uses it.
 	MultusBin string `json:"multusBin,omitempty"`
+	// MaxPods is each kubelet's maxPods; zero means DefaultMaxPods. The
+	// pod-start benchmark (Bench) raises it to fit its pods.
+	MaxPods int `json:"maxPods,omitempty"`
 	// Out receives progress and the replay; nil discards.
 	Out io.Writer `json:"-"`
 }
@@ -77,6 +80,17 @@ const (
 	StoreEtcd       = config.StoreEtcd
 	StoreKubernetes = config.StoreKubernetes
 )
+
+// DefaultMaxPods is each kubelet's maxPods unless Options.MaxPods says
+// otherwise: plenty for the guide's pods.
+const DefaultMaxPods = 50
+
+func (o Options) maxPods() int {
+	if o.MaxPods > 0 {
+		return o.MaxPods
+	}
+	return DefaultMaxPods
+}
 
 // KubernetesStore reports whether the lab keeps kube-ipam's allocations in
 // the Kubernetes API.
@@ -212,6 +226,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("%d nodes: the lab runs 2 to 9", o.Nodes)
 	case !o.Underlay.IsValid() || !o.Underlay.Addr().Is4() || o.Underlay.Bits() > 27:
 		return fmt.Errorf("underlay %v must be an IPv4 prefix of /27 or larger", o.Underlay)
+	case o.MaxPods < 0 || o.MaxPods > 250:
+		return fmt.Errorf("maxPods %d: want 0 (the default, %d) to 250 (a node's /24 of the cluster network)", o.MaxPods, DefaultMaxPods)
 	case o.APIPort <= 0:
 		return fmt.Errorf("API port %d", o.APIPort)
 	case o.Store != "" && o.Store != StoreEtcd && o.Store != StoreKubernetes:

@@ -26,12 +26,20 @@ Usage:
                               network as a NetworkAttachmentDefinition under
                               kube-multus's Kubernetes mode or upstream multus
   kube-ipam-lab down [flags]  take down a lab kept with --keep (or left by a crash)
+  kube-ipam-lab bench [flags] the pod-start benchmark: N pods (--pods, LAB_BENCH_N) by one
+                              Deployment scaled at once, eth0 only, then net1 with
+                              kube-ipam, then with whereabouts; brings a lab up in mode
+                              nad (or reuses the one running in --dir) and takes it down
+                              afterwards unless --keep (kube-ipam-lab bench -h)
 
 Flags:
 `
 
 // Main is the command line of kube-ipam-lab; it returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "bench" {
+		return benchMain(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
 		out, code := stderr, 2
 		switch {

@@ -76,14 +76,14 @@ tlsPrivateKeyFile: %s
 podLogsDir: %s
 volumePluginDir: %s
 resolvConf: /etc/resolv.conf
-maxPods: 50
+maxPods: %d
 serializeImagePulls: false
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%%, imagefs.available: 1%%}
 nodeStatusUpdateFrequency: 5s
 `, n.Cgroup, n.sock(), n.IP, l.pki("ca.crt"), l.pki(n.Name+".crt"), l.pki(n.Name+".key"),
-		filepath.Join(n.Dir, "pod-logs"), filepath.Join(n.Dir, "volume-plugins"))
+		filepath.Join(n.Dir, "pod-logs"), filepath.Join(n.Dir, "volume-plugins"), l.opts.maxPods())
 }
 
 func (l *Lab) kubeProxyConfig(n Node) string {

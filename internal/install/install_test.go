@@ -3,6 +3,7 @@ package install
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -54,6 +55,7 @@ type env struct {
 	token, ca              string
 	o                      Options
 	kubeMultus, kubeIPAMBi []byte
+	kubeIPAMDirect         []byte
 	kubeTier               []byte
 }
 
@@ -67,19 +69,21 @@ func newEnv(t *testing.T) *env {
 	sa := filepath.Join(root, "sa")
 	e.token, e.ca = filepath.Join(sa, "token"), filepath.Join(sa, "ca.crt")
 	e.kubeIPAMBi = []byte("#!/bin/sh\necho kube-ipam\n")
+	e.kubeIPAMDirect = []byte("#!/bin/sh\necho kube-ipam-direct\n")
 	e.kubeMultus = []byte("#!/bin/sh\necho kube-multus\n")
 	e.kubeTier = []byte("#!/bin/sh\necho kube-tier\n")
 	caPEM, certPEM, keyPEM := testPKI(t)
 	for p, c := range map[string][]byte{
-		filepath.Join(e.binSrc, "kube-ipam"):   e.kubeIPAMBi,
-		filepath.Join(e.binSrc, "kube-multus"): e.kubeMultus,
-		filepath.Join(e.binSrc, "kube-tier"):   e.kubeTier,
-		e.confSrc:                              []byte(validConf),
-		filepath.Join(e.etcd, "ca.crt"):        caPEM,
-		filepath.Join(e.etcd, "tls.crt"):       certPEM,
-		filepath.Join(e.etcd, "tls.key"):       keyPEM,
-		e.token:                                []byte("token-1\n"),
-		e.ca:                                   caPEM,
+		filepath.Join(e.binSrc, "kube-ipam"):        e.kubeIPAMBi,
+		filepath.Join(e.binSrc, "kube-ipam-direct"): e.kubeIPAMDirect,
+		filepath.Join(e.binSrc, "kube-multus"):      e.kubeMultus,
+		filepath.Join(e.binSrc, "kube-tier"):        e.kubeTier,
+		e.confSrc:                                   []byte(validConf),
+		filepath.Join(e.etcd, "ca.crt"):             caPEM,
+		filepath.Join(e.etcd, "tls.crt"):            certPEM,
+		filepath.Join(e.etcd, "tls.key"):            keyPEM,
+		e.token:                                     []byte("token-1\n"),
+		e.ca:                                        caPEM,
 	} {
 		e.write(p, c, 0o755)
 	}
@@ -190,6 +194,7 @@ func TestPassInstallsEverything(t *testing.T) {
 		"etc/cni/net.d/kube-ipam.d/etcd/tls.key",
 		"etc/cni/net.d/kube-ipam.d/kubeconfig",
 		"opt/cni/bin/kube-ipam",
+		"opt/cni/bin/kube-ipam-direct",
 		"opt/cni/bin/kube-multus",
 		"opt/cni/bin/kube-tier",
 		"opt/cni/bin/multus-cni",
@@ -207,6 +212,7 @@ func TestPassInstallsEverything(t *testing.T) {
 	}
 	for rel, m := range map[string]fs.FileMode{
 		"opt/cni/bin/kube-ipam":                  0o755,
+		"opt/cni/bin/kube-ipam-direct":           0o755,
 		"opt/cni/bin/kube-multus":                0o755,
 		"opt/cni/bin/kube-tier":                  0o755,
 		"opt/cni/bin/multus-cni":                 0o755,
@@ -224,6 +230,7 @@ func TestPassInstallsEverything(t *testing.T) {
 	}
 	if !bytes.Equal(read(t, filepath.Join(e.host, "opt/cni/bin/multus-cni")), e.kubeMultus) ||
 		!bytes.Equal(read(t, filepath.Join(e.host, "opt/cni/bin/kube-ipam")), e.kubeIPAMBi) ||
+		!bytes.Equal(read(t, filepath.Join(e.host, "opt/cni/bin/kube-ipam-direct")), e.kubeIPAMDirect) ||
 		!bytes.Equal(read(t, filepath.Join(e.host, "opt/cni/bin/kube-tier")), e.kubeTier) {
 		t.Error("binary content differs from the image's")
 	}
@@ -465,6 +472,7 @@ func TestBadSourcesLeaveTheNodeUntouched(t *testing.T) {
 		want  string
 	}{
 		{"missing binary", func(e *env) { os.Remove(filepath.Join(e.binSrc, "kube-ipam")) }, "binary"},
+		{"missing direct binary", func(e *env) { os.Remove(filepath.Join(e.binSrc, "kube-ipam-direct")) }, filepath.Join("image", "bin", "kube-ipam-direct") + ": file does not exist"},
 		{"binary not executable", func(e *env) { os.Chmod(filepath.Join(e.binSrc, "kube-ipam"), 0o644) }, "not executable"},
 		{"key does not match cert", func(e *env) { e.write(filepath.Join(e.etcd, "tls.crt"), otherCert, 0o644) }, "not a matching certificate and key"},
 		{"secret without ca.crt", func(e *env) { os.Remove(filepath.Join(e.etcd, "ca.crt")) }, "the Secret needs the keys ca.crt, tls.crt and tls.key"},
@@ -488,6 +496,61 @@ func TestBadSourcesLeaveTheNodeUntouched(t *testing.T) {
 	}
 }
 
+// TestDirectBinaryLandsBeforeTheShim: kube-ipam (the shim) execs
+// kube-ipam-direct beside it whenever the agent does not take a call, so the
+// node must never hold a kube-ipam without its kube-ipam-direct: the pass
+// writes kube-ipam-direct first (fresh node and image update, in both
+// modes), and when kube-ipam-direct cannot be written, kube-ipam is not
+// written either.
+func TestDirectBinaryLandsBeforeTheShim(t *testing.T) {
+	for _, ipamOnly := range []bool{false, true} {
+		t.Run(map[bool]string{false: "default", true: "ipam-only"}[ipamOnly], func(t *testing.T) {
+			e := newEnv(t)
+			e.o.IPAMOnly = ipamOnly
+			direct, shim := filepath.Join(e.o.BinDir, "kube-ipam-direct"), filepath.Join(e.o.BinDir, "kube-ipam")
+			before := func(what string, changed []string) {
+				t.Helper()
+				d, s := slices.Index(changed, direct), slices.Index(changed, shim)
+				if d < 0 || s < 0 || d > s {
+					t.Errorf("%s: written %q, want kube-ipam-direct before kube-ipam", what, changed)
+				}
+			}
+			in, err := New(e.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := in.Pass()
+			if err != nil {
+				t.Fatal(err)
+			}
+			before("fresh node", res.Changed)
+			// A new release: both binaries change.
+			e.write(filepath.Join(e.binSrc, "kube-ipam"), []byte("#!/bin/sh\necho kube-ipam v2\n"), 0o755)
+			e.write(filepath.Join(e.binSrc, "kube-ipam-direct"), []byte("#!/bin/sh\necho kube-ipam-direct v2\n"), 0o755)
+			if res, err = in.Pass(); err != nil {
+				t.Fatal(err)
+			}
+			before("image update", res.Changed)
+			if len(res.Changed) != 2 {
+				t.Errorf("image update wrote %q, want the two binaries", res.Changed)
+			}
+
+			// kube-ipam-direct cannot be written (a non-empty directory
+			// in its place): the pass fails there, kube-ipam stays away.
+			e = newEnv(t)
+			e.o.IPAMOnly = ipamOnly
+			e.write(filepath.Join(e.o.BinDir, "kube-ipam-direct", "in-the-way"), []byte("x"), 0o644)
+			_, err = e.pass()
+			if err == nil || !strings.Contains(err.Error(), "installing "+filepath.Join(e.o.BinDir, "kube-ipam-direct")) {
+				t.Fatalf("pass with kube-ipam-direct blocked: %v", err)
+			}
+			if _, err := os.Lstat(filepath.Join(e.o.BinDir, "kube-ipam")); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("kube-ipam installed without kube-ipam-direct (lstat: %v)", err)
+			}
+		})
+	}
+}
+
 func TestWithoutKubeconfigAndEtcdTLS(t *testing.T) {
 	e := newEnv(t)
 	// Plain-http etcd and no pod lookups: no kubeconfig, no TLS files.
@@ -500,7 +563,7 @@ func TestWithoutKubeconfigAndEtcdTLS(t *testing.T) {
 	if _, err := e.pass(); err != nil {
 		t.Fatalf("%v\n%s", err, plain)
 	}
-	want := []string{"etc/cni/net.d/00-multus.conf", "etc/cni/net.d/kube-ipam.d/00-multus.conf.sha256", "opt/cni/bin/kube-ipam", "opt/cni/bin/kube-multus", "opt/cni/bin/kube-tier"}
+	want := []string{"etc/cni/net.d/00-multus.conf", "etc/cni/net.d/kube-ipam.d/00-multus.conf.sha256", "opt/cni/bin/kube-ipam", "opt/cni/bin/kube-ipam-direct", "opt/cni/bin/kube-multus", "opt/cni/bin/kube-tier"}
 	if got := e.hostFiles(); !slices.Equal(got, want) {
 		t.Fatalf("host files %q, want %q", got, want)
 	}
@@ -590,7 +653,7 @@ func TestRunLoopAndShutdown(t *testing.T) {
 	waitRunning(t, done, "the changed config", func() bool { b, _ := os.ReadFile(conf); return string(b) == changed })
 	// SIGTERM: exit 0, nothing removed.
 	stopRun(t, cancel, done)
-	if len(e.hostFiles()) != 10 {
+	if len(e.hostFiles()) != 11 {
 		t.Errorf("files after shutdown: %q", e.hostFiles())
 	}
 

@@ -92,6 +92,7 @@ func TestIPAMOnlyInstallsExactlyItsFiles(t *testing.T) {
 		"etc/cni/net.d/kube-ipam.d/etcd/tls.key",
 		"etc/cni/net.d/kube-ipam.d/kubeconfig",
 		"opt/cni/bin/kube-ipam",
+		"opt/cni/bin/kube-ipam-direct",
 		"opt/cni/bin/kube-tier",
 	}
 	var changed []string
@@ -266,11 +267,11 @@ func TestModeFlags(t *testing.T) {
 	if !slices.Equal(o.InstalledBinaries(), IPAMOnlyBinaries) || o.networksSource() != "" {
 		t.Errorf("--ipam-only: binaries %q, networks %q", o.InstalledBinaries(), o.networksSource())
 	}
-	o, err = parse("--ipam-only", "--multus-alias=", "--config=/etc/kube-ipam/config/networks.json", "--binaries=kube-ipam")
-	if err != nil || !slices.Equal(o.InstalledBinaries(), []string{"kube-ipam"}) || o.networksSource() != "/etc/kube-ipam/config/networks.json" {
+	o, err = parse("--ipam-only", "--multus-alias=", "--config=/etc/kube-ipam/config/networks.json", "--binaries=kube-ipam-direct,kube-ipam")
+	if err != nil || !slices.Equal(o.InstalledBinaries(), []string{"kube-ipam-direct", "kube-ipam"}) || o.networksSource() != "/etc/kube-ipam/config/networks.json" {
 		t.Errorf("explicit IPAM-only flags: %v %q %q", err, o.InstalledBinaries(), o.networksSource())
 	}
-	if o, err := parse(); err != nil || !slices.Equal(o.InstalledBinaries(), []string{"kube-ipam", "kube-multus", "kube-tier", "multus-cni"}) || o.auto() {
+	if o, err := parse(); err != nil || !slices.Equal(o.InstalledBinaries(), []string{"kube-ipam-direct", "kube-ipam", "kube-multus", "kube-tier", "multus-cni"}) || o.auto() {
 		t.Errorf("defaults: %v %q", err, o.InstalledBinaries())
 	}
 	if o, err := parse("--cluster-network=auto"); err != nil || !o.auto() || o.pinnedClusterNetwork() != "" {

@@ -258,7 +258,8 @@ func (l *Lab) benchCapacity(ctx context.Context, cs kubernetes.Interface, n int)
 		}
 	}
 	if len(short) > 0 {
-		return fmt.Errorf("%d pods need %d per node: %s; bring the lab up with --max-pods %d (a lab `kube-ipam-lab bench` starts itself does)",
+		return fmt.Errorf("%d pods need %d per node: %s; take this lab down (make lab-down) and let the benchmark bring up its own, "+
+			"or bring one up with `kube-ipam-lab up --keep --mode nad --max-pods %d`",
 			n, per, strings.Join(short, "; "), benchMaxPods(n, len(nodes.Items)))
 	}
 	return nil
@@ -354,8 +355,8 @@ func (l *Lab) benchHeld() (map[string]heldFunc, func(), error) {
 // benchDeployment is a variant's Deployment at replicas 0: busybox that
 // exits on SIGTERM (so deletion waits for no grace period), spread evenly
 // over the nodes, asking for the variant's NAD as net1. No service account
-// token and no service links: the variants differ in net1 only, and the
-// API server's work per pod stays small on 2 cores.
+// token, no service links, the node's DNS: the variants differ in net1
+// only, and the API server's work per pod stays small on 2 cores.
 func benchDeployment(v BenchVariant) *appsv1.Deployment {
 	labels := map[string]string{"app": benchApp, "bench": v.Deployment}
 	ann := map[string]string{}
@@ -374,6 +375,9 @@ func benchDeployment(v BenchVariant) *appsv1.Deployment {
 					TerminationGracePeriodSeconds: &grace,
 					AutomountServiceAccountToken:  &no,
 					EnableServiceLinks:            &no,
+					// The lab has no cluster DNS: ClusterFirst would cost a
+					// MissingClusterDNS Event per pod.
+					DNSPolicy: corev1.DNSDefault,
 					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
 						MaxSkew: 1, TopologyKey: corev1.LabelHostname, WhenUnsatisfiable: corev1.DoNotSchedule,
 						LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"bench": v.Deployment}},

@@ -30,6 +30,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	// The variants are NADs pods ask for: the bench's default mode is nad.
 	if os.Getenv("LAB_MODE") == "" {
 		o.Mode = ModeNAD
+		fs.Lookup("mode").DefValue = ModeNAD
 	}
 	bo := BenchOptions{Pods: DefaultBenchPods, Deadline: 10 * time.Minute}
 	if v := os.Getenv("LAB_BENCH_N"); v != "" {
@@ -47,7 +48,6 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		out = v
 	}
 	fs.StringVar(&out, "out", out, "directory for the table (pod-start-<time>.txt) and its JSON (env LAB_BENCH_OUT)")
-	fs.IntVar(&o.MaxPods, "max-pods", 0, "kubelet maxPods of a lab this brings up (default: enough for --pods)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -60,6 +60,10 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	}
 	if bo.Pods < 1 {
 		fmt.Fprintf(stderr, "kube-ipam-lab bench: --pods %d: want at least 1\n", bo.Pods)
+		return 2
+	}
+	if !o.NADs() {
+		fmt.Fprintf(stderr, "kube-ipam-lab bench: mode %q: the benchmark's networks are NADs pods ask for: want %q (the default) or %q\n", o.Mode, ModeNAD, ModeMultus)
 		return 2
 	}
 	if o.MaxPods == 0 {

@@ -181,6 +181,7 @@ func upDownFlags(fs *flag.FlagSet, o *Options) *bool {
 		return err
 	})
 	fs.IntVar(&o.APIPort, "api-port", o.APIPort, "API server port on the underlay's host address")
+	fs.IntVar(&o.MaxPods, "max-pods", o.MaxPods, fmt.Sprintf("each kubelet's maxPods (0: %d; kube-ipam-lab bench: enough for its pods)", DefaultMaxPods))
 	o.Store = StoreEtcd
 	if v := os.Getenv("LAB_STORE"); v != "" {
 		o.Store = v

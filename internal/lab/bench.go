@@ -59,6 +59,10 @@ type BenchOptions struct {
 	// Deadline bounds each phase (scale up to all Ready; scale down to
 	// all gone and free): a variant that does not get there fails the run.
 	Deadline time.Duration
+	// Settle bounds the wait for the addresses once every pod is gone:
+	// every CNI DEL has returned by then, so what is still held after it
+	// is a leak (the run fails, the other variants still run).
+	Settle time.Duration
 }
 
 // BenchVariant is one column of the benchmark: what gives the pods net1.
@@ -92,6 +96,10 @@ type BenchResult struct {
 	// in addition, no net1 address of the variant is held in its store.
 	Gone time.Duration `json:"goneNs"`
 	Free time.Duration `json:"freeNs"`
+	// Leaked is the number of net1 addresses still held Settle after the
+	// last pod was gone (Free is then zero), with a few of them.
+	Leaked     int      `json:"leaked,omitempty"`
+	LeakedSome []string `json:"leakedSome,omitempty"`
 	// PerNode counts the pods of each node once all were Ready.
 	PerNode map[string]int `json:"perNode"`
 	// Held is the number of net1 addresses held once all were Ready (N
@@ -121,6 +129,9 @@ func (l *Lab) Bench(ctx context.Context, bo BenchOptions) (results []BenchResult
 	}
 	if bo.Deadline <= 0 {
 		bo.Deadline = 10 * time.Minute
+	}
+	if bo.Settle <= 0 {
+		bo.Settle = 2 * time.Minute
 	}
 	size, err := l.dbNetDynamicSize()
 	if err != nil {
@@ -165,17 +176,41 @@ func (l *Lab) Bench(ctx context.Context, bo BenchOptions) (results []BenchResult
 	if err := l.deleteBenchWorkloads(ctx, cs); err != nil {
 		return nil, err
 	}
+	var leaks []error
 	for _, v := range BenchVariants {
 		l.logf("pod-start benchmark: %s, %d pods ...", v.Name, bo.Pods)
 		r, err := l.benchVariant(ctx, cs, v, bo, held[v.Name])
-		if err != nil {
-			return results, fmt.Errorf("%s: %w", v.Name, err)
+		var leak *leakError
+		switch {
+		case errors.As(err, &leak):
+			// Measured, but its store kept addresses: the run fails, and
+			// the next variants still run (no pod is left).
+			l.logf("pod-start benchmark: %s: all %d Ready in %.1fs, all gone in %.1fs, but %v",
+				v.Name, r.Pods, r.Ready.Seconds(), r.Gone.Seconds(), err)
+			leaks = append(leaks, fmt.Errorf("%s: %w", v.Name, err))
+			results = append(results, r)
+			continue
+		case err != nil:
+			return results, errors.Join(append(leaks, fmt.Errorf("%s: %w", v.Name, err))...)
 		}
 		l.logf("pod-start benchmark: %s: all %d Ready in %.1fs (per pod p50 %.1fs, p99 %.1fs), all gone and free in %.1fs",
 			v.Name, r.Pods, r.Ready.Seconds(), r.ReadyP50.Seconds(), r.ReadyP99.Seconds(), r.Free.Seconds())
 		results = append(results, r)
 	}
-	return results, nil
+	return results, errors.Join(leaks...)
+}
+
+// leakError is a variant whose pods are all gone but whose store still
+// holds some of their net1 addresses Settle later.
+type leakError struct {
+	held   int
+	some   []string
+	settle time.Duration
+}
+
+func (e *leakError) Error() string {
+	return fmt.Sprintf("%d net1 addresses still held %s after the last pod was gone (leaked by failed DELs; e.g. %s)",
+		e.held, e.settle, strings.Join(e.some, "; "))
 }
 
 // dbNetDynamicSize is the number of addresses in db-net's dynamic range
@@ -455,12 +490,17 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 	var goneAt, freeAt time.Time
 	var lastHeld []string
 	lastCount := 0
+	leaked := false
 	err = t.waitPolling(ctx, bo.Deadline, 200*time.Millisecond, func(s *trackState) bool {
 		if goneAt.IsZero() && len(s.live) == 0 {
 			goneAt = s.lastGone
 		}
 		return false
 	}, func() (bool, error) {
+		if freeAt.IsZero() && !goneAt.IsZero() && time.Since(goneAt) > bo.Settle {
+			leaked = true
+			return true, nil
+		}
 		if freeAt.IsZero() {
 			n, some, err := held(ctx, v.Deployment)
 			if err != nil {
@@ -485,13 +525,19 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 		return r, fmt.Errorf("not all pods gone and addresses free within %s after scaling to 0: %s", bo.Deadline, strings.Join(stuck, "; "))
 	}
 	r.Gone = goneAt.Sub(t1)
-	r.Free = maxTime(goneAt, freeAt).Sub(t1)
+	var leak error
+	if leaked {
+		r.Leaked, r.LeakedSome = lastCount, lastHeld
+		leak = &leakError{held: lastCount, some: lastHeld, settle: bo.Settle}
+	} else {
+		r.Free = maxTime(goneAt, freeAt).Sub(t1)
+	}
 	stopTracking()
 	fg := metav1.DeletePropagationForeground
 	if err := deps.Delete(ctx, v.Deployment, metav1.DeleteOptions{PropagationPolicy: &fg}); err != nil && !apierrors.IsNotFound(err) {
-		return r, err
+		return r, errors.Join(leak, err)
 	}
-	return r, nil
+	return r, leak
 }
 
 // stuckPods says which pods of a variant are not Ready (or not gone), and
@@ -762,17 +808,25 @@ func BenchTable(w io.Writer, rs []BenchResult, header string) {
 			nodes = append(nodes, fmt.Sprintf("%s %d", n, c))
 		}
 		sort.Strings(nodes)
-		fmt.Fprintf(w, "%-12s %5d %22.1f %12.1f %12.1f %18.1f %20.1f  %s\n", r.Variant, r.Pods, r.Ready.Seconds(),
-			r.ReadyP50.Seconds(), r.ReadyP99.Seconds(), r.Gone.Seconds(), r.Free.Seconds(), strings.Join(nodes, ", "))
+		free := fmt.Sprintf("%.1f", r.Free.Seconds())
+		if r.Leaked > 0 {
+			free = fmt.Sprintf("%d leaked", r.Leaked)
+		}
+		fmt.Fprintf(w, "%-12s %5d %22.1f %12.1f %12.1f %18.1f %20s  %s\n", r.Variant, r.Pods, r.Ready.Seconds(),
+			r.ReadyP50.Seconds(), r.ReadyP99.Seconds(), r.Gone.Seconds(), free, strings.Join(nodes, ", "))
 	}
 	ratio := func(a, b string) string {
 		ra, oka := by[a]
 		rb, okb := by[b]
-		if !oka || !okb || rb.Ready == 0 || rb.Free == 0 {
+		if !oka || !okb || rb.Ready == 0 {
 			return fmt.Sprintf("%-26s n/a", a+" / "+b)
 		}
-		return fmt.Sprintf("%-26s create→Ready %.2f×, delete→free %.2f×", a+" / "+b,
-			ra.Ready.Seconds()/rb.Ready.Seconds(), ra.Free.Seconds()/rb.Free.Seconds())
+		free := "n/a (a leak)"
+		if ra.Free > 0 && rb.Free > 0 {
+			free = fmt.Sprintf("%.2f×", ra.Free.Seconds()/rb.Free.Seconds())
+		}
+		return fmt.Sprintf("%-26s create→Ready %.2f×, delete→gone %.2f×, delete→free %s", a+" / "+b,
+			ra.Ready.Seconds()/rb.Ready.Seconds(), ra.Gone.Seconds()/max(rb.Gone.Seconds(), 1e-9), free)
 	}
 	fmt.Fprintln(w, "ratios:")
 	fmt.Fprintln(w, "  "+ratio("kube-ipam", "eth0 only"))

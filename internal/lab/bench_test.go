@@ -110,17 +110,25 @@ func TestPercentileAndMaxPods(t *testing.T) {
 
 func TestBenchTable(t *testing.T) {
 	rs := []BenchResult{
-		{Variant: "eth0 only", Pods: 150, Ready: 40 * time.Second, Free: 20 * time.Second, PerNode: map[string]int{"node1": 50}},
-		{Variant: "kube-ipam", Pods: 150, Ready: 44 * time.Second, Free: 22 * time.Second},
-		{Variant: "whereabouts", Pods: 150, Ready: 88 * time.Second, Free: 66 * time.Second},
+		{Variant: "eth0 only", Pods: 150, Ready: 40 * time.Second, Gone: 20 * time.Second, Free: 20 * time.Second, PerNode: map[string]int{"node1": 50}},
+		{Variant: "kube-ipam", Pods: 150, Ready: 44 * time.Second, Gone: 22 * time.Second, Free: 22 * time.Second},
+		{Variant: "whereabouts", Pods: 150, Ready: 88 * time.Second, Gone: 60 * time.Second, Free: 66 * time.Second},
 	}
 	var b strings.Builder
 	BenchTable(&b, rs, "header")
 	out := b.String()
-	for _, want := range []string{"header", "node1 50", "kube-ipam / eth0 only", "create→Ready 1.10×, delete→free 1.10×",
-		"whereabouts / eth0 only", "create→Ready 2.20×, delete→free 3.30×", "whereabouts / kube-ipam", "create→Ready 2.00×, delete→free 3.00×"} {
+	for _, want := range []string{"header", "node1 50", "kube-ipam / eth0 only", "create→Ready 1.10×, delete→gone 1.10×, delete→free 1.10×",
+		"whereabouts / eth0 only", "create→Ready 2.20×, delete→gone 3.00×, delete→free 3.30×", "whereabouts / kube-ipam", "create→Ready 2.00×, delete→gone 2.73×, delete→free 3.00×"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	rs[2].Free, rs[2].Leaked = 0, 35
+	b.Reset()
+	BenchTable(&b, rs, "leak")
+	for _, want := range []string{"35 leaked", "whereabouts / kube-ipam    create→Ready 2.00×, delete→gone 2.73×, delete→free n/a (a leak)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
 	}
 	b.Reset()

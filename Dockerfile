@@ -10,10 +10,14 @@
 #
 # One image serves both deploy/ workloads:
 #   - the kube-ipam-node DaemonSet runs /kube-ipam/bin/kube-ipam-install (the
-#     default entrypoint), which copies kube-ipam and kube-multus (also as
-#     multus-cni) onto the node. It needs root for the node's /opt/cni/bin and
-#     /etc/cni/net.d: the DaemonSet sets runAsUser: 0 in its securityContext;
-#     the image itself stays non-root (USER 65532 of the distroless base);
+#     default entrypoint), which copies kube-ipam-direct (the whole plugin),
+#     then kube-ipam (the small plugin process the runtime runs: it hands the
+#     call to the node agent, or execs kube-ipam-direct beside it), kube-multus
+#     (also as multus-cni) and kube-tier onto the node, and runs the node
+#     agent (--agent-socket). It needs root for the node's /opt/cni/bin,
+#     /etc/cni/net.d and /run/kube-ipam: the DaemonSet sets runAsUser: 0 in
+#     its securityContext; the image itself stays non-root (USER 65532 of the
+#     distroless base);
 #   - the kube-ipam-controller Deployment runs /kube-ipam/bin/kube-ipam-controller
 #     as that non-root user. kube-ipamctl is there for `kubectl exec`.
 #
@@ -36,7 +40,7 @@ ARG VERSION=dev
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -ldflags "-s -w -X kubeipam/internal/version.Version=${VERSION}" \
-      -o /out/ ./cmd/kube-ipam ./cmd/kube-multus ./cmd/kube-tier ./cmd/kube-ipamctl ./cmd/kube-ipam-controller ./cmd/kube-ipam-install
+      -o /out/ ./cmd/kube-ipam-direct ./cmd/kube-ipam ./cmd/kube-multus ./cmd/kube-tier ./cmd/kube-ipamctl ./cmd/kube-ipam-controller ./cmd/kube-ipam-install
 
 FROM gcr.io/distroless/static-debian12:nonroot
 # The labels of make release's image (internal/release.Labels; a test

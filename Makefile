@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := $(CURDIR)/bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X kubeipam/internal/version.Version=$(VERSION)
-BINARIES := kube-ipam kube-multus kube-tier kube-ipamctl kube-ipam-controller kube-ipam-install
+BINARIES := kube-ipam-direct kube-ipam kube-multus kube-tier kube-ipamctl kube-ipam-controller kube-ipam-install
 
 # The lab's own commands (not installed on nodes).
 LAB_BINARIES := kube-ipam-lab kube-ipam-lab-pause

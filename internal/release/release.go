@@ -36,8 +36,11 @@ import (
 
 // Binaries are the commands of a release, in /kube-ipam/bin of the image
 // and in each platform's archive (the Makefile's BINARIES, the
-// Dockerfile's build, the lab's image).
-var Binaries = []string{"kube-ipam", "kube-multus", "kube-tier", "kube-ipamctl", "kube-ipam-controller", "kube-ipam-install"}
+// Dockerfile's build, the lab's image). kube-ipam is the plugin process the
+// runtime runs, a shim that hands the call to the node agent or execs
+// kube-ipam-direct, the whole plugin, from its own directory: the two are
+// always installed together, kube-ipam-direct first.
+var Binaries = []string{"kube-ipam-direct", "kube-ipam", "kube-multus", "kube-tier", "kube-ipamctl", "kube-ipam-controller", "kube-ipam-install"}
 
 // DefaultPlatforms are the platforms of a release.
 var DefaultPlatforms = []oci.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}}
@@ -72,8 +75,27 @@ func Labels(version, revision string) map[string]string {
 }
 
 // versionArgs are the arguments that make each binary print
-// "<name> <version>".
+// "<name> <version>" (default --version).
 var versionArgs = map[string]string{"kube-ipamctl": "version"}
+
+// versionNames are the names binaries print that are not their own:
+// kube-ipam-direct is the plugin kube-ipam always was, and says so (the
+// shim kube-ipam answers --version by exec'ing it, so both print the same).
+var versionNames = map[string]string{"kube-ipam-direct": "kube-ipam"}
+
+// VersionCommand is the argument that makes binary b print its version,
+// and the line it prints for version.
+func VersionCommand(b, version string) (arg, want string) {
+	arg = versionArgs[b]
+	if arg == "" {
+		arg = "--version"
+	}
+	name := versionNames[b]
+	if name == "" {
+		name = b
+	}
+	return arg, name + " " + version
+}
 
 // Options is one release build.
 type Options struct {
@@ -246,12 +268,9 @@ func (o *Options) build(ctx context.Context, p oci.Platform, dir string) error {
 // the default instead.
 func checkVersions(ctx context.Context, dir, version string) error {
 	for _, b := range Binaries {
-		arg := versionArgs[b]
-		if arg == "" {
-			arg = "--version"
-		}
+		arg, want := VersionCommand(b, version)
 		out, err := exec.CommandContext(ctx, filepath.Join(dir, b), arg).CombinedOutput()
-		if want := b + " " + version; err != nil || strings.TrimSpace(string(out)) != want {
+		if err != nil || strings.TrimSpace(string(out)) != want {
 			return fmt.Errorf("release: %s %s printed %q (%v), want %q", b, arg, out, err, want)
 		}
 	}

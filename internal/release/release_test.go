@@ -72,14 +72,26 @@ func TestBuild(t *testing.T) {
 		if _, err := oci.Static(filepath.Join(dir, b), "/"+b, host); err != nil {
 			t.Error(err)
 		}
-		arg := "--version"
-		if b == "kube-ipamctl" {
-			arg = "version"
-		}
+		arg, want := VersionCommand(b, version)
 		out, err := exec.Command(filepath.Join(dir, b), arg).CombinedOutput()
-		if strings.TrimSpace(string(out)) != b+" "+version || err != nil {
-			t.Errorf("%s %s: %q (%v), want %q", b, arg, out, err, b+" "+version)
+		if strings.TrimSpace(string(out)) != want || err != nil {
+			t.Errorf("%s %s: %q (%v), want %q", b, arg, out, err, want)
 		}
+	}
+	// kube-ipam answered through the kube-ipam-direct beside it; alone it
+	// says which binary is missing.
+	alone := t.TempDir()
+	shim, err := os.ReadFile(filepath.Join(dir, "kube-ipam"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(alone, "kube-ipam"), shim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(alone, "kube-ipam"), "--version")
+	cmd.Env = []string{"PATH=/usr/bin:/bin"} // no CNI_PATH to find it in either
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "kube-ipam-direct is not installed") {
+		t.Errorf("kube-ipam --version without kube-ipam-direct: %q (%v), want a failure naming kube-ipam-direct", out, err)
 	}
 
 	// The archive: the directory under its name, byte for byte.

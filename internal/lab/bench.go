@@ -836,12 +836,19 @@ func BenchTable(w io.Writer, rs []BenchResult, header string) {
 
 // benchHeader describes the run: where and when, with the machine's load.
 func benchHeader(o Options, n int) string {
-	load, _ := os.ReadFile("/proc/loadavg")
 	host, _ := os.Hostname()
-	return fmt.Sprintf("pod-start benchmark (kube-ipam-lab bench), %s, host %s, %d cores, load %s\n"+
+	return fmt.Sprintf("pod-start benchmark (kube-ipam-lab bench), %s, host %s, %d cores, load average %s\n"+
 		"lab: %d nodes, mode %s, store %s; %d pods per variant, one Deployment scaled 0→%d→0; whereabouts %s (range %s)",
-		time.Now().UTC().Format(time.RFC3339), host, runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "),
+		time.Now().UTC().Format(time.RFC3339), host, runtime.NumCPU(), loadAvg(),
 		o.Nodes, o.Mode, storeName(o), n, n, WhereaboutsVersion, WhereaboutsRange)
+}
+
+// loadAvg is the 1, 5 and 15 minute load average: the other work on the
+// machine moves the figures.
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 func storeName(o Options) string {

@@ -108,6 +108,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
+	start := benchHeader(l.opts, bo.Pods) // the load average as the measurement starts
 	results, err := l.Bench(ctx, bo)
 	code := 0
 	if err != nil {
@@ -115,7 +116,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		code = 1
 	}
 	if len(results) > 0 {
-		header := benchHeader(l.opts, bo.Pods)
+		header := start + "\nload average at the end: " + loadAvg()
 		fmt.Fprintln(stdout)
 		BenchTable(stdout, results, header)
 		path, werr := WriteBenchResults(out, results, header)

@@ -239,16 +239,29 @@ func runScale(b *testing.B, storeKind string) *scaleResults {
 	}
 	res := &scaleResults{store: storeKind}
 
-	// Every release is seen from before the controller starts; a canary
-	// allocation without a pod (never a GC candidate) shows the watch is live.
+	// Every release is seen from before the controller starts. A canary
+	// allocation without a pod (never a GC candidate) shows the watch is
+	// live; the watch starts from the revision it reads first, so a canary
+	// committed before that is not seen and another one is committed.
 	e.watch = startFreeWatch(ctx, e.be)
-	e.commit(scalePod{cid: "canary", node: "node-000"}, ipam.Advance(netip.MustParseAddr(scaleFirstIP), uint64(scalePods)).String())
-	e.waitFor("the store watch to see the canary", time.Minute, func() bool { return e.watch.created("canary") })
+	var canaries []string
+	var lastCanary time.Time
+	e.waitFor("the store watch to see a canary", time.Minute, func() bool {
+		if e.watch.canarySeen() {
+			return true
+		}
+		if time.Since(lastCanary) > time.Second {
+			cid := fmt.Sprintf("canary-%d", len(canaries))
+			e.commit(scalePod{cid: cid, node: nodeName(0)}, ipam.Advance(netip.MustParseAddr(scaleFirstIP), uint64(scalePods+len(canaries))).String())
+			canaries, lastCanary = append(canaries, cid), time.Now()
+		}
+		return false
+	})
 
 	t0 := time.Now()
 	e.seed()
 	res.seed = time.Since(t0)
-	e.expectAttachments(scalePods+1, nil)
+	e.expectAttachments(scalePods+len(canaries), nil)
 
 	c := startScaleController(b, ctrlBin, e.conf, e.kube.Kubeconfig)
 	e.waitFor("the controller's first pass", 2*time.Minute, func() bool { return len(c.passes()) >= 1 })
@@ -296,7 +309,7 @@ func runScale(b *testing.B, storeKind string) *scaleResults {
 			survivors = append(survivors, p.cid)
 		}
 	}
-	survivors = append(survivors, "canary")
+	survivors = append(survivors, canaries...)
 	res.dead = len(doomed)
 	e.watch.expect(dead)
 	passesBefore := len(c.passes())
@@ -516,7 +529,7 @@ func (e *scaleEnv) waitFor(desc string, timeout time.Duration, cond func() bool)
 // created and deleted.
 type freeWatch struct {
 	mu        sync.Mutex
-	born      map[string]bool
+	canary    bool            // a canary's record was seen created
 	expected  map[string]bool // container IDs whose release is expected
 	freed     map[string]time.Time
 	unwanted  []string
@@ -526,15 +539,15 @@ type freeWatch struct {
 }
 
 func startFreeWatch(ctx context.Context, be store.Backend) *freeWatch {
-	w := &freeWatch{born: map[string]bool{}, freed: map[string]time.Time{}}
+	w := &freeWatch{freed: map[string]time.Time{}}
 	go be.Watch(ctx, func(ev store.RecordEvent) {
 		now := time.Now()
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		switch ev.Type {
 		case store.EventCreated:
-			if ev.Record.ContainerID == "canary" {
-				w.born["canary"] = true
+			if strings.HasPrefix(ev.Record.ContainerID, "canary-") {
+				w.canary = true
 			}
 		case store.EventDeleted:
 			cid := ev.Record.ContainerID
@@ -555,10 +568,10 @@ func startFreeWatch(ctx context.Context, be store.Backend) *freeWatch {
 	return w
 }
 
-func (w *freeWatch) created(cid string) bool {
+func (w *freeWatch) canarySeen() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.born[cid]
+	return w.canary
 }
 
 // expect sets the allocations whose release is expected from now on.

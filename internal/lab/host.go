@@ -34,10 +34,11 @@ var kubeletDirs = []string{"/var/lib/kubelet", "/var/log/pods", "/var/log/contai
 // nodes, sharing one filesystem, would otherwise share: inside each node's
 // mount namespace they are bind mounts of <node dir>/fs/<name>. So the
 // installer DaemonSet's hostPath volumes, the CNI defaults (/opt/cni/bin,
-// /etc/cni/net.d, /var/lib/cni), flannel's /run/flannel/subnet.env and the
-// plugins' logs in /var/log are
-// per node, as on separate machines, and one config serves every node.
-var NodeDirs = []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/cni", "/run/flannel", "/var/log"}
+// /etc/cni/net.d, /var/lib/cni), flannel's /run/flannel/subnet.env, the
+// kube-ipam node agent's socket in /run/kube-ipam and the plugins' logs in
+// /var/log are per node, as on separate machines, and one config serves
+// every node.
+var NodeDirs = []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/cni", "/run/flannel", "/run/kube-ipam", "/var/log"}
 
 // FS is where node n's private copy of a NodeDirs entry lives.
 func (n Node) FS(dir string) string {

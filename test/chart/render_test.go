@@ -167,7 +167,7 @@ func decodeRender(t *testing.T, objs []obj) render {
 	// The installer's arguments as the installer parses and checks them.
 	r.installer = install.Defaults()
 	args := r.ds.Spec.Template.Spec.Containers[0].Args
-	if err := install.FlagSet(&r.installer).Parse(args); err != nil {
+	if err := installerFlags(&r.installer).Parse(args); err != nil {
 		t.Fatalf("installer args %q: %v", args, err)
 	}
 	if err := r.installer.Validate(); err != nil {

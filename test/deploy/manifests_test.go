@@ -223,7 +223,7 @@ func installerOptions(t *testing.T) (install.Options, *appsv1.DaemonSet) {
 		t.Fatalf("DaemonSet containers %+v", c)
 	}
 	o := install.Defaults()
-	if err := install.FlagSet(&o).Parse(c[0].Args); err != nil {
+	if err := installerFlags(&o).Parse(c[0].Args); err != nil {
 		t.Fatalf("DaemonSet args %q: %v", c[0].Args, err)
 	}
 	if err := o.Validate(); err != nil {
@@ -306,7 +306,7 @@ func TestNetworkConfigAndInstaller(t *testing.T) {
 	if _, v := mountFor(t, spec, 0, o.EtcdCertSource); v.Secret == nil || v.Secret.SecretName != "kube-ipam-etcd" {
 		t.Errorf("--etcd-cert-source %s is not from Secret kube-ipam-etcd: %+v", o.EtcdCertSource, v.VolumeSource)
 	}
-	if !slices.Equal(o.InstalledBinaries(), []string{"kube-ipam", "kube-multus", "kube-tier", "multus-cni"}) || o.ClusterNetwork != install.ClusterNetworkConfig || o.IPAMOnly {
+	if !slices.Equal(o.InstalledBinaries(), []string{"kube-ipam-direct", "kube-ipam", "kube-multus", "kube-tier", "multus-cni"}) || o.ClusterNetwork != install.ClusterNetworkConfig || o.IPAMOnly {
 		t.Errorf("binaries %q, cluster network %q, ipam-only %v", o.InstalledBinaries(), o.ClusterNetwork, o.IPAMOnly)
 	}
 	// The pod: host network, every taint tolerated, node-critical, the

@@ -91,7 +91,7 @@ func render(t *testing.T, comps ...string) rendered {
 	find(t, ds, "DaemonSet", "kube-ipam-node", &r.ds)
 	find(t, ds, "Deployment", "kube-ipam-controller", &r.dep)
 	r.installer = install.Defaults()
-	if err := install.FlagSet(&r.installer).Parse(r.ds.Spec.Template.Spec.Containers[0].Args); err != nil {
+	if err := installerFlags(&r.installer).Parse(r.ds.Spec.Template.Spec.Containers[0].Args); err != nil {
 		t.Fatalf("rendered installer args: %v", err)
 	}
 	if err := r.installer.Validate(); err != nil {
@@ -298,7 +298,7 @@ func TestAutoComponentRenders(t *testing.T) {
 	var d appsv1.DaemonSet
 	find(t, ds, "DaemonSet", "kube-ipam-node", &d)
 	o := install.Defaults()
-	if err := install.FlagSet(&o).Parse(d.Spec.Template.Spec.Containers[0].Args); err != nil {
+	if err := installerFlags(&o).Parse(d.Spec.Template.Spec.Containers[0].Args); err != nil {
 		t.Fatal(err)
 	}
 	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "--cluster-network=auto with --ipam-only") {
@@ -460,7 +460,7 @@ func TestIPAMOnlyOnAMultusNode(t *testing.T) {
 	slices.Sort(written)
 	want := []string{
 		"/etc/cni/net.d/kube-ipam.d/etcd/ca.crt", "/etc/cni/net.d/kube-ipam.d/etcd/tls.crt", "/etc/cni/net.d/kube-ipam.d/etcd/tls.key",
-		"/etc/cni/net.d/kube-ipam.d/kubeconfig", "/opt/cni/bin/kube-ipam", "/opt/cni/bin/kube-tier",
+		"/etc/cni/net.d/kube-ipam.d/kubeconfig", "/opt/cni/bin/kube-ipam", "/opt/cni/bin/kube-ipam-direct", "/opt/cni/bin/kube-tier",
 	}
 	if !slices.Equal(written, want) {
 		t.Errorf("written %q, want %q", written, want)

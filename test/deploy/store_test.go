@@ -292,7 +292,7 @@ func TestStoreComponentRenders(t *testing.T) {
 	find(t, ds, "DaemonSet", "kube-ipam-node", &dsNode)
 	etcdSecret("the installer", dsNode.Spec.Template.Spec)
 	o := install.Defaults()
-	if err := install.FlagSet(&o).Parse(dsNode.Spec.Template.Spec.Containers[0].Args); err != nil {
+	if err := installerFlags(&o).Parse(dsNode.Spec.Template.Spec.Containers[0].Args); err != nil {
 		t.Fatal(err)
 	}
 	if err := o.Validate(); err != nil {

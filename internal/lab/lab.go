@@ -16,10 +16,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"kubeipam/internal/config"
+	"kubeipam/internal/toolcache"
 )
 
 // Options describe one lab. Two labs with different Name, Underlay and Dir
@@ -128,13 +128,11 @@ func DefaultOptions(repo string) Options {
 }
 
 // KubeVersion is the Kubernetes release hack/testbin.sh builds.
-const KubeVersion = "v1.37.2"
+const KubeVersion = toolcache.KubeVersion
 
 // KubeBinDir is where hack/testbin.sh puts the Kubernetes binaries:
 // $KUBE_IPAM_TESTBIN, else the user cache directory.
-func KubeBinDir() string {
-	return cacheDir("KUBE_IPAM_TESTBIN", "testbin-k8s"+strings.TrimPrefix(KubeVersion, "v"))
-}
+func KubeBinDir() string { return toolcache.KubeBinDir() }
 
 // LabBinDir is where hack/labbin.sh puts flanneld and the flannel CNI
 // plugin: $KUBE_IPAM_LABBIN, else the user cache directory.
@@ -142,16 +140,7 @@ func LabBinDir() string { return cacheDir("KUBE_IPAM_LABBIN", "labbin") }
 
 // cacheDir is $env, else <user cache dir>/kube-ipam/<name>, as the hack/
 // scripts compute it.
-func cacheDir(env, name string) string {
-	if dir := os.Getenv(env); dir != "" {
-		return dir
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = filepath.Join(os.TempDir(), ".cache")
-	}
-	return filepath.Join(cache, "kube-ipam", name)
-}
+func cacheDir(env, name string) string { return toolcache.Dir(env, name) }
 
 // ClusterCIDR is the cluster network (the seed's flannel Network); the
 // controller-manager gives each node a /24 of it, which flannel uses.

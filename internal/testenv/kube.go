@@ -28,11 +28,11 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"kubeipam/internal/kubeapi"
-	"kubeipam/internal/lab"
+	"kubeipam/internal/toolcache"
 )
 
 // KubeVersion is the Kubernetes release whose binaries hack/testbin.sh builds.
-const KubeVersion = lab.KubeVersion
+const KubeVersion = toolcache.KubeVersion
 
 // Kube is a Kubernetes control plane (kube-apiserver, optionally
 // kube-controller-manager and kube-scheduler) owned by one test. There is no
@@ -64,7 +64,7 @@ type KubeOptions struct {
 // KubeBinDir returns the directory of the Kubernetes binaries:
 // $KUBE_IPAM_TESTBIN or the user cache directory that hack/testbin.sh fills
 // by default.
-func KubeBinDir() string { return lab.KubeBinDir() }
+func KubeBinDir() string { return toolcache.KubeBinDir() }
 
 // KubeBinary returns the path of a binary in KubeBinDir, skipping the test
 // (failing it in CI) when it has not been built.

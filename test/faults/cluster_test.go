@@ -21,7 +21,7 @@ const (
 	// plugin cannot commit anything before there is a leader).
 	failoverBound       = 5 * time.Second
 	failoverAfterLeader = 2 * time.Second
-	phase         = 4 * time.Second // length of the throughput windows
+	phase               = 4 * time.Second // length of the throughput windows
 )
 
 // TestEtcdClusterMemberLoss: a 3-member etcd, each member in its own network

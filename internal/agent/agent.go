@@ -28,6 +28,7 @@ import (
 	cniversion "github.com/containernetworking/cni/pkg/version"
 
 	"kubeipam/internal/agent/wire"
+	"kubeipam/internal/allocator"
 	"kubeipam/internal/config"
 	"kubeipam/internal/plugin"
 )
@@ -55,9 +56,10 @@ type Server struct {
 	// network's logFile, as the plugin does).
 	Log *slog.Logger
 
-	slots   chan struct{}
-	clients *clients
-	wg      sync.WaitGroup
+	slots    chan struct{}
+	clients  *clients
+	inFlight allocator.InFlight
+	wg       sync.WaitGroup
 }
 
 // Serve listens on s.Socket until ctx ends, then stops accepting, removes
@@ -255,6 +257,7 @@ func (s *Server) run(a *admitted) *wire.Response {
 	p.Pods = s.clients.podGetter
 	p.Etcd = s.clients.etcd
 	p.Kube = s.clients.kube
+	p.InFlight = &s.inFlight
 	if s.root() != "/" {
 		p.Root = s.root()
 	}

@@ -127,6 +127,14 @@ type Allocator struct {
 	// free address, predictable) until a race is lost, then wider.
 	spread   int
 	lastLost bool
+	// InFlight, when set, steers fresh picks away from the addresses
+	// other calls of this process are claiming (see InFlight); Pool names
+	// this network's address pool in it (the same network in the same
+	// store).
+	InFlight *InFlight
+	Pool     string
+	// reserved is this call's entry in InFlight.
+	reserved netip.Addr
 	// beforeCommit, in tests, runs just before a claim transaction is sent.
 	beforeCommit func()
 }
@@ -211,6 +219,7 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 		claimCtx, cancel = context.WithDeadline(ctx, dl.Add(-reserve))
 		defer cancel()
 	}
+	defer a.unreserve()
 	var unknown error // the last claim whose outcome is unknown
 	for attempt := 0; ; attempt++ {
 		rctx := claimCtx
@@ -583,7 +592,7 @@ func (a *Allocator) scanFresh(ctx context.Context, set int, from, last netip.Add
 		}
 		cands := ipam.Free(ivs, from, used, limit, candidates)
 		if len(cands) > 0 {
-			ip := ipam.Pick(cands, max(a.spread, 1))
+			ip := a.pick(cands)
 			return store.ClaimItem{Record: store.Record{IP: ip.String()}, Mode: store.ClaimFresh}, cands[0], true, nil
 		}
 		if limit == last {
@@ -676,5 +685,33 @@ func reusePolicy(n *config.Network, dyn [][]ipam.Interval) store.ReusePolicy {
 			return set, false, false
 		}
 		return set, kind == store.KindDynamic, true
+	}
+}
+
+// pick chooses among free candidates: the lowest one no other call of this
+// process is claiming (after a lost race, a random one of the first
+// spread), and reserves it for this call.
+func (a *Allocator) pick(cands []netip.Addr) netip.Addr {
+	a.unreserve()
+	ip := ipam.Pick(cands, max(a.spread, 1))
+	if a.InFlight != nil && a.spread <= 1 {
+		for _, c := range cands {
+			if !a.InFlight.taken(a.Pool, c) {
+				ip = c
+				break
+			}
+		}
+	}
+	if a.InFlight.reserve(a.Pool, ip) {
+		a.reserved = ip
+	}
+	return ip
+}
+
+// unreserve drops this call's InFlight entry.
+func (a *Allocator) unreserve() {
+	if a.reserved.IsValid() {
+		a.InFlight.release(a.Pool, a.reserved)
+		a.reserved = netip.Addr{}
 	}
 }

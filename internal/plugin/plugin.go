@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -47,6 +48,10 @@ type Plugin struct {
 	// sees it under its host root. Every file of the config is looked up
 	// under it.
 	Root string
+	// InFlight, shared by the calls of one long-lived process (the node
+	// agent), steers concurrent ADDs of the same network to different
+	// first picks; nil in the plugin process, alone in its process.
+	InFlight *allocator.InFlight
 }
 
 // Default is the production wiring.
@@ -386,6 +391,7 @@ func (p *Plugin) add(c *call) (*current.Result, error) {
 		}
 	}
 	alloc.Store, alloc.Now, alloc.Started = c.st, p.Now, c.started
+	alloc.InFlight, alloc.Pool = p.InFlight, poolKey(c.net)
 	c.log.Debug("allocating", "fixed", fmt.Sprint(req.Fixed), "sticky", req.Sticky, "endpoints", fmt.Sprint(c.net.Etcd.Endpoints))
 	got, err := alloc.Allocate(c.ctx, req)
 	if alloc.Conflicts > 0 {
@@ -743,4 +749,13 @@ func openLog(path, level string) (*slog.Logger, func()) {
 		return lg, func() {}
 	}
 	return slog.New(slog.NewTextHandler(f, opts)).With("pid", os.Getpid()), func() { f.Close() }
+}
+
+// poolKey names n's address pool for InFlight: the same network name in
+// the same store is the same pool.
+func poolKey(n *config.Network) string {
+	if n.Store == config.StoreKubernetes {
+		return "kubernetes\x00" + n.KubeConfig + "\x00" + n.Name
+	}
+	return "etcd\x00" + strings.Join(n.Etcd.Endpoints, ",") + "\x00" + n.Etcd.Prefix + "\x00" + n.Name
 }

@@ -141,9 +141,14 @@ func (p phase) p99() float64        { return pct(p.durations(), 0.99) }
 func (p phase) addsPerSec() float64 { return float64(len(p.samples)) / p.wall.Seconds() }
 
 const (
-	kipam     = "kube-ipam"
-	kipamTLS  = "kube-ipam-tls" // the same binary, etcd over TLS with a client certificate
-	hostLocal = "host-local"
+	kipam    = "kube-ipam"
+	kipamTLS = "kube-ipam-tls" // the same binary, etcd over TLS with a client certificate
+	// The same two through the node agent (the shim hands each call to
+	// it); the two above run the plugin in each ADD's process (the shim
+	// execs kube-ipam-direct), as a node without the agent does.
+	kipamAgent    = "kube-ipam-agent"
+	kipamAgentTLS = "kube-ipam-agent-tls"
+	hostLocal     = "host-local"
 	// baseline is the column every ratio divides by.
 	baseline = hostLocal
 )
@@ -171,6 +176,8 @@ type addPlugin struct {
 	// debugLog: the config logs at debug level to logFile, whose "ms"
 	// field is the time inside the plugin.
 	debugLog bool
+	// agent, when set, runs the calls (env points the shim at it).
+	agent *nodeAgent
 }
 
 // addColumn is what one plugin measured.
@@ -181,6 +188,9 @@ type addColumn struct {
 	writes                  float64 // etcd write proposals during conc; NaN without etcd
 	races, maxRaces         int     // claim races lost in conc (records' lostRaces): total, most by one ADD
 	inPlugin                map[string][]int
+	// agentCPU is the node agent's CPU during conc per successful ADD
+	// (NaN without an agent): the plugin processes' rusage leaves it out.
+	agentCPU float64
 }
 
 // writesPerAdd is etcd writes per successful ADD at inFlight.
@@ -207,6 +217,7 @@ type results struct {
 	startOnlyName []string
 	etcdPut       phase // single puts from this process
 	meterFloor    int64 // peak RSS the meter reports for /bin/true, bytes
+	agentPeakRSS  int64 // the node agent's VmHWM at the end, bytes
 	fillN, poolN  int
 	fillTime      time.Duration
 }
@@ -225,6 +236,10 @@ func BenchmarkAdd(b *testing.B) {
 			b.ReportMetric(c.conc.cpuP50(), "cpu-p50-ms")
 			b.ReportMetric(c.metered.rssMB(0.5), "peak-rss-p50-MB")
 			b.ReportMetric(c.metered.rssMB(1), "peak-rss-max-MB")
+			if !math.IsNaN(c.agentCPU) {
+				b.ReportMetric(c.agentCPU, "agent-cpu-ms/add")
+				b.ReportMetric(float64(r.agentPeakRSS)/(1<<20), "agent-peak-rss-MB")
+			}
 			if !math.IsNaN(c.writes) {
 				b.ReportMetric(c.writesPerAdd(), "etcd-writes/add")
 				b.ReportMetric(c.racesPerAdd(), "races-lost/add")
@@ -284,6 +299,7 @@ type env struct {
 	cli     *clientv3.Client
 	etcdTLS *testenv.Etcd // kipamTLS's store
 	cliTLS  *clientv3.Client
+	agent   *nodeAgent // the agent columns' node agent
 	cni     *cniRunner
 	dir     string
 	meter   string // bench/rusage, built for this run
@@ -292,12 +308,18 @@ type env struct {
 // plugins are the columns, in table order; the baseline must be one.
 func (e *env) plugins() []*addPlugin {
 	kubeIPAM := testenv.Binary(e.b, "kube-ipam")
+	direct := []string{"KUBE_IPAM_AGENT=off"} // never a node agent this run did not start
 	return []*addPlugin{
-		{name: kipam, short: "ki", bin: kubeIPAM, conf: kubeIPAMConf(e.etcd, false),
+		{name: kipam, short: "ki", bin: kubeIPAM, env: direct, conf: kubeIPAMConf(e.etcd, false),
 			etcd: e.etcd, cli: e.cli, fullAdds: sequentialAdds, debugLog: true},
 		// Every ADD process makes its own TLS handshake, as deployed.
-		{name: kipamTLS, short: "ki-tls", bin: kubeIPAM, conf: kubeIPAMConf(e.etcdTLS, true),
+		{name: kipamTLS, short: "ki-tls", bin: kubeIPAM, env: direct, conf: kubeIPAMConf(e.etcdTLS, true),
 			etcd: e.etcdTLS, cli: e.cliTLS, debugLog: true},
+		// The agent keeps its etcd connections warm between calls.
+		{name: kipamAgent, short: "ki-ag", bin: kubeIPAM, env: e.agent.env(), conf: kubeIPAMConf(e.etcd, false),
+			etcd: e.etcd, cli: e.cli, fullAdds: sequentialAdds, debugLog: true, agent: e.agent},
+		{name: kipamAgentTLS, short: "ki-ag-tls", bin: kubeIPAM, env: e.agent.env(), conf: kubeIPAMConf(e.etcdTLS, true),
+			etcd: e.etcdTLS, cli: e.cliTLS, debugLog: true, agent: e.agent},
 		{name: hostLocal, short: "hl", bin: filepath.Join(e.cni.path, "host-local"),
 			conf: hostLocalConf(e.dir), fullAdds: hostLocalFullAdds},
 	}
@@ -358,6 +380,7 @@ func runScenario(b *testing.B) *results {
 	e.etcdTLS = testenv.StartEtcdTLS(b)
 	e.cliTLS = e.etcdTLS.Client(b)
 	e.meter = e.buildMeter()
+	e.agent = e.startAgent()
 	plugins := e.plugins()
 	if len(plugins) > 25 || !slices.ContainsFunc(plugins, func(p *addPlugin) bool { return p.name == baseline }) {
 		b.Fatalf("BenchmarkAdd needs the %s column and at most 25 columns (subnets)", baseline)
@@ -366,7 +389,7 @@ func runScenario(b *testing.B) *results {
 	for _, p := range plugins {
 		r.plugins = append(r.plugins, p.name)
 		r.short[p.name] = p.short
-		r.cols[p.name] = &addColumn{writes: math.NaN(), inPlugin: map[string][]int{}}
+		r.cols[p.name] = &addColumn{writes: math.NaN(), agentCPU: math.NaN(), inPlugin: map[string][]int{}}
 	}
 	e.calibrateWrites(e.etcd)
 	e.calibrateWrites(e.etcdTLS)
@@ -390,13 +413,23 @@ func runScenario(b *testing.B) *results {
 	// counts the writes; nothing else writes to it meanwhile.
 	for i, p := range plugins {
 		c, what := r.cols[p.name], p.name+" concurrent"
-		var before float64
+		var (
+			before    float64
+			agentCPU0 time.Duration
+		)
 		if p.etcd != nil {
 			before = e.etcdWrites(p.etcd)
+		}
+		if p.agent != nil {
+			agentCPU0 = e.agentCPU(p.agent)
 		}
 		c.conc = e.run(p, i, "conc", concurrentAdds, inFlight)
 		if p.etcd != nil {
 			c.writes = e.etcdWrites(p.etcd) - before
+		}
+		if p.agent != nil {
+			used := e.agentCPU(p.agent) - agentCPU0
+			c.agentCPU = float64(used.Microseconds()) / 1000 / float64(len(c.conc.succeeded().samples))
 		}
 		e.mustOK(what, c.conc, subnetOf(i, "conc"), nil)
 		e.checkStore(what, p, "conc", c.conc)
@@ -443,6 +476,11 @@ func runScenario(b *testing.B) *results {
 		e.mustOK(p.name+" sequential 99% full", c.seqFull, subnet, gaps)
 	}
 
+	rss, err := e.agent.peakRSS()
+	if err != nil {
+		b.Fatalf("the node agent's peak RSS: %v", err)
+	}
+	r.agentPeakRSS = rss
 	for _, p := range plugins {
 		if p.debugLog {
 			for _, ph := range phaseNames[1:] {
@@ -453,6 +491,16 @@ func runScenario(b *testing.B) *results {
 		}
 	}
 	return r
+}
+
+// agentCPU is the node agent's CPU time so far.
+func (e *env) agentCPU(a *nodeAgent) time.Duration {
+	e.b.Helper()
+	d, err := a.cpu()
+	if err != nil {
+		e.b.Fatalf("the node agent's CPU time: %v", err)
+	}
+	return d
 }
 
 // runStartup times n sequential runs of bin that do no work
@@ -1021,6 +1069,7 @@ func printTable(r *results) {
 	row("p50 ms process start only", 1, true, func(c *addColumn) float64 { return c.startup.p50() })
 	row("p50 CPU ms per ADD, sequential", 1, true, func(c *addColumn) float64 { return c.seqEmpty.cpuP50() })
 	row(fmt.Sprintf("p50 CPU ms per ADD, %d in flight", inFlight), 1, true, func(c *addColumn) float64 { return c.conc.cpuP50() })
+	row(fmt.Sprintf("+ agent CPU ms per ADD (mean), %d in flight", inFlight), 1, false, func(c *addColumn) float64 { return c.agentCPU })
 	row(fmt.Sprintf("peak RSS MB per ADD p50, %d in flight", inFlight), 1, true, func(c *addColumn) float64 { return c.metered.rssMB(0.5) })
 	row(fmt.Sprintf("peak RSS MB per ADD max, %d in flight", inFlight), 1, true, func(c *addColumn) float64 { return c.metered.rssMB(1) })
 	row(fmt.Sprintf("etcd writes per ADD, %d in flight", inFlight), 2, false, func(c *addColumn) float64 { return c.writesPerAdd() })
@@ -1032,9 +1081,13 @@ func printTable(r *results) {
 		concurrentAdds, inFlight, sequentialAdds, hostLocalFullAdds)
 	t.text("99%% = %d of %d addresses claimed at random positions (written in %v), the %d gaps never used.",
 		r.fillN, r.poolN, r.fillTime.Round(time.Millisecond), r.poolN-r.fillN)
-	t.text("process start: CNI_COMMAND=VERSION, exec to exit (p50 of %d); CPU: user + system (rusage).", startupRuns)
+	t.text("process start: CNI_COMMAND=VERSION, exec to exit (p50 of %d); the shim hands only ADD and DEL to the agent,", startupRuns)
+	t.text("  so for every kube-ipam column this is the shim and the kube-ipam-direct it execs. CPU: user + system (rusage).")
 	t.text("peak RSS: %d more ADDs per plugin, %d in flight, each run by the meter bench/rusage (maxrss, goal ≤ 40 MB;", meteredAdds, inFlight)
 	t.text("  the meter reports %.1f MB for /bin/true, the floor of what it can report).", float64(r.meterFloor)/(1<<20))
+	t.text("%s, %s: the shim hands each call to one node agent (kube-ipam-install --agent-only), which keeps its", kipamAgent, kipamAgentTLS)
+	t.text("  etcd connections warm; its own CPU is the '+ agent' row (/proc, over the %d-in-flight phase), its peak RSS", inFlight)
+	t.text("  %.1f MB for the whole run (both columns); %s and %s set KUBE_IPAM_AGENT=off (the shim execs kube-ipam-direct).", float64(r.agentPeakRSS)/(1<<20), kipam, kipamTLS)
 	t.text("etcd writes: the change in etcd's %s over the phase", etcdWritesMetric)
 	t.text("  (Put, DeleteRange, or Txn with a write, whether its compare held or not) / successful ADDs (goal ≤ 1.05);")
 	t.text("  claim races lost: the records' lostRaces, summed / successful ADDs.")

@@ -290,6 +290,7 @@ func (a *Allocator) Allocate(ctx context.Context, req Request) ([]Allocated, err
 		case ok:
 			a.Committed = true
 			a.Retired = len(claim.Retire)
+			a.settle()
 			return out, nil
 		}
 		a.lastLost = true
@@ -706,6 +707,15 @@ func (a *Allocator) pick(cands []netip.Addr) netip.Addr {
 		a.reserved = ip
 	}
 	return ip
+}
+
+// settle keeps this call's InFlight entry for a while after its claim
+// committed (see InFlight).
+func (a *Allocator) settle() {
+	if a.reserved.IsValid() {
+		a.InFlight.settle(a.Pool, a.reserved)
+		a.reserved = netip.Addr{}
+	}
 }
 
 // unreserve drops this call's InFlight entry.

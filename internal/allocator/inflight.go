@@ -3,20 +3,36 @@ package allocator
 import (
 	"net/netip"
 	"sync"
+	"time"
 )
 
 // InFlight holds the addresses that calls running in this process are
-// claiming right now, so that concurrent calls of one process (the node
-// agent) pick different addresses first instead of racing each other for
-// the lowest free one and losing a transaction and a round trip each time.
-// It only steers the first pick: the claim transaction stays the one
-// guard, so other processes and nodes are handled as before (a lost race,
-// then a spread pick). The zero value is ready to use; a nil *InFlight
-// reserves nothing (the plugin process, alone in its process).
+// claiming, and those they claimed a moment ago, so that concurrent calls
+// of one process (the node agent) pick different addresses first instead
+// of racing each other for the lowest free one and losing a transaction
+// and a round trip each time.
+//
+// A claimed address stays here for Settle after its claim commits: a call
+// that read the pool before that commit still sees the address free, and
+// would otherwise pick it and lose. Within Settle, an address this process
+// freed again is only passed over, never refused: InFlight steers the
+// first pick and nothing else. The claim transaction stays the one guard,
+// so other processes and nodes are handled as before (a lost race, then a
+// spread pick). The zero value is ready to use; a nil *InFlight reserves
+// nothing (the plugin process, alone in its process).
 type InFlight struct {
+	// Settle is how long a committed claim keeps its address here
+	// (default DefaultSettle).
+	Settle time.Duration
+
 	mu sync.Mutex
-	m  map[inFlightKey]struct{}
+	m  map[inFlightKey]time.Time // zero: being claimed; else settled until then
 }
+
+// DefaultSettle covers how stale a concurrent call's read of the pool can
+// be when it picks: its read and its pick are one plan, milliseconds
+// apart, or a few hundred on a machine with 50 calls in flight on 2 cores.
+const DefaultSettle = 5 * time.Second
 
 type inFlightKey struct {
 	pool string
@@ -24,24 +40,27 @@ type inFlightKey struct {
 }
 
 // reserve marks ip of pool as being claimed; false when another call of
-// this process already claims it.
+// this process already claims it (or just has).
 func (f *InFlight) reserve(pool string, ip netip.Addr) bool {
 	if f == nil {
 		return true
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	now := time.Now()
+	f.sweep(now)
 	k := inFlightKey{pool, ip}
-	if _, taken := f.m[k]; taken {
+	if until, held := f.m[k]; held && (until.IsZero() || now.Before(until)) {
 		return false
 	}
 	if f.m == nil {
-		f.m = map[inFlightKey]struct{}{}
+		f.m = map[inFlightKey]time.Time{}
 	}
-	f.m[k] = struct{}{}
+	f.m[k] = time.Time{}
 	return true
 }
 
+// release drops a claim that did not commit.
 func (f *InFlight) release(pool string, ip netip.Addr) {
 	if f == nil {
 		return
@@ -51,23 +70,56 @@ func (f *InFlight) release(pool string, ip netip.Addr) {
 	f.mu.Unlock()
 }
 
-// taken reports whether another call of this process claims ip of pool.
+// settle keeps a committed claim's address for Settle.
+func (f *InFlight) settle(pool string, ip netip.Addr) {
+	if f == nil {
+		return
+	}
+	d := f.Settle
+	if d <= 0 {
+		d = DefaultSettle
+	}
+	f.mu.Lock()
+	f.m[inFlightKey{pool, ip}] = time.Now().Add(d)
+	f.mu.Unlock()
+}
+
+// sweep drops the settled entries that have expired (f.mu held).
+func (f *InFlight) sweep(now time.Time) {
+	for k, until := range f.m {
+		if !until.IsZero() && !now.Before(until) {
+			delete(f.m, k)
+		}
+	}
+}
+
+// taken reports whether another call of this process claims, or has just
+// claimed, ip of pool.
 func (f *InFlight) taken(pool string, ip netip.Addr) bool {
 	if f == nil {
 		return false
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, ok := f.m[inFlightKey{pool, ip}]
-	return ok
+	until, ok := f.m[inFlightKey{pool, ip}]
+	return ok && (until.IsZero() || time.Now().Before(until))
 }
 
-// Len is the number of addresses reserved (for tests).
-func (f *InFlight) Len() int {
+// Counts are the addresses being claimed and those settled (for tests).
+func (f *InFlight) Counts() (claiming, settled int) {
 	if f == nil {
-		return 0
+		return 0, 0
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.m)
+	now := time.Now()
+	for _, until := range f.m {
+		switch {
+		case until.IsZero():
+			claiming++
+		case now.Before(until):
+			settled++
+		}
+	}
+	return claiming, settled
 }

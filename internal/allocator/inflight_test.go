@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestInFlightSpreadsConcurrentFirstPicks: calls of one process that read
@@ -68,8 +69,46 @@ func TestInFlightSpreadsConcurrentFirstPicks(t *testing.T) {
 			if !tc.wantLosses(losses) {
 				t.Errorf("%d claim races lost", losses)
 			}
-			if n := tc.inFlight.Len(); n != 0 {
-				t.Errorf("%d reservations left in InFlight after every call ended", n)
+			claiming, settled := tc.inFlight.Counts()
+			if claiming != 0 {
+				t.Errorf("%d addresses still being claimed in InFlight after every call ended", claiming)
+			}
+			if tc.inFlight != nil && settled != calls {
+				t.Errorf("%d addresses settled in InFlight, want the %d claimed", settled, calls)
+			}
+		})
+	}
+}
+
+// TestInFlightSettledPassesOverStaleReads: a call whose read of the pool
+// predates another call's commit (here: a second store that never saw it)
+// passes over the address that call just claimed while it is settled, and
+// picks it again once Settle has passed. Without InFlight it picks the
+// claimed address (and, on one store, would lose the race).
+func TestInFlightSettledPassesOverStaleReads(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		f      *InFlight
+		second string
+	}{
+		{"settled", &InFlight{}, "10.9.0.3"},
+		{"expired", &InFlight{Settle: time.Nanosecond}, "10.9.0.2"},
+		{"no InFlight", nil, "10.9.0.2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, cid := range []string{"a", "b"} {
+				e := newStratEnv(t, `"subnet":"10.9.0.0/24"`) // a store of its own: b's read misses a's claim
+				a := e.alloc()
+				a.InFlight, a.Pool = tc.f, "etcd\x00strat"
+				out, err := a.Allocate(e.ctx, sreq(cid))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, out[0].IP.String())
+			}
+			if got[0] != "10.9.0.2" || got[1] != tc.second { // .1 is the gateway
+				t.Errorf("picks %v, want [10.9.0.2 %s]", got, tc.second)
 			}
 		})
 	}
@@ -88,11 +127,18 @@ func TestInFlightReserve(t *testing.T) {
 		t.Fatal("taken disagrees with reserve")
 	}
 	f.release("p", a)
-	if f.taken("p", a) || f.Len() != 2 {
-		t.Fatalf("after release: taken=%v len=%d", f.taken("p", a), f.Len())
+	f.settle("p", b)
+	if f.taken("p", a) || !f.taken("p", b) || f.reserve("p", b) {
+		t.Fatal("a released address is free; a settled one is taken")
+	}
+	if c, s := f.Counts(); c != 1 || s != 1 {
+		t.Fatalf("counts %d claiming, %d settled; want 1 and 1", c, s)
 	}
 	var none *InFlight
-	if !none.reserve("p", a) || none.taken("p", a) || none.Len() != 0 {
+	if !none.reserve("p", a) || none.taken("p", a) {
 		t.Fatal("a nil InFlight reserves nothing and refuses nothing")
+	}
+	if c, s := none.Counts(); c != 0 || s != 0 {
+		t.Fatal("a nil InFlight holds nothing")
 	}
 }

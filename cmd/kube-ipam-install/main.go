@@ -18,7 +18,6 @@ import (
 	"syscall"
 
 	"kubeipam/internal/agent"
-	"kubeipam/internal/agent/wire"
 	"kubeipam/internal/cmdline"
 	"kubeipam/internal/install"
 	"kubeipam/internal/version"
@@ -28,10 +27,8 @@ func main() {
 	o := install.Defaults()
 	fs := install.FlagSet(&o)
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	ag := agent.Server{Root: o.HostRoot}
-	fs.StringVar(&ag.Socket, "agent-socket", "", "run the node agent on this unix socket, as mounted in this pod (the node's "+wire.DefaultSocket+"); empty = no agent: every plugin call runs kube-ipam-direct")
-	agentOnly := fs.Bool("agent-only", false, "run only the node agent (--agent-socket), install nothing")
-	fs.IntVar(&ag.MaxInFlight, "agent-max-in-flight", agent.DefaultMaxInFlight, "calls the agent runs at once; more take the direct path")
+	var ag agent.Server
+	agentOnly := ag.AddFlags(fs)
 	if code, ok := cmdline.Parse(fs, os.Args[1:], false); !ok {
 		os.Exit(code)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
 	cniversion "github.com/containernetworking/cni/pkg/version"
+	"github.com/spf13/pflag"
 
 	"kubeipam/internal/agent/wire"
 	"kubeipam/internal/allocator"
@@ -60,6 +61,14 @@ type Server struct {
 	clients  *clients
 	inFlight allocator.InFlight
 	wg       sync.WaitGroup
+}
+
+// AddFlags registers the agent's flags of kube-ipam-install on fs, into s,
+// and returns --agent-only (run only the agent).
+func (s *Server) AddFlags(fs *pflag.FlagSet) (agentOnly *bool) {
+	fs.StringVar(&s.Socket, "agent-socket", "", "run the node agent on this unix socket, as mounted in this pod (the node's "+wire.DefaultSocket+"); empty = no agent: every plugin call runs kube-ipam-direct")
+	fs.IntVar(&s.MaxInFlight, "agent-max-in-flight", DefaultMaxInFlight, "calls the agent runs at once; more take the direct path")
+	return fs.Bool("agent-only", false, "run only the node agent (--agent-socket), install nothing")
 }
 
 // Serve listens on s.Socket until ctx ends, then stops accepting, removes

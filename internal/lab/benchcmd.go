@@ -44,7 +44,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&bo.Pods, "pods", bo.Pods, "N: pods per variant, one Deployment scaled 0→N→0 (env LAB_BENCH_N)")
 	fs.DurationVar(&bo.Deadline, "deadline", bo.Deadline, "a variant fails unless all its pods are Ready (then gone and free) within this")
 	bo.Settle = 2 * time.Minute
-	fs.DurationVar(&bo.Settle, "settle", bo.Settle, "once every pod is gone, addresses still held after this are a leak (the run fails)")
+	fs.DurationVar(&bo.Settle, "settle", bo.Settle, "once every pod is gone, addresses still held after this are a leak (reported; a leak of kube-ipam fails the run)")
 	out := DefaultBenchOut
 	if v := os.Getenv("LAB_BENCH_OUT"); v != "" {
 		out = v

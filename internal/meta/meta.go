@@ -75,7 +75,8 @@ type call struct {
 	cni      *libcni.CNIConfig
 	ctx      context.Context
 	kubeAPI  Kube
-	podObj   *Pod // read in Kubernetes mode during ADD
+	podObj   *Pod      // read in Kubernetes mode during ADD
+	started  time.Time // the call's start, for the "ms" of its last log line
 }
 
 func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
@@ -83,7 +84,7 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	if err != nil {
 		return nil, toCNI(err)
 	}
-	c := &call{p: p, verb: verb, args: args, conf: conf, ctx: context.Background()}
+	c := &call{p: p, verb: verb, args: args, conf: conf, ctx: context.Background(), started: time.Now()}
 	c.log, c.closeLog = openLog(conf, p.Stderr)
 	c.log = c.log.With("verb", verb, "network", conf.Name, "container", short(args.ContainerID))
 	if c.pod, err = ParseArgs(args.Args); err != nil {
@@ -103,9 +104,11 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	return c, nil
 }
 
-// end logs the outcome and returns err as a CNI error.
+// end logs the outcome, with the call's time in ms (every delegate's
+// included), and returns err as a CNI error.
 func (c *call) end(err error, attrs ...any) error {
 	defer c.closeLog()
+	attrs = append(attrs, "ms", time.Since(c.started).Milliseconds())
 	if err != nil {
 		e := toCNI(err)
 		c.log.Error("failed", append(attrs, "code", e.Code, "err", e.Msg)...)

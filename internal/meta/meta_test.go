@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -193,6 +194,9 @@ func TestAddDel(t *testing.T) {
 	calls := e.calls()
 	if got := seq(calls); got != "ADD k8snet1 kmt0, ADD k8snet2 net1, ADD k8snet3 net2" {
 		t.Fatalf("calls: %s", got)
+	}
+	if !regexp.MustCompile(`msg=ok .*verb=ADD .* ms=[0-9]+`).MatchString(e.stderr.String()) {
+		t.Errorf("no ADD line with its time (ms=) in the log:\n%s", e.stderr.String())
 	}
 	for _, c := range calls {
 		if !c.CacheExisted {

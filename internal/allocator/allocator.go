@@ -694,15 +694,13 @@ func reusePolicy(n *config.Network, dyn [][]ipam.Interval) store.ReusePolicy {
 // spread), and reserves it for this call.
 func (a *Allocator) pick(cands []netip.Addr) netip.Addr {
 	a.unreserve()
-	ip := ipam.Pick(cands, max(a.spread, 1))
-	if a.InFlight != nil && a.spread <= 1 {
-		for _, c := range cands {
-			if !a.InFlight.taken(a.Pool, c) {
-				ip = c
-				break
-			}
+	if a.spread <= 1 {
+		if ip, ok := a.InFlight.reserveFirst(a.Pool, cands); ok {
+			a.reserved = ip
+			return ip
 		}
 	}
+	ip := ipam.Pick(cands, max(a.spread, 1))
 	if a.InFlight.reserve(a.Pool, ip) {
 		a.reserved = ip
 	}

@@ -42,23 +42,37 @@ type inFlightKey struct {
 // reserve marks ip of pool as being claimed; false when another call of
 // this process already claims it (or just has).
 func (f *InFlight) reserve(pool string, ip netip.Addr) bool {
+	_, ok := f.reserveFirst(pool, []netip.Addr{ip})
+	return ok
+}
+
+// reserveFirst marks the first of cands that no other call of this
+// process claims (or just has) as being claimed, and returns it; false
+// when every one is taken. A nil InFlight takes the first.
+func (f *InFlight) reserveFirst(pool string, cands []netip.Addr) (netip.Addr, bool) {
 	if f == nil {
-		return true
+		return cands[0], true
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
 	f.sweep(now)
-	k := inFlightKey{pool, ip}
-	if until, held := f.m[k]; held && (until.IsZero() || now.Before(until)) {
-		return false
+	for _, ip := range cands {
+		k := inFlightKey{pool, ip}
+		if until, held := f.m[k]; held && live(until, now) {
+			continue
+		}
+		if f.m == nil {
+			f.m = map[inFlightKey]time.Time{}
+		}
+		f.m[k] = time.Time{}
+		return ip, true
 	}
-	if f.m == nil {
-		f.m = map[inFlightKey]time.Time{}
-	}
-	f.m[k] = time.Time{}
-	return true
+	return netip.Addr{}, false
 }
+
+// live: an entry being claimed (zero) or settled until after now.
+func live(until, now time.Time) bool { return until.IsZero() || now.Before(until) }
 
 // release drops a claim that did not commit.
 func (f *InFlight) release(pool string, ip netip.Addr) {
@@ -87,14 +101,14 @@ func (f *InFlight) settle(pool string, ip netip.Addr) {
 // sweep drops the settled entries that have expired (f.mu held).
 func (f *InFlight) sweep(now time.Time) {
 	for k, until := range f.m {
-		if !until.IsZero() && !now.Before(until) {
+		if !live(until, now) {
 			delete(f.m, k)
 		}
 	}
 }
 
 // taken reports whether another call of this process claims, or has just
-// claimed, ip of pool.
+// claimed, ip of pool (for tests).
 func (f *InFlight) taken(pool string, ip netip.Addr) bool {
 	if f == nil {
 		return false
@@ -102,7 +116,7 @@ func (f *InFlight) taken(pool string, ip netip.Addr) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	until, ok := f.m[inFlightKey{pool, ip}]
-	return ok && (until.IsZero() || time.Now().Before(until))
+	return ok && live(until, time.Now())
 }
 
 // Counts are the addresses being claimed and those settled (for tests).

@@ -2,13 +2,9 @@ package bench
 
 import (
 	"bytes"
-	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -63,47 +59,10 @@ func (e *env) startAgent() *nodeAgent {
 func (a *nodeAgent) env() []string { return []string{"KUBE_IPAM_AGENT=" + a.socket} }
 
 // cpu is the agent's user + system time so far.
-func (a *nodeAgent) cpu() (time.Duration, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.cmd.Process.Pid))
-	if err != nil {
-		return 0, err
-	}
-	// The fields after the command name, which is in parentheses and may
-	// hold spaces: state is the 3rd field of stat, utime the 14th.
-	rest := string(data[bytes.LastIndexByte(data, ')')+2:])
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", a.cmd.Process.Pid, data)
-	}
-	var ticks int64
-	for _, s := range f[11:13] {
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %v", a.cmd.Process.Pid, err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / clockTicks, nil
-}
-
-// clockTicks is USER_HZ, the unit of /proc's times: 100 on every Linux
-// architecture Go supports.
-const clockTicks = 100
+func (a *nodeAgent) cpu() (time.Duration, error) { return procCPU(a.cmd.Process.Pid) }
 
 // peakRSS is the agent's VmHWM in bytes.
 func (a *nodeAgent) peakRSS() (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.cmd.Process.Pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("VmHWM %q: %v", v, err)
-			}
-			return kib << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", a.cmd.Process.Pid)
+	kb, err := procStatusKB(a.cmd.Process.Pid, "VmHWM")
+	return kb << 10, err
 }

@@ -695,39 +695,20 @@ func (c *scaleController) passes() []scalePass {
 	return out
 }
 
-// cpu is the process's user+system CPU time so far (/proc/<pid>/stat
-// utime and stime, in clock ticks of 1/100 s: USER_HZ is 100 on Linux).
+// cpu is the process's user+system CPU time so far.
 func (c *scaleController) cpu() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.pid))
+	d, err := procCPU(c.pid)
 	if err != nil {
 		c.b.Fatal(err)
 	}
-	// Fields after the command name (which may hold spaces) in parentheses.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		c.b.Fatalf("/proc/%d/stat: %q", c.pid, s)
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond
+	return d
 }
 
 // mem is a /proc/<pid>/status field in kB (VmRSS, VmHWM).
 func (c *scaleController) mem(field string) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.pid))
+	kb, err := procStatusKB(c.pid, field)
 	if err != nil {
 		c.b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				c.b.Fatalf("/proc/%d/status %s: %q", c.pid, field, v)
-			}
-			return kb
-		}
-	}
-	c.b.Fatalf("/proc/%d/status has no %s", c.pid, field)
-	return 0
+	return kb
 }

@@ -83,12 +83,12 @@ func (e *env) conf(extra map[string]any) []byte {
 	return b
 }
 
-// startAgent starts kube-ipam-install --agent-only and waits until its
-// socket answers. hold makes it wait after each claim commits (the fault
-// hook of package plugin).
-func (e *env) startAgent(hold bool) {
+// startAgent starts kube-ipam-install --agent-only (with extra flags) and
+// waits until its socket answers. hold makes it wait after each claim
+// commits (the fault hook of package plugin).
+func (e *env) startAgent(hold bool, flags ...string) {
 	e.t.Helper()
-	cmd := exec.Command(e.install, "--agent-only", "--agent-socket", e.socket, "--host-root", "/")
+	cmd := exec.Command(e.install, append([]string{"--agent-only", "--agent-socket", e.socket, "--host-root", "/"}, flags...)...)
 	cmd.Env = os.Environ()
 	if hold {
 		cmd.Env = append(cmd.Env, plugin.HoldAfterCommitEnv+"="+e.holdDir)
@@ -404,6 +404,40 @@ func TestAgentKilledAfterCommit(t *testing.T) {
 	}
 	if n := e.attachments(); n != 1 {
 		t.Errorf("%d attachments, want 1", n)
+	}
+}
+
+// TestBusyAgentTakesTheDirectPath: with --agent-max-in-flight calls
+// running, the agent declines the next one and the plugin runs it itself;
+// the call the agent holds still ends through the agent.
+func TestBusyAgentTakesTheDirectPath(t *testing.T) {
+	requireRoot(t)
+	e := newEnv(t)
+	e.startAgent(true, "--agent-max-in-flight", "1")
+	conf := e.conf(nil)
+	done := make(chan result, 1)
+	go func() { done <- e.run("ADD", "busy-1", e.socket, conf, "") }()
+	hold := filepath.Join(e.holdDir, "busy-1_net1")
+	waitFor(t, 20*time.Second, "the agent to commit and hold busy-1", func() error {
+		_, err := os.Stat(hold)
+		return err
+	})
+	r2 := e.run("ADD", "busy-2", e.socket, conf, "")
+	if r2.code != 0 || r2.pid == e.agentPID() {
+		t.Fatalf("ADD with the agent's one slot taken: %+v (agent %d), want the direct path", r2, e.agentPID())
+	}
+	if err := os.Remove(hold); err != nil {
+		t.Fatal(err)
+	}
+	r1 := <-done
+	if r1.code != 0 || r1.pid != e.agentPID() {
+		t.Fatalf("the held ADD: %+v (agent %d), want it answered by the agent", r1, e.agentPID())
+	}
+	if a, b := r1.ips(t)[0], r2.ips(t)[0]; a == b {
+		t.Errorf("both calls got %s", a)
+	}
+	if n := e.attachments(); n != 2 {
+		t.Errorf("%d attachments, want 2", n)
 	}
 }
 

@@ -59,7 +59,10 @@ func TestClusterNetworkConflistWorkarounds(t *testing.T) {
 		{"cbr0", "delegates", "cbr0"}, {"cbr0", "confDir", "cbr0"}, {"cbr0-nad", "NAD", "kube-system/cbr0-nad"},
 	} {
 		t.Run(c.how, func(t *testing.T) {
-			dataDir := t.TempDir()
+			// The parent's temp dir: mustAdd's cleanup DEL runs when the
+			// parent ends, and host-local would re-create a subtest's
+			// (already removed) data dir then, leaking it.
+			dataDir := e.t.TempDir()
 			list := e.clusterConflist(c.name, dataDir)
 			conf := e.multusConf(c.name)
 			switch c.how {

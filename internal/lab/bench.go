@@ -64,6 +64,13 @@ type BenchOptions struct {
 	// is a leak (reported; for kube-ipam the run fails, the other variants
 	// still run).
 	Settle time.Duration
+	// Rounds is how often every variant is measured. Each round starts
+	// with a different variant (round r with the r-th), so that none is
+	// always first or last after another's deletions; the table gives
+	// every round and the median of each figure. On a 2-core machine one
+	// round's ratio moves by as much as the goal, so several rounds are
+	// what a decision rests on.
+	Rounds int
 }
 
 // BenchVariant is one column of the benchmark: what gives the pods net1.
@@ -88,7 +95,9 @@ var BenchVariants = []BenchVariant{
 // BenchResult is one variant's figures.
 type BenchResult struct {
 	Variant string `json:"variant"`
-	Pods    int    `json:"pods"`
+	// Round is 1..Rounds; 0 in a median over rounds.
+	Round int `json:"round,omitempty"`
+	Pods  int `json:"pods"`
 	// Ready: from the scale request to the moment the N-th pod was seen
 	// Running and Ready.
 	Ready time.Duration `json:"readyNs"`
@@ -109,6 +118,12 @@ type BenchResult struct {
 	// Held is the number of net1 addresses held once all were Ready (N
 	// for the net1 variants).
 	Held int `json:"held"`
+	// CPUUp and CPUDown are the CPU time each component of the lab used
+	// while the pods started (scale to N until all Ready) and while they
+	// went (scale to 0 until all gone and free; with a leak, until Settle
+	// gave up), over all N pods (see benchcpu.go).
+	CPUUp   map[string]time.Duration `json:"cpuUpNs,omitempty"`
+	CPUDown map[string]time.Duration `json:"cpuDownNs,omitempty"`
 }
 
 // benchMaxPods is the kubelet maxPods a lab needs for n bench pods spread
@@ -136,6 +151,9 @@ func (l *Lab) Bench(ctx context.Context, bo BenchOptions) (results []BenchResult
 	}
 	if bo.Settle <= 0 {
 		bo.Settle = 2 * time.Minute
+	}
+	if bo.Rounds < 1 {
+		bo.Rounds = 1
 	}
 	size, err := l.dbNetDynamicSize()
 	if err != nil {
@@ -181,28 +199,36 @@ func (l *Lab) Bench(ctx context.Context, bo BenchOptions) (results []BenchResult
 		return nil, err
 	}
 	var leaks []error
-	for _, v := range BenchVariants {
-		l.logf("pod-start benchmark: %s, %d pods ...", v.Name, bo.Pods)
-		r, err := l.benchVariant(ctx, cs, v, bo, held[v.Name])
-		var leak *leakError
-		switch {
-		case errors.As(err, &leak):
-			// Measured, but its store kept addresses: a finding for a
-			// peer, a failure of the run for kube-ipam; the next variants
-			// still run (no pod is left).
-			l.logf("pod-start benchmark: %s: all %d Ready in %.1fs, all gone in %.1fs, but %v",
-				v.Name, r.Pods, r.Ready.Seconds(), r.Gone.Seconds(), err)
-			if !v.Peer {
-				leaks = append(leaks, fmt.Errorf("%s: %w", v.Name, err))
+	for round := 1; round <= bo.Rounds; round++ {
+		for i := range BenchVariants {
+			v := BenchVariants[(i+round-1)%len(BenchVariants)]
+			name := v.Name
+			if bo.Rounds > 1 {
+				name = fmt.Sprintf("%s (round %d of %d)", v.Name, round, bo.Rounds)
 			}
+			l.logf("pod-start benchmark: %s, %d pods ...", name, bo.Pods)
+			r, err := l.benchVariant(ctx, cs, v, bo, held[v.Name])
+			r.Round = round
+			var leak *leakError
+			switch {
+			case errors.As(err, &leak):
+				// Measured, but its store kept addresses: a finding for a
+				// peer, a failure of the run for kube-ipam; the next
+				// variants still run (no pod is left).
+				l.logf("pod-start benchmark: %s: all %d Ready in %.1fs, all gone in %.1fs, but %v",
+					name, r.Pods, r.Ready.Seconds(), r.Gone.Seconds(), err)
+				if !v.Peer {
+					leaks = append(leaks, fmt.Errorf("%s: %w", name, err))
+				}
+				results = append(results, r)
+				continue
+			case err != nil:
+				return results, errors.Join(append(leaks, fmt.Errorf("%s: %w", name, err))...)
+			}
+			l.logf("pod-start benchmark: %s: all %d Ready in %.1fs (per pod p50 %.1fs, p99 %.1fs), all gone and free in %.1fs",
+				name, r.Pods, r.Ready.Seconds(), r.ReadyP50.Seconds(), r.ReadyP99.Seconds(), r.Free.Seconds())
 			results = append(results, r)
-			continue
-		case err != nil:
-			return results, errors.Join(append(leaks, fmt.Errorf("%s: %w", v.Name, err))...)
 		}
-		l.logf("pod-start benchmark: %s: all %d Ready in %.1fs (per pod p50 %.1fs, p99 %.1fs), all gone and free in %.1fs",
-			v.Name, r.Pods, r.Ready.Seconds(), r.ReadyP50.Seconds(), r.ReadyP99.Seconds(), r.Free.Seconds())
-		results = append(results, r)
 	}
 	return results, errors.Join(leaks...)
 }
@@ -454,6 +480,7 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 		return err
 	}
 
+	cpu0 := l.sampleCPU()
 	t0 := time.Now()
 	if err := scale(bo.Pods); err != nil {
 		return r, err
@@ -472,6 +499,7 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 	if err != nil {
 		return r, fmt.Errorf("not all %d pods Running and Ready within %s: %s", bo.Pods, bo.Deadline, l.stuckPods(ctx, cs, v))
 	}
+	r.CPUUp = cpuDelta(cpu0, l.sampleCPU())
 	r.Ready = readyAt.Sub(t0)
 	var lat []time.Duration
 	t.read(func(s *trackState) {
@@ -490,6 +518,7 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 		return r, fmt.Errorf("%d pods Ready but %d net1 addresses held in the store (e.g. %s)", bo.Pods, n, strings.Join(some, "; "))
 	}
 
+	cpu1 := l.sampleCPU()
 	t1 := time.Now()
 	if err := scale(0); err != nil {
 		return r, err
@@ -531,6 +560,7 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 		}
 		return r, fmt.Errorf("not all pods gone and addresses free within %s after scaling to 0: %s", bo.Deadline, strings.Join(stuck, "; "))
 	}
+	r.CPUDown = cpuDelta(cpu1, l.sampleCPU())
 	r.Gone = goneAt.Sub(t1)
 	var leak error
 	if leaked {
@@ -803,24 +833,22 @@ func (t *podTracker) waitSynced(ctx context.Context, timeout time.Duration) erro
 	return nil
 }
 
-// BenchTable writes the results and the ratios as a table.
+// BenchTable writes the results (every round's), their medians over the
+// rounds, the ratios of the medians (with kube-ipam's create→Ready ratio
+// of each round, its spread) and the CPU per pod by component.
 func BenchTable(w io.Writer, rs []BenchResult, header string) {
 	fmt.Fprintln(w, header)
-	fmt.Fprintf(w, "%-12s %5s %22s %12s %12s %18s %20s  %s\n", "variant", "N", "create→all Ready (s)", "pod p50 (s)", "pod p99 (s)", "delete→gone (s)", "delete→all free (s)", "pods per node")
+	sum, rounds := benchSummary(rs)
+	benchRows(w, rs, rounds > 1)
 	by := map[string]BenchResult{}
-	for _, r := range rs {
+	for _, r := range sum {
 		by[r.Variant] = r
-		var nodes []string
-		for n, c := range r.PerNode {
-			nodes = append(nodes, fmt.Sprintf("%s %d", n, c))
-		}
-		sort.Strings(nodes)
-		free := fmt.Sprintf("%.1f", r.Free.Seconds())
-		if r.Leaked > 0 {
-			free = fmt.Sprintf("%d leaked", r.Leaked)
-		}
-		fmt.Fprintf(w, "%-12s %5d %22.1f %12.1f %12.1f %18.1f %20s  %s\n", r.Variant, r.Pods, r.Ready.Seconds(),
-			r.ReadyP50.Seconds(), r.ReadyP99.Seconds(), r.Gone.Seconds(), free, strings.Join(nodes, ", "))
+	}
+	of := ""
+	if rounds > 1 {
+		of = fmt.Sprintf(" (medians of %d rounds)", rounds)
+		fmt.Fprintf(w, "median of %d rounds:\n", rounds)
+		benchRows(w, sum, false)
 	}
 	ratio := func(a, b string) string {
 		ra, oka := by[a]
@@ -835,19 +863,151 @@ func BenchTable(w io.Writer, rs []BenchResult, header string) {
 		return fmt.Sprintf("%-26s create→Ready %.2f×, delete→gone %.2f×, delete→free %s", a+" / "+b,
 			ra.Ready.Seconds()/rb.Ready.Seconds(), ra.Gone.Seconds()/max(rb.Gone.Seconds(), 1e-9), free)
 	}
-	fmt.Fprintln(w, "ratios:")
+	fmt.Fprintf(w, "ratios%s:\n", of)
 	fmt.Fprintln(w, "  "+ratio("kube-ipam", "eth0 only"))
 	fmt.Fprintln(w, "  "+ratio("whereabouts", "eth0 only"))
 	fmt.Fprintln(w, "  "+ratio("whereabouts", "kube-ipam"))
+	if rounds > 1 {
+		for _, v := range []string{"kube-ipam", "whereabouts"} {
+			if per := roundRatios(rs, v, "eth0 only"); len(per) > 0 {
+				fmt.Fprintf(w, "  %-26s create→Ready by round: %s\n", v+" / eth0 only", strings.Join(per, ", "))
+			}
+		}
+	}
+	cpuTable(w, sum, of)
+}
+
+// benchRows writes one line per result.
+func benchRows(w io.Writer, rs []BenchResult, withRound bool) {
+	round := func(r BenchResult) string {
+		if withRound {
+			return fmt.Sprintf("%6d", r.Round)
+		}
+		return ""
+	}
+	if withRound {
+		fmt.Fprintf(w, "%-12s %6s %5s %22s %12s %12s %18s %20s  %s\n", "variant", "round", "N", "create→all Ready (s)", "pod p50 (s)", "pod p99 (s)", "delete→gone (s)", "delete→all free (s)", "pods per node")
+	} else {
+		fmt.Fprintf(w, "%-12s %5s %22s %12s %12s %18s %20s  %s\n", "variant", "N", "create→all Ready (s)", "pod p50 (s)", "pod p99 (s)", "delete→gone (s)", "delete→all free (s)", "pods per node")
+	}
+	for _, r := range rs {
+		var nodes []string
+		for n, c := range r.PerNode {
+			nodes = append(nodes, fmt.Sprintf("%s %d", n, c))
+		}
+		sort.Strings(nodes)
+		free := fmt.Sprintf("%.1f", r.Free.Seconds())
+		if r.Leaked > 0 {
+			free = fmt.Sprintf("%d leaked", r.Leaked)
+		}
+		sep := ""
+		if withRound {
+			sep = " "
+		}
+		fmt.Fprintf(w, "%-12s %s%s%5d %22.1f %12.1f %12.1f %18.1f %20s  %s\n", r.Variant, round(r), sep, r.Pods, r.Ready.Seconds(),
+			r.ReadyP50.Seconds(), r.ReadyP99.Seconds(), r.Gone.Seconds(), free, strings.Join(nodes, ", "))
+	}
+}
+
+// roundRatios is variant a's create→Ready over b's in each round both
+// were measured in.
+func roundRatios(rs []BenchResult, a, b string) []string {
+	ready := map[[2]any]time.Duration{}
+	maxRound := 0
+	for _, r := range rs {
+		ready[[2]any{r.Variant, r.Round}] = r.Ready
+		maxRound = max(maxRound, r.Round)
+	}
+	var out []string
+	for round := 1; round <= maxRound; round++ {
+		ra, rb := ready[[2]any{a, round}], ready[[2]any{b, round}]
+		if ra > 0 && rb > 0 {
+			out = append(out, fmt.Sprintf("%.2f×", ra.Seconds()/rb.Seconds()))
+		}
+	}
+	return out
+}
+
+// benchSummary is one result per variant (in the order they first
+// appear) with the median of each figure over its rounds, and the number
+// of rounds. A leak in any round makes the median's Free zero and its
+// Leaked the largest leak.
+func benchSummary(rs []BenchResult) ([]BenchResult, int) {
+	var order []string
+	of := map[string][]BenchResult{}
+	rounds := 0
+	for _, r := range rs {
+		if _, ok := of[r.Variant]; !ok {
+			order = append(order, r.Variant)
+		}
+		of[r.Variant] = append(of[r.Variant], r)
+		rounds = max(rounds, len(of[r.Variant]))
+	}
+	var sum []BenchResult
+	for _, v := range order {
+		group := of[v]
+		if len(group) == 1 {
+			sum = append(sum, group[0])
+			continue
+		}
+		m := BenchResult{Variant: v, Pods: group[0].Pods, Held: group[0].Held}
+		pick := func(f func(BenchResult) time.Duration) time.Duration {
+			var ds []time.Duration
+			for _, r := range group {
+				ds = append(ds, f(r))
+			}
+			return median(ds)
+		}
+		m.Ready = pick(func(r BenchResult) time.Duration { return r.Ready })
+		m.ReadyP50 = pick(func(r BenchResult) time.Duration { return r.ReadyP50 })
+		m.ReadyP99 = pick(func(r BenchResult) time.Duration { return r.ReadyP99 })
+		m.Gone = pick(func(r BenchResult) time.Duration { return r.Gone })
+		for _, r := range group {
+			m.Leaked = max(m.Leaked, r.Leaked)
+		}
+		if m.Leaked == 0 {
+			m.Free = pick(func(r BenchResult) time.Duration { return r.Free })
+		}
+		m.CPUUp, m.CPUDown = map[string]time.Duration{}, map[string]time.Duration{}
+		for _, c := range cpuComponents(group) {
+			m.CPUUp[c] = pick(func(r BenchResult) time.Duration { return r.CPUUp[c] })
+			m.CPUDown[c] = pick(func(r BenchResult) time.Duration { return r.CPUDown[c] })
+		}
+		sum = append(sum, m)
+	}
+	return sum, rounds
+}
+
+// cpuTable writes the CPU per pod of each component, for each variant's
+// start (scale to N until all Ready) and stop (scale to 0 until all free).
+func cpuTable(w io.Writer, rs []BenchResult, of string) {
+	comps := cpuComponents(rs)
+	if len(comps) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "CPU per pod (ms)%s, start = scale to N until all Ready, stop = scale to 0 until all gone and free:\n", of)
+	fmt.Fprintf(w, "%-50s", "component")
+	for _, r := range rs {
+		fmt.Fprintf(w, " %24s", r.Variant+" start / stop")
+	}
+	fmt.Fprintln(w)
+	for _, c := range comps {
+		fmt.Fprintf(w, "%-50s", c)
+		for _, r := range rs {
+			per := func(d time.Duration) float64 { return float64(d.Milliseconds()) / float64(max(1, r.Pods)) }
+			fmt.Fprintf(w, " %24s", fmt.Sprintf("%.1f / %.1f", per(r.CPUUp[c]), per(r.CPUDown[c])))
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // benchHeader describes the run: where and when, with the machine's load.
-func benchHeader(o Options, n int) string {
+func benchHeader(o Options, bo BenchOptions) string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("pod-start benchmark (kube-ipam-lab bench), %s, host %s, %d cores, load average %s\n"+
-		"lab: %d nodes, mode %s, store %s; %d pods per variant, one Deployment scaled 0→%d→0; whereabouts %s (range %s)",
+		"lab: %d nodes, mode %s, store %s; %d pods per variant, one Deployment scaled 0→%d→0, %d round(s); whereabouts %s (range %s)",
 		time.Now().UTC().Format(time.RFC3339), host, runtime.NumCPU(), loadAvg(),
-		o.Nodes, o.Mode, storeName(o), n, n, WhereaboutsVersion, WhereaboutsRange)
+		o.Nodes, o.Mode, storeName(o), bo.Pods, bo.Pods, max(1, bo.Rounds), WhereaboutsVersion, WhereaboutsRange)
 }
 
 // loadAvg is the 1, 5 and 15 minute load average: the other work on the

@@ -2,7 +2,10 @@ package lab
 
 import (
 	"encoding/json"
+	"maps"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,6 +138,105 @@ func TestBenchTable(t *testing.T) {
 	BenchTable(&b, rs[:1], "partial")
 	if !strings.Contains(b.String(), "n/a") {
 		t.Errorf("a partial run's ratios should say n/a:\n%s", b.String())
+	}
+}
+
+// Rounds: every round is a row, the medians make the ratios, and each
+// round's kube-ipam / eth0 ratio shows the spread.
+func TestBenchTableRounds(t *testing.T) {
+	res := func(v string, round int, ready, free time.Duration, leaked int, cni time.Duration) BenchResult {
+		return BenchResult{Variant: v, Round: round, Pods: 100, Ready: ready, Gone: free, Free: free, Leaked: leaked,
+			CPUUp:   map[string]time.Duration{cpuCNI: cni, cpuHost: 10 * cni, cpuRest: cni},
+			CPUDown: map[string]time.Duration{cpuCNI: cni / 2, cpuHost: 5 * cni, cpuRest: cni / 2}}
+	}
+	s := time.Second
+	rs := []BenchResult{
+		res("eth0 only", 1, 100*s, 50*s, 0, 1*s), res("kube-ipam", 1, 110*s, 55*s, 0, 3*s), res("whereabouts", 1, 200*s, 0, 40, 4*s),
+		res("kube-ipam", 2, 150*s, 60*s, 0, 5*s), res("whereabouts", 2, 190*s, 90*s, 0, 6*s), res("eth0 only", 2, 100*s, 50*s, 0, 2*s),
+		res("whereabouts", 3, 210*s, 0, 30, 8*s), res("eth0 only", 3, 120*s, 60*s, 0, 3*s), res("kube-ipam", 3, 120*s, 65*s, 0, 4*s),
+	}
+	sum, rounds := benchSummary(rs)
+	if rounds != 3 || len(sum) != 3 {
+		t.Fatalf("%d rounds, %d variants: %+v", rounds, len(sum), sum)
+	}
+	if k := sum[1]; k.Variant != "kube-ipam" || k.Ready != 120*s || k.Free != 60*s || k.CPUUp[cpuCNI] != 4*s || k.CPUDown[cpuCNI] != 2*s {
+		t.Errorf("kube-ipam's medians: %+v", k)
+	}
+	if w := sum[2]; w.Leaked != 40 || w.Free != 0 || w.Ready != 200*s {
+		t.Errorf("whereabouts leaked in two rounds: median %+v, want Leaked 40 (the largest), no Free", w)
+	}
+	var b strings.Builder
+	BenchTable(&b, rs, "header")
+	out := b.String()
+	for _, want := range []string{
+		"median of 3 rounds:", "ratios (medians of 3 rounds):",
+		"kube-ipam / eth0 only      create→Ready 1.20×", // 120 s / 100 s
+		"create→Ready by round: 1.10×, 1.50×, 1.00×",
+		"CPU per pod (ms) (medians of 3 rounds)",
+		cpuCNI, "40.0 / 20.0", // 4 s and 2 s over 100 pods
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	lines := strings.Split(out, "\n")
+	ci, ri := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, cpuCNI) }),
+		slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, cpuHost) })
+	if ci < 0 || ri < ci {
+		t.Errorf("the whole machine should come after the components:\n%s", out)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []time.Duration
+		want time.Duration
+	}{{nil, 0}, {[]time.Duration{3}, 3}, {[]time.Duration{5, 1, 3}, 3}, {[]time.Duration{4, 1, 3, 2}, 2}} {
+		if got := median(c.in); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+// cpuDelta: by component over PIDs, a reused PID counts only its own
+// time, and the rest is the machine's less the components'.
+func TestCPUDelta(t *testing.T) {
+	before := cpuSample{host: 10 * time.Second, procs: map[string]procCPUTime{
+		"1": {"kubelet", time.Second}, "2": {"kubelet", 2 * time.Second},
+		"3": {cpuContainerd, time.Second}, "3/children": {cpuCNI, 4 * time.Second},
+		"9": {cpuAgent, 50 * time.Second}, // PID 9 is reused by a new agent below
+	}}
+	after := cpuSample{host: 30 * time.Second, procs: map[string]procCPUTime{
+		"1": {"kubelet", 2 * time.Second}, "2": {"kubelet", 4 * time.Second},
+		"3": {cpuContainerd, 2 * time.Second}, "3/children": {cpuCNI, 10 * time.Second},
+		"9": {cpuAgent, time.Second},
+	}}
+	d := cpuDelta(before, after)
+	want := map[string]time.Duration{"kubelet": 3 * time.Second, cpuContainerd: time.Second, cpuCNI: 6 * time.Second,
+		cpuAgent: time.Second, cpuHost: 20 * time.Second, cpuRest: 9 * time.Second}
+	if !maps.Equal(d, want) {
+		t.Errorf("cpuDelta = %v, want %v", d, want)
+	}
+}
+
+// procTimes and hostBusy read this machine's /proc as the benchmark does.
+func TestProcTimes(t *testing.T) {
+	self, children, err := procTimes(os.Getpid())
+	if err != nil || self < 0 || children < 0 {
+		t.Fatalf("procTimes(self) = %v, %v, %v", self, children, err)
+	}
+	if _, _, err := procTimes(-1); err == nil {
+		t.Error("procTimes of no process gave no error")
+	}
+	if b, err := hostBusy(); err != nil || b <= 0 {
+		t.Errorf("hostBusy = %v, %v", b, err)
+	}
+	l := &Lab{state: state{Nodes: []Node{{Name: "node1"}, {Name: "node2"}}}}
+	if c := l.component("node2-kubelet"); c != "kubelet" {
+		t.Errorf("node2-kubelet is %q", c)
+	}
+	if c := l.component("etcd-kube-ipam"); c != "etcd-kube-ipam" {
+		t.Errorf("etcd-kube-ipam is %q", c)
 	}
 }
 

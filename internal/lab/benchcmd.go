@@ -42,6 +42,16 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		bo.Pods = n
 	}
 	fs.IntVar(&bo.Pods, "pods", bo.Pods, "N: pods per variant, one Deployment scaled 0→N→0 (env LAB_BENCH_N)")
+	bo.Rounds = 1
+	if v := os.Getenv("LAB_BENCH_ROUNDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			fmt.Fprintf(stderr, "kube-ipam-lab bench: LAB_BENCH_ROUNDS=%q is not a number of rounds\n", v)
+			return 2
+		}
+		bo.Rounds = n
+	}
+	fs.IntVar(&bo.Rounds, "rounds", bo.Rounds, "measure every variant this often, each round starting with another variant; the table gives the medians (env LAB_BENCH_ROUNDS)")
 	fs.DurationVar(&bo.Deadline, "deadline", bo.Deadline, "a variant fails unless all its pods are Ready (then gone and free) within this")
 	bo.Settle = 2 * time.Minute
 	fs.DurationVar(&bo.Settle, "settle", bo.Settle, "once every pod is gone, addresses still held after this are a leak (reported; a leak of kube-ipam fails the run)")
@@ -62,6 +72,10 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	}
 	if bo.Pods < 1 {
 		fmt.Fprintf(stderr, "kube-ipam-lab bench: --pods %d: want at least 1\n", bo.Pods)
+		return 2
+	}
+	if bo.Rounds < 1 {
+		fmt.Fprintf(stderr, "kube-ipam-lab bench: --rounds %d: want at least 1\n", bo.Rounds)
 		return 2
 	}
 	if !o.NADs() {
@@ -108,7 +122,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	start := benchHeader(l.opts, bo.Pods) // the load average as the measurement starts
+	start := benchHeader(l.opts, bo) // the load average as the measurement starts
 	results, err := l.Bench(ctx, bo)
 	code := 0
 	if err != nil {

@@ -333,9 +333,30 @@ func (l *Lab) benchCapacity(ctx context.Context, cs kubernetes.Interface, n int)
 	return nil
 }
 
-// heldFunc counts the net1 addresses the pods of a Deployment hold in the
+// heldFunc lists the net1 addresses the pods of a Deployment hold in the
 // variant's store, with a few of their holders for messages.
-type heldFunc func(ctx context.Context, deployment string) (int, []string, error)
+type heldFunc func(ctx context.Context, deployment string) ([]string, error)
+
+// heldSince counts what held lists beyond what it listed at the start of
+// the round (base): a peer's addresses leaked in an earlier round stay in
+// its store under the same Deployment's pod names, reported once, not
+// counted again. It returns a few of the new ones for messages.
+func heldSince(ctx context.Context, held heldFunc, deployment string, base map[string]bool) (int, []string, error) {
+	all, err := held(ctx, deployment)
+	if err != nil {
+		return 0, nil, err
+	}
+	n, some := 0, []string(nil)
+	for _, h := range all {
+		if !base[h] {
+			n++
+			if len(some) < 5 {
+				some = append(some, h)
+			}
+		}
+	}
+	return n, some, nil
+}
 
 var wbPoolGVR = schema.GroupVersionResource{Group: "whereabouts.cni.cncf.io", Version: "v1alpha1", Resource: "ippools"}
 
@@ -361,62 +382,56 @@ func (l *Lab) benchHeld() (map[string]heldFunc, func(), error) {
 		mu      sync.Mutex
 		backend store.Backend
 	)
-	kubeIPAM := func(ctx context.Context, deployment string) (int, []string, error) {
+	kubeIPAM := func(ctx context.Context, deployment string) ([]string, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if backend == nil {
 			b, err := op.Open(ctx, n)
 			if err != nil {
-				return 0, nil, err
+				return nil, err
 			}
 			backend = b
 		}
 		snap, err := backend.Snapshot(ctx)
 		if err != nil {
-			return 0, nil, err
+			return nil, err
 		}
-		count, some := 0, []string(nil)
+		var held []string
 		for _, r := range snap.Records {
 			if r.Record.PodNamespace == BenchNamespace && strings.HasPrefix(r.Record.PodName, deployment+"-") {
-				count++
-				if len(some) < 5 {
-					some = append(some, r.IP.String()+" "+r.Record.Owner())
-				}
+				held = append(held, r.IP.String()+" "+r.Record.Owner())
 			}
 		}
-		return count, some, nil
+		return held, nil
 	}
-	wb := func(ctx context.Context, deployment string) (int, []string, error) {
+	wb := func(ctx context.Context, deployment string) ([]string, error) {
 		u, err := dyn.Resource(wbPoolGVR).Namespace(WhereaboutsNamespace).Get(ctx, whereaboutsPoolName(WhereaboutsRange), metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			return 0, nil, nil // no ADD has made the pool yet
+			return nil, nil // no ADD has made the pool yet
 		}
 		if err != nil {
-			return 0, nil, err
+			return nil, err
 		}
 		allocs, _, err := unstructured.NestedMap(u.Object, "spec", "allocations")
 		if err != nil {
-			return 0, nil, fmt.Errorf("IPPool %s: %w", u.GetName(), err)
+			return nil, fmt.Errorf("IPPool %s: %w", u.GetName(), err)
 		}
-		count, some := 0, []string(nil)
 		keys := make([]string, 0, len(allocs))
 		for k := range allocs {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
+		var held []string
 		for _, k := range keys {
 			m, _ := allocs[k].(map[string]any)
 			ref, _ := m["podref"].(string)
 			if strings.HasPrefix(ref, BenchNamespace+"/"+deployment+"-") {
-				count++
-				if len(some) < 5 {
-					some = append(some, fmt.Sprintf("offset %s %s (container %v)", k, ref, m["id"]))
-				}
+				held = append(held, fmt.Sprintf("offset %s %s (container %v)", k, ref, m["id"]))
 			}
 		}
-		return count, some, nil
+		return held, nil
 	}
-	none := func(context.Context, string) (int, []string, error) { return 0, nil, nil }
+	none := func(context.Context, string) ([]string, error) { return nil, nil }
 	return map[string]heldFunc{"eth0 only": none, "kube-ipam": kubeIPAM, "whereabouts": wb}, func() { _ = op.Close() }, nil
 }
 
@@ -480,13 +495,22 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 		return err
 	}
 
+	// What the store held before: a peer's leaks of earlier rounds.
+	before, err := held(ctx, v.Deployment)
+	if err != nil {
+		return r, err
+	}
+	base := map[string]bool{}
+	for _, h := range before {
+		base[h] = true
+	}
 	cpu0 := l.sampleCPU()
 	t0 := time.Now()
 	if err := scale(bo.Pods); err != nil {
 		return r, err
 	}
 	var readyAt time.Time
-	err := t.wait(ctx, bo.Deadline, func(s *trackState) bool {
+	err = t.wait(ctx, bo.Deadline, func(s *trackState) bool {
 		ready := s.readyLive()
 		if len(ready) < bo.Pods {
 			return false
@@ -509,7 +533,7 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 		}
 	})
 	r.ReadyP50, r.ReadyP99 = percentile(lat, 0.50), percentile(lat, 0.99)
-	n, some, err := held(ctx, v.Deployment)
+	n, some, err := heldSince(ctx, held, v.Deployment, base)
 	if err != nil {
 		return r, err
 	}
@@ -538,7 +562,7 @@ func (l *Lab) benchVariant(ctx context.Context, cs kubernetes.Interface, v Bench
 			return true, nil
 		}
 		if freeAt.IsZero() {
-			n, some, err := held(ctx, v.Deployment)
+			n, some, err := heldSince(ctx, held, v.Deployment, base)
 			if err != nil {
 				lastHeld = []string{err.Error()}
 				return false, nil

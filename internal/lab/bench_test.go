@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"net/netip"
 	"os"
@@ -184,6 +186,22 @@ func TestBenchTableRounds(t *testing.T) {
 		slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, cpuHost) })
 	if ci < 0 || ri < ci {
 		t.Errorf("the whole machine should come after the components:\n%s", out)
+	}
+}
+
+// heldSince: what a peer leaked in an earlier round (base) is not counted
+// again in this one.
+func TestHeldSince(t *testing.T) {
+	held := func(context.Context, string) ([]string, error) {
+		return []string{"offset 1 old-a", "offset 2 new-a", "offset 3 old-b", "offset 4 new-b"}, nil
+	}
+	n, some, err := heldSince(context.Background(), held, "d", map[string]bool{"offset 1 old-a": true, "offset 3 old-b": true})
+	if err != nil || n != 2 || !slices.Equal(some, []string{"offset 2 new-a", "offset 4 new-b"}) {
+		t.Errorf("heldSince = %d, %v, %v; want the 2 new ones", n, some, err)
+	}
+	failing := func(context.Context, string) ([]string, error) { return nil, errors.New("store down") }
+	if _, _, err := heldSince(context.Background(), failing, "d", nil); err == nil {
+		t.Error("a failing store read gave no error")
 	}
 }
 

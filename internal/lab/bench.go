@@ -334,7 +334,7 @@ func (l *Lab) benchCapacity(ctx context.Context, cs kubernetes.Interface, n int)
 }
 
 // heldFunc lists the net1 addresses the pods of a Deployment hold in the
-// variant's store, with a few of their holders for messages.
+// variant's store, one entry per address naming its holder.
 type heldFunc func(ctx context.Context, deployment string) ([]string, error)
 
 // heldSince counts what held lists beyond what it listed at the start of

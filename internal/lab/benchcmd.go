@@ -32,25 +32,21 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		o.Mode = ModeNAD
 		fs.Lookup("mode").DefValue = ModeNAD
 	}
-	bo := BenchOptions{Pods: DefaultBenchPods, Deadline: 10 * time.Minute}
-	if v := os.Getenv("LAB_BENCH_N"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			fmt.Fprintf(stderr, "kube-ipam-lab bench: LAB_BENCH_N=%q is not a number of pods\n", v)
-			return 2
+	bo := BenchOptions{Pods: DefaultBenchPods, Deadline: 10 * time.Minute, Rounds: 1}
+	for _, e := range []struct {
+		env, what string
+		v         *int
+	}{{"LAB_BENCH_N", "pods", &bo.Pods}, {"LAB_BENCH_ROUNDS", "rounds", &bo.Rounds}} {
+		if v := os.Getenv(e.env); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				fmt.Fprintf(stderr, "kube-ipam-lab bench: %s=%q is not a number of %s\n", e.env, v, e.what)
+				return 2
+			}
+			*e.v = n
 		}
-		bo.Pods = n
 	}
 	fs.IntVar(&bo.Pods, "pods", bo.Pods, "N: pods per variant, one Deployment scaled 0→N→0 (env LAB_BENCH_N)")
-	bo.Rounds = 1
-	if v := os.Getenv("LAB_BENCH_ROUNDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			fmt.Fprintf(stderr, "kube-ipam-lab bench: LAB_BENCH_ROUNDS=%q is not a number of rounds\n", v)
-			return 2
-		}
-		bo.Rounds = n
-	}
 	fs.IntVar(&bo.Rounds, "rounds", bo.Rounds, "measure every variant this often, each round starting with another variant; the table gives the medians (env LAB_BENCH_ROUNDS)")
 	fs.DurationVar(&bo.Deadline, "deadline", bo.Deadline, "a variant fails unless all its pods are Ready (then gone and free) within this")
 	bo.Settle = 2 * time.Minute
